@@ -1,0 +1,262 @@
+"""MedMNIST domains read from the official ``.npz`` files.
+
+Every official file holds ``{train,val,test}_images`` (uint8, ``(N, H, W)`` grayscale or
+``(N, H, W, 3)`` RGB) and ``{train,val,test}_labels`` (``(N, 1)`` class indices, or ``(N, K)``
+0/1 for the multi-label ChestMNIST).  Files are validated when loaded; anything unexpected raises
+an error naming the file and the field.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data_modules.base import SPLITS, DomainDataModule
+from data_modules.medmnist_info import MEDMNIST_INFO, official_url
+from framework.specs import TaskSpec
+
+__all__ = ["MedMNISTDataModule", "ArrayImageDataset", "load_medmnist_npz"]
+
+log = logging.getLogger(__name__)
+
+
+class ArrayImageDataset(Dataset):
+    """Images held in memory as uint8 ``(N, H, W[, C])`` with their targets.
+
+    Items are ``{"image": FloatTensor[C, H, W] in [0, 1], "target": LongTensor}``.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"ArrayImageDataset: {len(images)} images but {len(targets)} targets")
+        self.images = images
+        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
+        return {"image": image.float().div_(255.0), "target": self.targets[index]}
+
+
+def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False) -> Dict[str, np.ndarray]:
+    """Load and validate an official-format MedMNIST ``.npz`` file (2D images only).
+
+    Args:
+        path: the ``.npz`` file.
+        num_classes: number of classes (labels must lie in ``[0, num_classes - 1]``).
+        multilabel: labels are ``(N, num_classes)`` 0/1 vectors instead of class indices.
+
+    Returns:
+        ``{"train_images": ..., "train_labels": ..., ...}`` with labels as ``(N,)`` (or ``(N, K)``).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: on missing keys, 3D volumes, wrong dtypes or shapes, mismatched counts or
+            labels out of range.  Messages name the file and the field.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"MedMNIST file not found: {path}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:  # numpy raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
+    with archive:
+        expected = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
+        missing = [k for k in expected if k not in archive.files]
+        if missing:
+            raise ValueError(
+                f"{path}: missing key(s) {missing}; an official MedMNIST file has {expected}, this one has {sorted(archive.files)}"
+            )
+        arrays = {k: archive[k] for k in expected}
+    for split in SPLITS:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        field = f"{split}_images"
+        if images.dtype != np.uint8:
+            raise ValueError(f"{path}: field '{field}' expected dtype uint8, found {images.dtype}")
+        if images.ndim == 4 and images.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"{path}: field '{field}' has shape {images.shape}, a 3D volume (MedMNIST 3D); 3D volumes are not "
+                f"supported yet, use a 2D MedMNIST file"
+            )
+        if images.ndim not in (3, 4):
+            raise ValueError(f"{path}: field '{field}' expected shape (N, H, W) or (N, H, W, 3), found {images.shape}")
+        lfield = f"{split}_labels"
+        if len(labels) != len(images):
+            raise ValueError(
+                f"{path}: field '{lfield}' has {len(labels)} samples but '{field}' has {len(images)}; counts must match"
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{path}: field '{lfield}' expected integer labels, found dtype {labels.dtype}")
+        if multilabel:
+            if labels.ndim != 2 or labels.shape[1] != num_classes:
+                raise ValueError(f"{path}: field '{lfield}' expected shape (N, {num_classes}), found {labels.shape}")
+            if labels.size and (labels.min() < 0 or labels.max() > 1):
+                raise ValueError(f"{path}: field '{lfield}' expected 0/1 values, found range [{labels.min()}, {labels.max()}]")
+        else:
+            if labels.ndim == 2 and labels.shape[1] == 1:
+                labels = labels[:, 0]
+            if labels.ndim != 1:
+                raise ValueError(f"{path}: field '{lfield}' expected shape (N,) or (N, 1), found {labels.shape}")
+            if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(
+                    f"{path}: field '{lfield}' has labels outside [0, {num_classes - 1}] ({num_classes} classes): "
+                    f"found min {labels.min()}, max {labels.max()}"
+                )
+            arrays[lfield] = labels
+    channels = {arrays[f"{s}_images"].shape[-1] if arrays[f"{s}_images"].ndim == 4 else 1 for s in SPLITS}
+    if len(channels) > 1:
+        raise ValueError(f"{path}: splits disagree on the number of channels: {sorted(channels)}")
+    return arrays
+
+
+class MedMNISTDataModule(DomainDataModule):
+    """A MedMNIST (2D) domain from an official ``.npz`` file.
+
+    Class names, modality and prompt template come from the official label names of ``flag``
+    (see :mod:`data_modules.medmnist_info`); any of them can be overridden, and must be given for a
+    file whose flag MedMNIST does not know.
+
+    Args:
+        flag: MedMNIST flag, e.g. ``"bloodmnist"``; the file is ``<data_dir>/<flag>.npz``.
+        data_dir: folder holding the file.
+        file: explicit path to the ``.npz`` file (overrides ``data_dir``).
+        task_name: task name in the stream (defaults to ``flag``).
+        class_names: override the class names used for prompts.
+        prompt_template: override the prompt template (one ``{}``).
+        modality: override the modality.
+        train_subset: use a random subset of this many training images (``None`` = all).
+        val_subset: same for validation.
+        test_subset: same for test.
+        subset_seed: seed of the subset draw (the same seed gives the same subset in every run).
+        download: if the file is missing, download the official file from Zenodo and check its MD5
+            (needs internet; never used in tests).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size.
+        num_workers: DataLoader workers.
+
+    Raises:
+        ValueError: on an unknown flag without ``class_names``, a 3D flag, or invalid subset sizes.
+
+    Example::
+
+        dm = MedMNISTDataModule("bloodmnist", data_dir="../shared/data/medmnist", train_subset=2000)
+        dm.setup("fit")
+        batch = next(iter(dm.loader("train")))   # {"bloodmnist": {"image": (64, 3, 28, 28), "target": (64,)}}
+    """
+
+    def __init__(
+        self,
+        flag: str,
+        data_dir: str = "data/demo/medmnist",
+        file: Optional[str] = None,
+        task_name: Optional[str] = None,
+        class_names: Optional[List[str]] = None,
+        prompt_template: Optional[str] = None,
+        modality: Optional[str] = None,
+        train_subset: Optional[int] = None,
+        val_subset: Optional[int] = None,
+        test_subset: Optional[int] = None,
+        subset_seed: int = 0,
+        download: bool = False,
+        batch_size: int = 64,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
+        info = MEDMNIST_INFO.get(flag)
+        if info is None and not class_names:
+            raise ValueError(
+                f"MedMNISTDataModule: flag {flag!r} is not an official MedMNIST flag ({sorted(MEDMNIST_INFO)}); "
+                f"pass class_names (and prompt_template, modality) for your own file"
+            )
+        if info is not None and info["spatial_dims"] == 3:
+            raise ValueError(
+                f"MedMNISTDataModule: flag {flag!r} holds 3D volumes; 3D volumes are not supported yet (2D flags: "
+                f"{sorted(k for k, v in MEDMNIST_INFO.items() if v['spatial_dims'] == 2)})"
+            )
+        for name, value in (("train_subset", train_subset), ("val_subset", val_subset), ("test_subset", test_subset)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"MedMNISTDataModule({flag}): {name} expected None or a positive integer, found {value!r}")
+        info = info or {}
+        self.flag = flag
+        self.path = Path(file) if file else Path(data_dir) / f"{flag}.npz"
+        self.download = bool(download)
+        self.subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
+        self.subset_seed = int(subset_seed)
+        self._spec = TaskSpec(
+            name=task_name or flag,
+            kind=info.get("kind", "classification"),
+            modality=modality or info.get("modality", "unknown"),
+            class_names=tuple(class_names or info["labels"]),
+            prompt_template=prompt_template or info.get("prompt", "a medical image of {}"),
+            in_channels=info.get("channels", 3),
+            spatial_dims=2,
+        )
+        self.md5 = info.get("md5")
+        self._datasets: Dict[str, ArrayImageDataset] = {}
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        return self._spec
+
+    def prepare_data(self) -> None:
+        if self.path.is_file() or not self.download:
+            return
+        if self.md5 is None:
+            raise ValueError(f"MedMNISTDataModule: no official checksum for flag {self.flag!r}; download it by hand to {self.path}")
+        # torchvision's downloader checks the MD5 and retries; no need to re-implement it.
+        from torchvision.datasets.utils import download_url
+
+        log.info("downloading %s to %s", official_url(self.flag), self.path)
+        download_url(official_url(self.flag), root=str(self.path.parent), filename=self.path.name, md5=self.md5)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self._datasets:
+            return
+        if not self.path.is_file():
+            hint = "set download: true (needs internet)" if not self.download else "the download did not produce it"
+            raise FileNotFoundError(
+                f"MedMNISTDataModule({self.flag}): file not found: {self.path} (cwd {os.getcwd()}); "
+                f"pass data_dir or file, or {hint}"
+            )
+        spec = self._spec
+        arrays = load_medmnist_npz(self.path, spec.num_classes, multilabel=spec.kind == "multilabel")
+        found_channels = arrays["train_images"].shape[-1] if arrays["train_images"].ndim == 4 else 1
+        if found_channels != spec.in_channels:
+            raise ValueError(
+                f"{self.path}: field 'train_images' has {found_channels} channel(s), but {self.flag} images have "
+                f"{spec.in_channels}; is this the right file for the flag?"
+            )
+        rng = np.random.default_rng(self.subset_seed)
+        for split in SPLITS:
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+            size = self.subsets[split]
+            if size is not None:
+                if size > len(images):
+                    raise ValueError(
+                        f"MedMNISTDataModule({self.flag}): {split}_subset={size} is larger than the {len(images)} "
+                        f"'{split}_images' in {self.path}"
+                    )
+                index = np.sort(rng.choice(len(images), size=size, replace=False))
+                images, labels = images[index], labels[index]
+            self._datasets[split] = ArrayImageDataset(images, labels)
+
+    def dataset(self, split: str) -> ArrayImageDataset:
+        if not self._datasets:
+            raise RuntimeError(f"MedMNISTDataModule({self.flag}): call setup() before asking for datasets")
+        return self._datasets[split]
+
+    def class_counts(self, split: str = "train") -> Sequence[int]:
+        """Number of samples per class in ``split`` (after subsetting)."""
+        targets = self.dataset(split).targets
+        if targets.ndim == 2:  # multi-label: positives per class
+            return targets.sum(0).tolist()
+        return torch.bincount(targets, minlength=self._spec.num_classes).tolist()

@@ -1,0 +1,130 @@
+"""A stream of domains: an ordered list of domain data modules behind one LightningDataModule."""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import CombinedLoader
+from torch.utils.data import DataLoader
+
+from data_modules.base import DomainDataModule
+from framework.specs import TaskSpec
+
+__all__ = ["DomainStream"]
+
+log = logging.getLogger(__name__)
+
+
+class DomainStream(pl.LightningDataModule):
+    """Ordered domains, served the way the paradigm asks for them.
+
+    The LightningModule decides which tasks train at each epoch (``tasks_for_epoch``): the
+    continual paradigm asks for one domain per experience, joint and specialised learning for all
+    of them at once.  The stream builds a ``CombinedLoader`` (``max_size_cycle``) over the requested
+    domains, so a training batch is ``{task: {"image", "target"}}`` for each requested task.
+    Validation serves every task (the model skips those it has no head for yet, which keeps the
+    number of validation loaders fixed), test every task the model has a head for.
+
+    Args:
+        domains: the domains in stream order; in YAML each is a ``class_path`` + ``init_args``.
+
+    Raises:
+        ValueError: if the list is empty, an item is not a :class:`DomainDataModule`, or two domains
+            share a task name.
+    """
+
+    def __init__(self, domains: List[DomainDataModule]) -> None:
+        super().__init__()
+        if not domains:
+            raise ValueError("DomainStream: field 'domains' expected at least one domain data module, found none")
+        seen: Dict[str, int] = {}
+        for i, domain in enumerate(domains):
+            if not isinstance(domain, DomainDataModule):
+                raise ValueError(
+                    f"DomainStream: field 'domains[{i}]' expected a data_modules.DomainDataModule, found {type(domain).__name__}"
+                )
+            name = domain.task_spec.name
+            if name in seen:
+                raise ValueError(
+                    f"DomainStream: task name {name!r} is used by field 'domains[{seen[name]}]' and field 'domains[{i}]'; "
+                    f"give each domain a unique task_name"
+                )
+            seen[name] = i
+        self.domains = list(domains)
+        self._by_name = {d.task_spec.name: d for d in self.domains}
+
+    # ------------------------------------------------------------------ description
+    @property
+    def task_specs(self) -> List[TaskSpec]:
+        return [d.task_spec for d in self.domains]
+
+    @property
+    def task_names(self) -> List[str]:
+        return [d.task_spec.name for d in self.domains]
+
+    def domain(self, task: str) -> DomainDataModule:
+        """The domain serving ``task``.
+
+        Raises:
+            KeyError: naming the task and the stream's tasks.
+        """
+        if task not in self._by_name:
+            raise KeyError(f"DomainStream has no task {task!r}; tasks: {self.task_names}")
+        return self._by_name[task]
+
+    def __len__(self) -> int:
+        return len(self.domains)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        for domain in self.domains:
+            domain.prepare_data()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        for domain in self.domains:
+            domain.setup(stage)
+
+    def _module_tasks(self, method: str, *args) -> List[str]:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        fn = getattr(module, method, None)
+        tasks = fn(*args) if callable(fn) else self.task_names
+        unknown = [t for t in tasks if t not in self._by_name]
+        if unknown:
+            raise KeyError(f"DomainStream: the model asked for task(s) {unknown} that the stream does not have ({self.task_names})")
+        return list(tasks)
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def train_dataloader(self) -> CombinedLoader:
+        tasks = self._module_tasks("tasks_for_epoch", self._epoch())
+        return CombinedLoader({t: self.domain(t).loader("train", keyed=False) for t in tasks}, mode="max_size_cycle")
+
+    def val_dataloader(self) -> List[DataLoader]:
+        return [domain.loader("val") for domain in self.domains]
+
+    def test_dataloader(self) -> List[DataLoader]:
+        tasks = self._module_tasks("tasks_for_evaluation")
+        skipped = [t for t in self.task_names if t not in tasks]
+        if skipped:
+            log.warning("DomainStream: the model has no head for %s yet; testing only %s", skipped, tasks)
+        return [self.domain(t).loader("test") for t in tasks]
+
+    def predict_dataloader(self) -> List[DataLoader]:
+        return [self.domain(t).loader("test") for t in self._module_tasks("tasks_for_evaluation")]
+
+    def eval_dataloader(self, task: str, split: str = "test") -> DataLoader:
+        """Keyed loader of one task's ``split``, for evaluation outside the Lightning loops."""
+        return self.domain(task).loader(split)
+
+    def state_dict(self) -> Dict[str, List[str]]:
+        return {"task_names": self.task_names}
+
+    def load_state_dict(self, state_dict: Dict[str, List[str]]) -> None:
+        saved = list(state_dict.get("task_names", []))
+        if saved and saved != self.task_names:
+            raise ValueError(
+                f"DomainStream: the checkpoint was written for the stream {saved}, but this stream is {self.task_names}; "
+                f"resume with the same domains in the same order"
+            )

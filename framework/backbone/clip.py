@@ -1,0 +1,249 @@
+"""CLIP backbone over open_clip.
+
+open_clip's ``create_model_and_transforms`` / ``get_tokenizer`` are the only entry points used
+to build a model, so every open_clip architecture works.  Two tiny architectures for CPU runs at
+28–64 px ship with MedCL as JSON files and are registered with ``open_clip.add_model_config``:
+
+* ``medcl-vit-tiny``       — ViT, 4 layers, width 128, patch 4 (0.56 M image-tower parameters);
+* ``medcl-resnet18-tiny``  — timm ResNet-18 image tower (11 M parameters).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CLIPBackbone", "MODEL_CONFIG_DIR", "register_model_configs", "list_architectures"]
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+_REGISTERED = False
+
+
+def register_model_configs(path: Union[str, Path, None] = None) -> None:
+    """Register JSON architecture files with open_clip.
+
+    Args:
+        path: a ``.json`` file or a folder of them; defaults to MedCL's shipped tiny configs.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+    """
+    global _REGISTERED
+    target = Path(path) if path is not None else MODEL_CONFIG_DIR
+    if not target.exists():
+        raise FileNotFoundError(f"open_clip model config path not found: {target}")
+    if path is None and _REGISTERED:
+        return
+    open_clip.add_model_config(target)
+    if path is None:
+        _REGISTERED = True
+
+
+def list_architectures() -> List[str]:
+    """All architecture names open_clip can build, MedCL's tiny ones included."""
+    register_model_configs()
+    return open_clip.list_models()
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith(".") or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+
+
+class CLIPBackbone(nn.Module):
+    """An open_clip model with a MedCL-friendly interface.
+
+    Images are expected as float tensors in ``[0, 1]`` with shape ``(B, C, H, W)``; the backbone
+    repeats grayscale to three channels, resizes to the architecture's image size and applies the
+    model's own normalisation, so data modules never need to know which backbone is used.
+
+    Args:
+        model_name: any open_clip architecture name (see :func:`list_architectures`).
+        pretrained: ``None`` (random init), a local checkpoint file, or an open_clip pretrained tag
+            (e.g. ``"openai"``), which open_clip downloads; without internet pass a local file.
+        image_size: override the architecture's input size (e.g. 64 for 64-px segmentation data).
+        freeze_image_tower: lock the image tower (open_clip ``lock_image_tower``).
+        freeze_text_tower: lock the text tower (open_clip ``lock_text_tower``).  Prompt embeddings
+            are cached only while the text tower is frozen.
+        unlocked_image_groups: with ``freeze_image_tower``, leave this many last layer groups trainable.
+        cache_dir: open_clip download cache for pretrained tags.
+
+    Raises:
+        ValueError: for an unknown architecture or invalid sizes.
+        FileNotFoundError: if ``pretrained`` looks like a path but the file does not exist.
+        RuntimeError: if a pretrained tag cannot be downloaded (the message says how to pass a local file).
+
+    Example::
+
+        backbone = CLIPBackbone("medcl-vit-tiny")
+        emb = backbone.encode_image(torch.rand(4, 1, 28, 28))        # (4, 128), L2-normalised
+        txt = backbone.encode_prompts(["a CT slice of the liver"])   # (1, 128), cached
+    """
+
+    def __init__(
+        self,
+        model_name: str = "medcl-vit-tiny",
+        pretrained: Optional[str] = None,
+        image_size: Optional[int] = None,
+        freeze_image_tower: bool = False,
+        freeze_text_tower: bool = True,
+        unlocked_image_groups: int = 0,
+        cache_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        register_model_configs()
+        if not isinstance(model_name, str) or model_name not in open_clip.list_models():
+            tiny = [m for m in open_clip.list_models() if m.startswith("medcl-")]
+            raise ValueError(
+                f"CLIPBackbone: unknown open_clip architecture model_name={model_name!r}; "
+                f"MedCL's CPU-sized ones are {tiny}, see framework.backbone.list_architectures() for all"
+            )
+        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8):
+            raise ValueError(f"CLIPBackbone: image_size expected None or an integer >= 8, found {image_size!r}")
+        if unlocked_image_groups < 0:
+            raise ValueError(f"CLIPBackbone: unlocked_image_groups expected >= 0, found {unlocked_image_groups}")
+        self.model_name = model_name
+        self.pretrained = self._resolve_pretrained(model_name, pretrained)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name,
+                pretrained=self.pretrained,
+                force_image_size=image_size,
+                cache_dir=cache_dir,
+            )
+        except RuntimeError as err:
+            if pretrained and "download" in str(err).lower():
+                raise RuntimeError(
+                    f"CLIPBackbone: could not download pretrained weights {pretrained!r} for {model_name!r} "
+                    f"(no internet?). Download them on a machine with internet, e.g. "
+                    f"`python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{pretrained}', "
+                    f"cache_dir='weights')\"`, then pass the local file: pretrained=/path/to/open_clip_model.safetensors"
+                ) from err
+            raise
+        self.clip = model
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        visual = model.visual
+        size = getattr(visual, "image_size", None) or (image_size, image_size)
+        self.image_size: Tuple[int, int] = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+        std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.embed_dim: int = int(open_clip.get_model_config(model_name)["embed_dim"])
+        self.freeze_image_tower = bool(freeze_image_tower)
+        self.freeze_text_tower = bool(freeze_text_tower)
+        if self.freeze_image_tower:
+            model.lock_image_tower(unlocked_groups=unlocked_image_groups, freeze_bn_stats=True)
+        if self.freeze_text_tower:
+            model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+        # CLIP's own logit scale is unused: every head owns its temperature.
+        model.logit_scale.requires_grad_(False)
+        if getattr(model, "logit_bias", None) is not None:
+            model.logit_bias.requires_grad_(False)
+        self._text_cache: Dict[Tuple[str, ...], Tensor] = {}
+        # Loaded weights (checkpoint restore) make cached prompt embeddings stale.
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_text_cache())
+
+    @staticmethod
+    def _resolve_pretrained(model_name: str, pretrained: Optional[str]) -> Optional[str]:
+        if pretrained in (None, "", "none", "None"):
+            return None
+        if not isinstance(pretrained, str):
+            raise ValueError(f"CLIPBackbone: pretrained expected None, a file path or a tag, found {pretrained!r}")
+        if os.path.isfile(pretrained):
+            return pretrained
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if pretrained in tags:
+            return pretrained
+        if _looks_like_path(pretrained):
+            raise FileNotFoundError(f"CLIPBackbone: pretrained checkpoint file not found: {pretrained}")
+        raise ValueError(
+            f"CLIPBackbone: pretrained={pretrained!r} is neither an existing file nor a known tag for "
+            f"{model_name!r} (known tags: {tags or 'none'})"
+        )
+
+    # ------------------------------------------------------------------ image side
+    def prepare_images(self, images: Tensor) -> Tensor:
+        """Validate, expand to RGB, resize and normalise ``[0, 1]`` images for the image tower.
+
+        Raises:
+            ValueError: on a wrong rank or channel count.
+        """
+        if images.ndim != 4:
+            raise ValueError(f"CLIPBackbone: images expected shape (B, C, H, W), found {tuple(images.shape)}")
+        channels = images.shape[1]
+        if channels == 1:
+            images = images.expand(-1, 3, -1, -1)
+        elif channels != 3:
+            raise ValueError(
+                f"CLIPBackbone: images expected 1 or 3 channels, found {channels}; extra channels need a modality adapter"
+            )
+        if tuple(images.shape[-2:]) != self.image_size:
+            images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
+        """Pooled image embedding ``(B, embed_dim)``, L2-normalised by default."""
+        return self.clip.encode_image(self.prepare_images(images), normalize=normalize)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.encode_image(images)
+
+    def forward_intermediates(self, images: Tensor, indices: Union[int, Sequence[int], None] = None) -> List[Tensor]:
+        """Feature maps from several depths of the image tower, for dense heads.
+
+        Args:
+            images: ``(B, C, H, W)`` in ``[0, 1]``.
+            indices: open_clip semantics: an int takes the last *n* blocks, a sequence selects
+                block indices, ``None`` takes all.
+
+        Returns:
+            list of ``(B, C_i, H_i, W_i)`` tensors, shallow to deep.
+        """
+        out = self.clip.forward_intermediates(
+            image=self.prepare_images(images), image_indices=indices, intermediates_only=True, image_output_fmt="NCHW"
+        )
+        return list(out["image_intermediates"])
+
+    # ------------------------------------------------------------------ text side
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        """L2-normalised text embeddings ``(len(prompts), embed_dim)``.
+
+        While the text tower is frozen the result is computed once per prompt tuple and device and
+        cached (no gradient); with a trainable text tower it is recomputed so gradients flow.
+        """
+        key = tuple(prompts)
+        device = self.pixel_mean.device
+        text_trainable = any(p.requires_grad for p in self._text_parameters())
+        if not text_trainable:
+            cached = self._text_cache.get(key)
+            if cached is None or cached.device != device:
+                with torch.no_grad():
+                    cached = self._encode_text(key, device)
+                self._text_cache[key] = cached
+            return cached
+        return self._encode_text(key, device)
+
+    def _encode_text(self, prompts: Tuple[str, ...], device: torch.device) -> Tensor:
+        tokens = self.tokenizer(list(prompts)).to(device)
+        return self.clip.encode_text(tokens, normalize=True)
+
+    def _text_parameters(self):
+        visual_ids = {id(p) for p in self.clip.visual.parameters()}
+        skip = {id(self.clip.logit_scale)}
+        return (p for p in self.clip.parameters() if id(p) not in visual_ids and id(p) not in skip)
+
+    def clear_text_cache(self) -> None:
+        """Drop cached prompt embeddings (call after changing text-tower weights by hand)."""
+        self._text_cache.clear()
+
+    def _apply(self, fn, *args, **kwargs):  # device/dtype moves invalidate the cache
+        self._text_cache.clear()
+        return super()._apply(fn, *args, **kwargs)

@@ -1,0 +1,98 @@
+"""Continual-learning summary metrics computed from an accuracy matrix.
+
+``R[i][j]`` is the score on task ``j`` after training experience ``i`` (``NaN`` while task ``j``
+has no head yet).  torchmetrics has no continual-learning summaries and Avalanche's are bound to
+its own strategy objects, so these few lines are written here, following Lopez-Paz & Ranzato
+(2017, GEM) for backward transfer and Chaudhry et al. (2018) for forgetting.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["ContinualSummary", "summarize", "format_matrix"]
+
+
+def _as_matrix(matrix: Sequence[Sequence[Optional[float]]]) -> np.ndarray:
+    rows = [[math.nan if v is None else float(v) for v in row] for row in matrix]
+    if not rows:
+        return np.zeros((0, 0))
+    width = len(rows[0])
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise ValueError(f"accuracy matrix row {i} has {len(row)} entries, expected {width}")
+    return np.asarray(rows, dtype=float)
+
+
+class ContinualSummary(dict):
+    """Dict with ``average_accuracy``, ``forgetting``, ``backward_transfer`` and per-task values."""
+
+
+def summarize(matrix: Sequence[Sequence[Optional[float]]], tasks: Sequence[str], experience_tasks: Optional[Sequence[Sequence[str]]] = None) -> ContinualSummary:
+    """Summaries of an accuracy matrix.
+
+    Args:
+        matrix: rows = after experience ``i``, columns = tasks (``None``/NaN = not evaluated).
+        tasks: column names.
+        experience_tasks: tasks trained in each experience (defaults to one task per experience,
+            in column order).  A task's "learned at" row is the experience that trained it.
+
+    Returns:
+        ``average_accuracy``: mean of the last row over evaluated tasks;
+        ``average_accuracy_per_experience``: the same for every row;
+        ``forgetting``: mean over tasks learned before the last experience of
+        ``max_{i < last} R[i][j] - R[last][j]`` (``None`` if there is no such task);
+        ``forgetting_per_task``; ``backward_transfer``: mean of ``R[last][j] - R[learned_j][j]``.
+
+    Raises:
+        ValueError: if the matrix is ragged or its width differs from ``len(tasks)``.
+    """
+    R = _as_matrix(matrix)
+    if R.size and R.shape[1] != len(tasks):
+        raise ValueError(f"accuracy matrix has {R.shape[1]} columns but {len(tasks)} task names")
+    if experience_tasks is None:
+        experience_tasks = [[t] for t in tasks[: len(R)]]
+    learned_at = {}
+    for i, names in enumerate(experience_tasks):
+        for name in names:
+            learned_at.setdefault(name, i)
+
+    def mean(values: List[float]) -> Optional[float]:
+        values = [v for v in values if not math.isnan(v)]
+        return float(np.mean(values)) if values else None
+
+    out = ContinualSummary(tasks=list(tasks))
+    out["average_accuracy_per_experience"] = [mean(list(row)) for row in R]
+    out["average_accuracy"] = out["average_accuracy_per_experience"][-1] if len(R) else None
+    last = len(R) - 1
+    forgetting: Dict[str, Optional[float]] = {}
+    bwt: List[float] = []
+    for j, name in enumerate(tasks):
+        start = learned_at.get(name)
+        if start is None or start >= last or math.isnan(R[last, j]):
+            forgetting[name] = None
+            continue
+        history = [v for v in R[start:last, j] if not math.isnan(v)]
+        forgetting[name] = float(max(history) - R[last, j]) if history else None
+        if not math.isnan(R[start, j]):
+            bwt.append(float(R[last, j] - R[start, j]))
+    out["forgetting_per_task"] = forgetting
+    out["forgetting"] = mean([v for v in forgetting.values() if v is not None])
+    out["backward_transfer"] = mean(bwt)
+    return out
+
+
+def format_matrix(matrix: Sequence[Sequence[Optional[float]]], tasks: Sequence[str], row_labels: Optional[Sequence[str]] = None, digits: int = 3) -> str:
+    """Plain-text table of the accuracy matrix (rows: after experience i; columns: tasks)."""
+    R = _as_matrix(matrix)
+    row_labels = list(row_labels or [f"after exp {i}" for i in range(len(R))])
+    width = max([len(t) for t in tasks] + [digits + 3])
+    first = max([len(r) for r in row_labels] + [len("trained \\ tested")])
+    lines = ["trained \\ tested".ljust(first) + " | " + " | ".join(t.rjust(width) for t in tasks)]
+    lines.append("-" * len(lines[0]))
+    for label, row in zip(row_labels, R):
+        cells = ["-".rjust(width) if math.isnan(v) else f"{v:.{digits}f}".rjust(width) for v in row]
+        lines.append(label.ljust(first) + " | " + " | ".join(cells))
+    return "\n".join(lines)

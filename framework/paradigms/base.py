@@ -1,0 +1,326 @@
+"""Shared LightningModule for every training paradigm.
+
+All paradigms consume the same batch: a dict keyed by task name, each value a dict with
+``image`` and ``target`` tensors.  ``training_step`` sums per-task losses; the only thing a
+paradigm decides is *which tasks are trained at which epoch* (:meth:`experiences`) and *which
+model serves a task* (:meth:`model_for`).
+
+Experience-boundary hooks (Avalanche-style vocabulary): at the first epoch of an experience the
+module calls ``on_experience_start(trainer, module, experience, tasks)`` and after its last epoch
+``on_experience_end(...)`` on itself and on every callback that defines them.
+"""
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from framework.model import MedCLModel
+from framework.specs import TaskSpec
+
+__all__ = ["MedCLModule", "CHECKPOINT_KEY", "OPTIMIZER_ON_NEW_TASK"]
+
+log = logging.getLogger(__name__)
+
+#: key under which task specs are stored in Lightning checkpoints
+CHECKPOINT_KEY = "medcl"
+CHECKPOINT_FORMAT = 1
+OPTIMIZER_ON_NEW_TASK = ("extend", "reset")
+
+
+class MedCLModule(pl.LightningModule):
+    """Base of :class:`SpecializedModule`, :class:`JointModule` and :class:`ContinualModule`.
+
+    Args:
+        backbone: open_clip architecture name (``medcl-vit-tiny``, ``medcl-resnet18-tiny``, ``ViT-B-16`` ...).
+        pretrained: ``None``, a local checkpoint file, or an open_clip tag (needs internet).
+        image_size: override the architecture's input size.
+        freeze_image_tower: keep the image tower frozen.
+        freeze_text_tower: keep the text tower frozen (prompt embeddings are then cached).
+        head_args: per-kind head options, e.g. ``{"classification": {"learn_class_embeddings": true}}``.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        optimizer_on_new_task: what happens to the optimizer when a head is added during ``fit``:
+            ``"extend"`` adds a parameter group for the new head and keeps the Adam state of
+            everything else; ``"reset"`` rebuilds the optimizer and drops all Adam state.
+
+    Raises:
+        ValueError: on invalid hyper-parameters.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "medcl-vit-tiny",
+        pretrained: Optional[str] = None,
+        image_size: Optional[int] = None,
+        freeze_image_tower: bool = False,
+        freeze_text_tower: bool = True,
+        head_args: Optional[Dict[str, Dict[str, Any]]] = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer_on_new_task: str = "extend",
+    ) -> None:
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: lr expected > 0, found {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"{type(self).__name__}: weight_decay expected >= 0, found {weight_decay}")
+        if optimizer_on_new_task not in OPTIMIZER_ON_NEW_TASK:
+            raise ValueError(
+                f"{type(self).__name__}: optimizer_on_new_task expected one of {list(OPTIMIZER_ON_NEW_TASK)}, found {optimizer_on_new_task!r}"
+            )
+        self.save_hyperparameters()
+        self.backbone_config = dict(
+            model_name=backbone,
+            pretrained=pretrained,
+            image_size=image_size,
+            freeze_image_tower=freeze_image_tower,
+            freeze_text_tower=freeze_text_tower,
+        )
+        self.head_args = dict(head_args or {})
+        #: specs of the tasks the model has grown heads for, in order
+        self.task_specs: Dict[str, TaskSpec] = {}
+        #: specs the data offers, in stream order (set in :meth:`setup`)
+        self.stream_specs: Dict[str, TaskSpec] = {}
+        self.metrics = nn.ModuleDict()
+
+    # ------------------------------------------------------------------ paradigm interface
+    def new_model(self) -> MedCLModel:
+        """A fresh backbone with no heads, from this module's hyper-parameters."""
+        return MedCLModel(backbone=self.backbone_config, head_args=self.head_args)
+
+    @abstractmethod
+    def model_for(self, task: str) -> MedCLModel:
+        """The model that serves ``task``."""
+
+    @abstractmethod
+    def _grow(self, spec: TaskSpec) -> None:
+        """Add a head (and, for specialised learning, a model) for ``spec``."""
+
+    @abstractmethod
+    def optimizer_groups(self) -> List[Tuple[str, List[nn.Parameter]]]:
+        """Named parameter groups, in a deterministic order that depends only on the grown tasks."""
+
+    @abstractmethod
+    def experiences(self) -> List[List[str]]:
+        """Task names trained in each experience, in order."""
+
+    def epochs_per_experience(self) -> int:
+        return max(int(self.trainer.max_epochs or 1), 1)
+
+    # ------------------------------------------------------------------ growth
+    def add_task(self, spec: TaskSpec) -> None:
+        """Grow the model by a task; the only way new heads appear.
+
+        During ``fit`` the optimizer is extended or reset according to ``optimizer_on_new_task``.
+
+        Raises:
+            ValueError: if the task already exists.
+        """
+        if spec.name in self.task_specs:
+            raise ValueError(f"{type(self).__name__}.add_task: task {spec.name!r} already exists (tasks: {list(self.task_specs)})")
+        self._grow(spec)
+        self.task_specs[spec.name] = spec
+        head = self.model_for(spec.name).head(spec.name)
+        for stage in ("val", "test"):
+            self.metrics[f"{stage}_{spec.name}"] = head.make_metrics().clone(prefix=f"{stage}/{spec.name}/")
+        self.metrics.to(self.device)
+        # Lightning caches the names of metric attributes at the first self.log; new heads bring
+        # new metrics, so the cache must be rebuilt.
+        self._metric_attributes = None
+        self._update_optimizer_for(spec.name)
+
+    def _update_optimizer_for(self, task: str) -> None:
+        trainer = self._trainer
+        if trainer is None or not trainer.optimizers:
+            return
+        if self.hparams.optimizer_on_new_task == "reset":
+            trainer.strategy.setup_optimizers(trainer)
+            log.info("task %r added: optimizer rebuilt (optimizer_on_new_task='reset', Adam state dropped)", task)
+            return
+        optimizer = trainer.optimizers[0]
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for name, params in self.optimizer_groups():
+            new = [p for p in params if id(p) not in known]
+            if new:
+                optimizer.add_param_group({"params": new, "name": name})
+        log.info("task %r added: optimizer extended with its parameters (other Adam state kept)", task)
+
+    def ensure_tasks(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self.task_specs:
+                self.add_task(self.stream_specs[name])
+
+    # ------------------------------------------------------------------ data coupling
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        specs = getattr(datamodule, "task_specs", None)
+        if specs is None:
+            if stage == "fit":
+                raise ValueError(
+                    f"{type(self).__name__}: the datamodule must expose `task_specs` (use a data_modules.DomainStream "
+                    f"or a data_modules.DomainDataModule); found {type(datamodule).__name__}"
+                )
+            return
+        names = [s.name for s in specs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"{type(datamodule).__name__}: task name(s) {dupes} used more than once")
+        self.stream_specs = {s.name: s for s in specs}
+        for name, spec in self.task_specs.items():
+            if name in self.stream_specs and self.stream_specs[name] != spec:
+                raise ValueError(
+                    f"task {name!r}: the model's spec {spec.to_dict()} differs from the data's {self.stream_specs[name].to_dict()}"
+                )
+        if stage == "fit":
+            self.validate_schedule()
+            self.ensure_tasks(self.experiences()[0])
+
+    def validate_schedule(self) -> None:
+        """Check trainer settings against the paradigm's schedule (override to add checks)."""
+
+    def experience_of_epoch(self, epoch: int) -> int:
+        return min(epoch // self.epochs_per_experience(), len(self.experiences()) - 1)
+
+    def tasks_for_epoch(self, epoch: int) -> List[str]:
+        """Tasks whose training data the stream serves at ``epoch``."""
+        return list(self.experiences()[self.experience_of_epoch(epoch)])
+
+    def tasks_for_evaluation(self) -> List[str]:
+        """Tasks the model can be tested on: those it has heads for."""
+        return list(self.task_specs)
+
+    # ------------------------------------------------------------------ experience hooks
+    def on_train_epoch_start(self) -> None:
+        epoch = self.current_epoch
+        experience = self.experience_of_epoch(epoch)
+        if epoch == experience * self.epochs_per_experience():
+            tasks = self.experiences()[experience]
+            self.ensure_tasks(tasks)
+            self._dispatch("on_experience_start", experience, tasks)
+
+    def on_train_epoch_end(self) -> None:
+        epoch = self.current_epoch
+        experience = self.experience_of_epoch(epoch)
+        last_epoch = (epoch + 1) % self.epochs_per_experience() == 0 or epoch + 1 >= (self.trainer.max_epochs or 0)
+        if last_epoch:
+            self._dispatch("on_experience_end", experience, self.experiences()[experience])
+
+    def _dispatch(self, hook: str, experience: int, tasks: Sequence[str]) -> None:
+        for callback in self.trainer.callbacks:
+            fn = getattr(callback, hook, None)
+            if callable(fn):
+                fn(self.trainer, self, experience, list(tasks))
+
+    # ------------------------------------------------------------------ steps
+    def _forward_task(self, task: str, sub: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        model = self.model_for(task)
+        head = model.head(task)
+        outputs = model(sub["image"], task)
+        return outputs, head.loss(outputs, sub["target"])
+
+    def training_step(self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int) -> Tensor:
+        total = None
+        for task, sub in batch.items():
+            _, loss = self._forward_task(task, sub)
+            self.log(f"train/{task}/loss", loss, batch_size=len(sub["target"]), on_step=False, on_epoch=True)
+            total = loss if total is None else total + loss
+        if total is None:
+            raise ValueError("training_step received an empty batch dict")
+        self.log("train/loss", total, prog_bar=True, batch_size=1)
+        return total
+
+    def _eval_step(self, batch: Mapping[str, Mapping[str, Tensor]], stage: str) -> None:
+        for task, sub in batch.items():
+            if stage == "val" and task not in self.task_specs:
+                continue  # a later experience's domain: no head yet, nothing to validate
+            outputs, loss = self._forward_task(task, sub)
+            head = self.model_for(task).head(task)
+            metrics = self.metrics[f"{stage}_{task}"]
+            metrics.update(**head.metric_inputs(outputs, sub["target"]))
+            n = len(sub["target"])
+            self.log(f"{stage}/{task}/loss", loss, batch_size=n, add_dataloader_idx=False)
+            self.log_dict(metrics, batch_size=n, add_dataloader_idx=False, prog_bar=False)
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Tensor]:
+        out = {}
+        for task, sub in batch.items():
+            model = self.model_for(task)
+            out[task] = model.head(task).predict(model(sub["image"], task))
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, task: str, dataloader: Iterable[Mapping[str, Mapping[str, Tensor]]]) -> Dict[str, float]:
+        """Evaluate one task on a keyed dataloader outside the Lightning loops.
+
+        Returns:
+            metric name -> value (the head's :meth:`make_metrics`, plus ``score`` = the primary metric).
+        """
+        model = self.model_for(task)
+        head = model.head(task)
+        metrics = head.make_metrics().to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            for batch in dataloader:
+                sub = batch[task]
+                images = sub["image"].to(self.device)
+                target = sub["target"].to(self.device)
+                metrics.update(**head.metric_inputs(model(images, task), target))
+            values = {k: float(v) for k, v in metrics.compute().items()}
+        finally:
+            self.train(was_training)
+        values["score"] = values[head.score_name]
+        return values
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        groups = [{"params": params, "name": name} for name, params in self.optimizer_groups() if params]
+        if not groups:
+            raise ValueError(f"{type(self).__name__}: nothing to train (every parameter is frozen and no head exists)")
+        return torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    @staticmethod
+    def _trainable(module: nn.Module) -> List[nn.Parameter]:
+        return [p for p in module.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "format": CHECKPOINT_FORMAT,
+            "paradigm": type(self).__name__,
+            "tasks": [spec.to_dict() for spec in self.task_specs.values()],
+        }
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Rebuild the heads stored in the checkpoint before Lightning loads the weights (strictly)."""
+        meta = checkpoint.get(CHECKPOINT_KEY)
+        if meta is None:
+            raise ValueError(
+                f"checkpoint has no '{CHECKPOINT_KEY}' entry with task specs; it was not written by a MedCL module"
+            )
+        if meta.get("paradigm") != type(self).__name__:
+            raise ValueError(
+                f"checkpoint field '{CHECKPOINT_KEY}.paradigm' is {meta.get('paradigm')!r}, but it is being loaded into "
+                f"{type(self).__name__}; load it with that class"
+            )
+        for i, data in enumerate(meta.get("tasks", [])):
+            spec = TaskSpec.from_dict(data, source=f"checkpoint field '{CHECKPOINT_KEY}.tasks[{i}]'")
+            existing = self.task_specs.get(spec.name)
+            if existing is None:
+                self.add_task(spec)
+            elif existing != spec:
+                raise ValueError(
+                    f"checkpoint field '{CHECKPOINT_KEY}.tasks[{i}]' ({spec.name!r}) differs from the task the module "
+                    f"already has: {spec.to_dict()} vs {existing.to_dict()}"
+                )

@@ -1,0 +1,138 @@
+"""Task specifications: the single description of a domain/task from which heads, metrics,
+prompts and checkpoints are derived.
+
+A :class:`TaskSpec` is produced by a data module (it knows its label names) and consumed by the
+model (it builds a head for it).  Specs are stored in checkpoints as plain dictionaries so that a
+grown model can be rebuilt before its weights are loaded.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+__all__ = ["TASK_KINDS", "TaskSpec"]
+
+#: Every kind of task the framework knows about.  A kind is only *usable* once a head is
+#: registered for it (see :mod:`framework.heads.registry`).
+TASK_KINDS = ("classification", "multilabel", "prognosis", "segmentation")
+
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Description of one domain/task.
+
+    Args:
+        name: unique task name, used as the batch key, head key, metric prefix and checkpoint key.
+            Letters, digits, ``_`` and ``-``; must start with a letter.
+        kind: one of :data:`TASK_KINDS`.
+        modality: imaging modality, e.g. ``"microscopy"``, ``"ct"``, ``"x-ray"``.
+        class_names: class names for classification / multilabel tasks (at least two).
+        prompt_template: text prompt with one ``{}`` placeholder for a class name, e.g.
+            ``"a microscopy image of a {} blood cell"``.
+        label_names: foreground label names for segmentation tasks.
+        in_channels: number of image channels the data provides (1 = grayscale, 3 = RGB).
+        spatial_dims: 2 for images, 3 for volumes.
+
+    Raises:
+        ValueError: if any field is missing, has the wrong type or an invalid value.  The message
+            names the field, what was expected and what was found.
+    """
+
+    name: str
+    kind: str
+    modality: str = "unknown"
+    class_names: Tuple[str, ...] = field(default_factory=tuple)
+    prompt_template: str = "a medical image of {}"
+    label_names: Tuple[str, ...] = field(default_factory=tuple)
+    in_channels: int = 3
+    spatial_dims: int = 2
+
+    def __post_init__(self) -> None:
+        # Accept lists from YAML/JSON but store immutable tuples (the spec is hashable and frozen).
+        for name in ("class_names", "label_names"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _fail(self, field_name: str, expected: str, found: Any) -> None:
+        raise ValueError(
+            f"TaskSpec '{getattr(self, 'name', '?')}': field '{field_name}' expected {expected}, found {found!r}"
+        )
+
+    def _validate(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            self._fail("name", "a non-empty identifier of letters, digits, '_' or '-' starting with a letter", self.name)
+        if self.kind not in TASK_KINDS:
+            self._fail("kind", f"one of {list(TASK_KINDS)}", self.kind)
+        if not isinstance(self.modality, str) or not self.modality:
+            self._fail("modality", "a non-empty string", self.modality)
+        if not isinstance(self.class_names, tuple) or not all(isinstance(c, str) and c for c in self.class_names):
+            self._fail("class_names", "a list of non-empty strings", self.class_names)
+        if not isinstance(self.label_names, tuple) or not all(isinstance(c, str) and c for c in self.label_names):
+            self._fail("label_names", "a list of non-empty strings", self.label_names)
+        if self.kind in ("classification", "multilabel"):
+            if len(self.class_names) < 2:
+                self._fail("class_names", f"at least 2 class names for a {self.kind} task", list(self.class_names))
+            if len(set(self.class_names)) != len(self.class_names):
+                dupes = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+                self._fail("class_names", "unique class names", f"duplicates {dupes}")
+            if not isinstance(self.prompt_template, str) or self.prompt_template.count("{}") != 1:
+                self._fail("prompt_template", "a string with exactly one '{}' placeholder", self.prompt_template)
+        if self.kind == "segmentation" and len(self.label_names) < 1:
+            self._fail("label_names", "at least one foreground label name for a segmentation task", list(self.label_names))
+        if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int) or self.in_channels < 1:
+            self._fail("in_channels", "a positive integer", self.in_channels)
+        if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
+            self._fail("spatial_dims", "2 or 3", self.spatial_dims)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (classification/multilabel) or labels incl. background (segmentation)."""
+        if self.kind == "segmentation":
+            return len(self.label_names) + 1
+        return len(self.class_names)
+
+    @property
+    def prompts(self) -> Tuple[str, ...]:
+        """One text prompt per class, from :attr:`prompt_template`."""
+        return tuple(self.prompt_template.format(c.replace("_", " ")) for c in self.class_names)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-python representation (lists, not tuples) stored in checkpoints and JSON."""
+        out = asdict(self)
+        out["class_names"] = list(self.class_names)
+        out["label_names"] = list(self.label_names)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: Optional[str] = None) -> "TaskSpec":
+        """Rebuild a spec from :meth:`to_dict` output.
+
+        Args:
+            data: mapping with the spec fields.
+            source: where the mapping came from (a file or checkpoint), used in error messages.
+
+        Raises:
+            ValueError: on unknown or missing fields, or invalid values.
+        """
+        where = f" in {source}" if source else ""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"task spec{where}: expected a mapping, found {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"task spec{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        missing = sorted({"name", "kind"} - set(data))
+        if missing:
+            raise ValueError(f"task spec{where}: missing required field(s) {missing}")
+        try:
+            return cls(**dict(data))
+        except ValueError as err:
+            raise ValueError(f"{err}{where}") from None

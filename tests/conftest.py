@@ -1,0 +1,45 @@
+"""Shared fixtures.  Everything runs offline on the CPU."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO / "data" / "demo" / "medmnist"
+SHARED_MEDMNIST = REPO.parent / "shared" / "data" / "medmnist"
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch):
+    """Configs use repo-relative paths, as a user running `medcl` from the checkout does."""
+    monkeypatch.chdir(REPO)
+
+
+@pytest.fixture
+def make_npz(tmp_path):
+    """Write a small MedMNIST-format file; keyword overrides replace or drop (None) arrays."""
+
+    def _make(name="toy.npz", n=(12, 6, 6), classes=3, rgb=False, **overrides):
+        rng = np.random.default_rng(0)
+        arrays = {}
+        for split, count in zip(("train", "val", "test"), n):
+            shape = (count, 28, 28, 3) if rgb else (count, 28, 28)
+            arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
+            arrays[f"{split}_labels"] = (np.arange(count) % classes).reshape(-1, 1).astype(np.uint8)
+        for key, value in overrides.items():
+            if value is None:
+                arrays.pop(key)
+            else:
+                arrays[key] = value
+        path = tmp_path / name
+        np.savez(path, **arrays)
+        return path
+
+    return _make
