@@ -10,7 +10,7 @@ from pytorch_lightning.cli import LightningCLI
 from data_modules import DomainStream  # noqa: F401  (registers class paths for the CLI)
 from framework.paradigms import MedCLModule
 
-__all__ = ["MedCLCLI", "main"]
+__all__ = ["MedCLCLI", "main", "run_cli"]
 
 
 class MedCLCLI(LightningCLI):
@@ -20,17 +20,33 @@ class MedCLCLI(LightningCLI):
         parser.set_defaults({"seed_everything": 0})
 
 
-def main(args: Optional[List[str]] = None) -> None:
+def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
+    """Run the MedCL CLI in-process and return it (its ``trainer``, ``model``, ``datamodule``).
+
+    Args:
+        args: command-line arguments (``["fit", "--config", "experiments/quickstart.yaml"]``);
+            ``None`` reads ``sys.argv``.
+        run: run the subcommand; ``False`` only instantiates the objects (then ``args`` has no subcommand).
+    """
     # Offline-first: W&B writes locally unless the user opts in (WANDB_MODE=online or offline: false).
     os.environ.setdefault("WANDB_SILENT", "true")
-    MedCLCLI(
+    return MedCLCLI(
         MedCLModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        # Paradigms build their own AdamW with one named parameter group per head, so that groups
+        # can be added as the model grows and line up again on resume.
+        auto_configure_optimizers=False,
         args=args,
+        run=run,
     )
+
+
+def main() -> None:
+    """Entry point of the ``medcl`` console script."""
+    run_cli()
 
 
 if __name__ == "__main__":  # pragma: no cover

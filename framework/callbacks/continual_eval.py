@@ -200,7 +200,8 @@ def plot_matrix(result: Dict[str, Any], path: Path) -> None:
             text = "–" if math.isnan(matrix[i, j]) else f"{matrix[i, j]:.2f}"
             ax.text(j, i, text, ha="center", va="center", color="w" if not math.isnan(matrix[i, j]) and matrix[i, j] < 0.6 else "k")
     avg, fgt = result.get("average_accuracy"), result.get("forgetting")
-    ax.set_title(f"{result['paradigm']}: avg acc {avg:.3f}" + (f", forgetting {fgt:.3f}" if fgt is not None else ""), fontsize=9)
+    title = result["paradigm"] + (f": avg acc {avg:.3f}" if avg is not None else "")
+    ax.set_title(title + (f", forgetting {fgt:.3f}" if fgt is not None else ""), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

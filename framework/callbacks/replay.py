@@ -67,11 +67,13 @@ class ClassBalancedPolicy(StoragePolicy):
 
     When a new group appears the largest groups give up random samples; within a group, samples
     are kept by reservoir sampling.  Targets that are not a single class index (masks, survival
-    times) count as one group per task.
+    times) count as one group per task.  The policy keeps an index group -> buffer slots so each
+    insertion costs O(number of groups), not O(capacity).
     """
 
     def __init__(self) -> None:
         self.seen: Dict[Hashable, int] = defaultdict(int)
+        self.members: Dict[Hashable, List[int]] = {}
 
     @staticmethod
     def group_of(task: str, target: Tensor) -> Hashable:
@@ -80,31 +82,39 @@ class ClassBalancedPolicy(StoragePolicy):
     def add(self, buffer: "ReplayBuffer", task: str, image: Tensor, target: Tensor) -> None:
         group = self.group_of(task, target)
         self.seen[group] += 1
-        members: Dict[Hashable, List[int]] = defaultdict(list)
-        for i, (t, _, y) in enumerate(buffer.items):
-            members[self.group_of(t, y)].append(i)
         if len(buffer) < buffer.capacity:
             buffer.items.append((task, image, target))
+            self.members.setdefault(group, []).append(len(buffer) - 1)
             return
-        n_groups = len(set(members) | {group})
-        quota = buffer.capacity // n_groups
-        if len(members[group]) < quota:
-            # make room: drop a random sample of the currently largest group
-            largest = max(members, key=lambda g: len(members[g]))
-            victims = members[largest]
-            slot = victims[int(torch.randint(0, len(victims), (1,), generator=buffer.generator))]
+        own = self.members.setdefault(group, [])
+        quota = buffer.capacity // len(self.members)
+        if len(own) < quota:
+            # make room: evict a random sample of the currently largest group
+            largest = max(self.members, key=lambda g: len(self.members[g]))
+            victims = self.members[largest]
+            k = int(torch.randint(0, len(victims), (1,), generator=buffer.generator))
+            slot = victims[k]
+            victims[k] = victims[-1]
+            victims.pop()
             buffer.items[slot] = (task, image, target)
+            own.append(slot)
             return
         # group already at quota: reservoir sampling within the group
         j = int(torch.randint(0, self.seen[group], (1,), generator=buffer.generator))
-        if j < len(members[group]):
-            buffer.items[members[group][j]] = (task, image, target)
+        if j < len(own):
+            buffer.items[own[j]] = (task, image, target)
+        elif not own:
+            del self.members[group]
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"seen": [[t, c, n] for (t, c), n in self.seen.items()]}
+        return {
+            "seen": [[t, c, n] for (t, c), n in self.seen.items()],
+            "members": [[t, c, slots] for (t, c), slots in self.members.items()],
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.seen = defaultdict(int, {(t, c): int(n) for t, c, n in state.get("seen", [])})
+        self.members = {(t, c): [int(i) for i in slots] for t, c, slots in state.get("members", [])}
 
 
 class ReplayBuffer:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -62,7 +62,7 @@ class MedCLModule(pl.LightningModule):
         head_args: Optional[Dict[str, Dict[str, Any]]] = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        optimizer_on_new_task: str = "extend",
+        optimizer_on_new_task: Literal["extend", "reset"] = "extend",
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -324,3 +324,9 @@ class MedCLModule(pl.LightningModule):
                     f"checkpoint field '{CHECKPOINT_KEY}.tasks[{i}]' ({spec.name!r}) differs from the task the module "
                     f"already has: {spec.to_dict()} vs {existing.to_dict()}"
                 )
+        stored = [t.get("name") for t in meta.get("tasks", [])]
+        if list(self.task_specs) != stored:
+            raise ValueError(
+                f"checkpoint field '{CHECKPOINT_KEY}.tasks' holds {stored}, but this run's model has {list(self.task_specs)} "
+                f"(from the data stream); resume with the same domains in the same order"
+            )

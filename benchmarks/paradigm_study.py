@@ -1,0 +1,114 @@
+"""Paradigm study (Yi et al. 2023) on BloodMNIST -> OrganAMNIST: run the four regimes, compare.
+
+Runs ``medcl fit`` on each config in experiments/paradigms/ (same data subset for every regime),
+then writes ``benchmarks/results/paradigm_study.{json,md,png}`` with every accuracy matrix,
+average accuracy, forgetting and wall-clock time.
+
+    python benchmarks/paradigm_study.py                       # all four regimes (~15 min on 2 CPU cores)
+    python benchmarks/paradigm_study.py --regimes sequential sequential_replay
+    python benchmarks/paradigm_study.py --collect-only        # re-read the latest finished runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REGIMES = ["specialized", "joint", "sequential", "sequential_replay"]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def latest_metrics(regime: str) -> Path:
+    runs = sorted((REPO / "runs" / "paradigms" / regime).glob("version_*/continual_metrics.json"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f"no finished run for {regime!r} under runs/paradigms/{regime}/")
+    return runs[-1]
+
+
+def run_regime(regime: str, extra: list) -> float:
+    cmd = [sys.executable, "-m", "framework.cli", "fit", "--config", f"experiments/paradigms/{regime}.yaml", *extra]
+    print(f"\n=== {regime}: {' '.join(cmd[2:])}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return time.perf_counter() - start
+
+
+def markdown(results: dict) -> str:
+    tasks = next(iter(results.values()))["tasks"]
+    lines = ["# Paradigm study: BloodMNIST -> OrganAMNIST", "",
+             "Test accuracy on the full official test sets; 6,000 training images per domain for every regime.", "",
+             "| regime | " + " | ".join(f"{t} (final)" for t in tasks) + " | average accuracy | forgetting | wall time (s) |",
+             "|---|" + "---|" * (len(tasks) + 3)]
+    for regime, r in results.items():
+        final = r["accuracy_matrix"][-1]
+        fgt = "n/a" if r["forgetting"] is None else f"{r['forgetting']:.3f}"
+        wall = "n/a" if r.get("wall_time_s") is None else f"{r['wall_time_s']:.0f}"
+        lines.append(f"| {regime} | " + " | ".join(f"{v:.3f}" for v in final) + f" | {r['average_accuracy']:.3f} | {fgt} | {wall} |")
+    lines += ["", "Accuracy matrices (row = after experience i, column = task):", ""]
+    for regime, r in results.items():
+        lines.append(f"**{regime}**")
+        lines.append("")
+        lines.append("| after | " + " | ".join(tasks) + " |")
+        lines.append("|---|" + "---|" * len(tasks))
+        for e, row in zip(r["experience_tasks"], r["accuracy_matrix"]):
+            lines.append(f"| {'+'.join(e)} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = next(iter(results.values()))["tasks"]
+    regimes = list(results)
+    x = np.arange(len(regimes))
+    width = 0.8 / len(tasks)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for k, task in enumerate(tasks):
+        values = [results[r]["accuracy_matrix"][-1][k] for r in regimes]
+        bars = ax.bar(x + (k - (len(tasks) - 1) / 2) * width, values, width, label=task)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(x, regimes)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("final test accuracy")
+    ax.set_title("Blood -> OrganA: final accuracy per domain")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regimes", nargs="+", default=REGIMES, choices=REGIMES)
+    parser.add_argument("--collect-only", action="store_true", help="do not train; read the latest finished runs")
+    parser.add_argument("extra", nargs="*", help="extra CLI overrides passed to every run, after --")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    previous = {}
+    if (RESULTS / "paradigm_study.json").is_file():
+        previous = json.loads((RESULTS / "paradigm_study.json").read_text())
+    results = {}
+    for regime in args.regimes:
+        wall = None if args.collect_only else run_regime(regime, args.extra)
+        result = json.loads(latest_metrics(regime).read_text())
+        result.pop("details", None)
+        result["wall_time_s"] = wall if wall is not None else previous.get(regime, {}).get("wall_time_s")
+        result["run"] = str(latest_metrics(regime).parent.relative_to(REPO))
+        results[regime] = result
+    (RESULTS / "paradigm_study.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "paradigm_study.md").write_text(markdown(results))
+    plot(results, RESULTS / "paradigm_study.png")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Shrink the real experiment configs for tests (1 epoch per experience, a few batches, CPU)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+from conftest import REPO
+
+
+def load_config(path: Path) -> Dict[str, Any]:
+    """Read an experiment YAML, inlining a ``data:`` value that names another YAML file."""
+    path = Path(path)
+    config = yaml.safe_load(path.read_text())
+    if isinstance(config.get("data"), str):
+        config["data"] = yaml.safe_load((path.parent / config["data"]).read_text())
+    return config
+
+
+def shrink_config(
+    path: Path,
+    out_dir: Path,
+    train_subset: int = 48,
+    eval_subset: int = 40,
+    batch_size: int = 16,
+    train_batches: int = 2,
+    keep_loggers: bool = False,
+    extra_trainer: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Write a shrunk copy of a real config to ``out_dir/config.yaml`` and return its path.
+
+    Everything that makes the experiment what it is (paradigm, domains, heads, callbacks) is
+    kept; only sizes, epochs and output locations change.
+    """
+    config = copy.deepcopy(load_config(REPO / path))
+    model = config["model"]["init_args"]
+    trainer = config["trainer"]
+    n_domains = len(config["data"]["init_args"]["domains"])
+    if "epochs_per_experience" in model:
+        model["epochs_per_experience"] = 1
+        trainer["max_epochs"] = n_domains
+    else:
+        trainer["max_epochs"] = 1
+    for domain in config["data"]["init_args"]["domains"]:
+        args = domain["init_args"]
+        args.update(train_subset=train_subset, val_subset=eval_subset, test_subset=eval_subset, batch_size=batch_size, eval_batch_size=64)
+    trainer.update(
+        default_root_dir=str(out_dir),
+        limit_train_batches=train_batches,
+        limit_val_batches=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    if keep_loggers:
+        for logger in trainer.get("logger") or []:
+            logger["init_args"]["save_dir"] = str(out_dir)
+    else:
+        trainer["logger"] = [{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(out_dir), "name": "run"}}]
+    trainer.update(extra_trainer or {})
+    out = Path(out_dir) / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out

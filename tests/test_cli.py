@@ -1,0 +1,55 @@
+"""Smoke test of the `medcl` console script on the quickstart config, as a user runs it."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from helpers import shrink_config
+
+
+def medcl_command():
+    script = Path(sys.executable).parent / "medcl"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "framework.cli"]
+
+
+def run(args, cwd=REPO):
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(REPO))
+    return subprocess.run(medcl_command() + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_subcommands():
+    out = run(["--help"])
+    assert out.returncode == 0, out.stderr
+    for sub in ("fit", "validate", "test", "predict"):
+        assert sub in out.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_config_from_the_command_line(tmp_path):
+    config = shrink_config("experiments/quickstart.yaml", tmp_path, keep_loggers=True)
+    out = run(["fit", "--config", str(config)])
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the accuracy matrix is printed as a table at the end of fit
+    assert "Continual evaluation (ContinualModule, test split, metric: acc)" in out.stdout
+    assert "after exp 1 (organamnist)" in out.stdout and "forgetting:" in out.stdout
+    (metrics_json,) = list(tmp_path.rglob("continual_metrics.json"))
+    result = json.loads(metrics_json.read_text())
+    assert {"tasks", "accuracy_matrix", "average_accuracy", "forgetting"} <= set(result)
+    assert (metrics_json.parent / "continual_metrics.csv").is_file()
+    assert list(tmp_path.rglob("last.ckpt"))
+    # W&B ran offline: a local run folder, no account, no network
+    assert list((tmp_path / "wandb").glob("offline-run-*")), list(tmp_path.rglob("*"))[:20]
+
+
+def test_bad_config_value_is_reported(tmp_path):
+    config = shrink_config("experiments/quickstart.yaml", tmp_path)
+    text = config.read_text().replace("flag: bloodmnist", "flag: bloodmnist3d")
+    config.write_text(text)
+    out = run(["fit", "--config", str(config)])
+    assert out.returncode != 0
+    assert "bloodmnist3d" in out.stderr
