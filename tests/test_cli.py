@@ -53,3 +53,13 @@ def test_bad_config_value_is_reported(tmp_path):
     out = run(["fit", "--config", str(config)])
     assert out.returncode != 0
     assert "bloodmnist3d" in out.stderr
+
+
+def test_debug_preset_stacks_on_an_experiment_config(tmp_path):
+    from framework.cli import run_cli
+
+    cli = run_cli(["fit", "--config", "experiments/quickstart.yaml", "--config", "experiments/debug.yaml",
+                   "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    assert cli.trainer.limit_train_batches == 2 and cli.trainer.loggers == []
+    assert cli.trainer.global_step == 2 * 10  # 2 batches x 10 epochs (2 domains x 5 epochs each)
+    assert (tmp_path / "continual_metrics.json").is_file()
