@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import List, Optional
 
 import pytorch_lightning as pl
@@ -44,9 +45,32 @@ def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
     )
 
 
+def _root_cause(err: BaseException) -> BaseException:
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        nxt = err.__cause__ or err.__context__
+        if nxt is None:
+            break
+        err = nxt
+    return err
+
+
 def main() -> None:
-    """Entry point of the ``medcl`` console script."""
-    run_cli()
+    """Entry point of the ``medcl`` console script.
+
+    Configuration and data errors are printed as one line naming the file or field; set
+    ``MEDCL_TRACEBACK=1`` to see the full traceback.
+    """
+    try:
+        run_cli()
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        if os.environ.get("MEDCL_TRACEBACK"):
+            raise
+        cause = _root_cause(err)
+        message = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
+        print(f"medcl: error: {type(cause).__name__}: {message}\n(set MEDCL_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
