@@ -117,3 +117,12 @@ def test_callback_mixes_old_tasks_into_the_batch_in_place():
 def test_callback_argument_validation(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         ReplayCallback(**kwargs)
+
+
+def test_resume_with_another_budget_fails_loudly():
+    cb = ReplayCallback(capacity=20, policy="reservoir")
+    stream(cb.buffer, "a", 30)
+    state = cb.state_dict()
+    assert ReplayCallback(capacity=50).state_key == cb.state_key  # Lightning hands the state over ...
+    with pytest.raises(ValueError, match="checkpoint field 'capacity' is 20, this buffer has 50"):
+        ReplayCallback(capacity=50).load_state_dict(state)  # ... and the mismatch is refused

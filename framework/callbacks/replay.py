@@ -251,7 +251,9 @@ class ReplayCallback(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return f"ReplayCallback[{self.policy_name},{self.buffer.capacity}]"
+        # Fixed key: resuming with another capacity or policy must fail loudly in
+        # load_state_dict, not silently start from an empty buffer under a new key.
+        return "ReplayCallback"
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: MutableMapping[str, Any], batch_idx: int) -> None:
         if not isinstance(batch, MutableMapping):
