@@ -129,3 +129,14 @@ def test_predict_returns_class_indices_per_task(quickstart_run):
     assert set(by_task) == set(TASKS)
     assert by_task["bloodmnist"].dtype == torch.int64 and int(by_task["bloodmnist"].max()) < 8
     assert int(by_task["organamnist"].max()) < 11
+
+
+def test_checkpoint_task_that_disagrees_with_the_data_is_refused(quickstart_run, tmp_path):
+    import yaml
+
+    config = shrink_config("experiments/quickstart.yaml", tmp_path, train_subset=64, eval_subset=60)
+    data = yaml.safe_load(config.read_text())
+    data["data"]["init_args"]["domains"][1]["init_args"]["prompt_template"] = "a CT image of the {}"
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r"checkpoint field 'medcl.tasks\[1\]' \('organamnist'\) differs from the data's task"):
+        run_cli(["test", "--config", str(config), "--ckpt_path", str(quickstart_run["ckpts"] / "last.ckpt")])

@@ -55,3 +55,18 @@ def test_optimizer_reset_policy_rebuilds_adam_state(tmp_path):
         trainer.fit(module, datamodule=stream)
     assert states[("extend", 1)] == (["backbone", "head:bloodmnist", "head:organamnist"], True)
     assert states[("reset", 1)] == (["backbone", "head:bloodmnist", "head:organamnist"], False)
+
+
+def test_run_stopped_inside_an_experience_is_still_evaluated(tmp_path):
+    """max_steps ends the stream during experience 0: the callback evaluates the model as it is."""
+    from data_modules import DomainStream
+
+    stream = DomainStream([MedMNISTDataModule(f, data_dir=str(DEMO_DIR), train_subset=64, val_subset=16, test_subset=16, batch_size=16)
+                           for f in ("bloodmnist", "organamnist")])
+    module = ContinualModule(epochs_per_experience=2)
+    evaluation = ContinualEvaluation(output_dir=str(tmp_path))
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=4, max_steps=3, reload_dataloaders_every_n_epochs=1, logger=False,
+                         enable_progress_bar=False, enable_checkpointing=False, callbacks=[evaluation], limit_val_batches=0)
+    trainer.fit(module, datamodule=stream)
+    assert evaluation.result["experiences"] == [0]
+    assert evaluation.result["accuracy_matrix"][0][1] is None

@@ -61,7 +61,10 @@ class ContinualEvaluation(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         # Training stopped early (max_steps, early stopping): record the experience it was in.
-        experience = pl_module.experience_of_epoch(trainer.current_epoch if trainer.current_epoch < (trainer.max_epochs or 0) else trainer.current_epoch - 1)
+        # After a normal finish current_epoch == max_epochs, one past the last trained epoch.
+        epoch = trainer.current_epoch
+        last_trained = epoch - 1 if trainer.max_epochs is not None and epoch >= trainer.max_epochs else epoch
+        experience = pl_module.experience_of_epoch(max(last_trained, 0))
         if experience not in self.rows and pl_module.task_specs:
             log.warning("training ended inside experience %d; evaluating the model as it is", experience)
             self.evaluate_experience(trainer, pl_module, experience, pl_module.experiences()[experience])

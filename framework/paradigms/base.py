@@ -316,6 +316,12 @@ class MedCLModule(pl.LightningModule):
             )
         for i, data in enumerate(meta.get("tasks", [])):
             spec = TaskSpec.from_dict(data, source=f"checkpoint field '{CHECKPOINT_KEY}.tasks[{i}]'")
+            offered = self.stream_specs.get(spec.name)
+            if offered is not None and offered != spec:
+                raise ValueError(
+                    f"checkpoint field '{CHECKPOINT_KEY}.tasks[{i}]' ({spec.name!r}) differs from the data's task: "
+                    f"{spec.to_dict()} vs {offered.to_dict()}"
+                )
             existing = self.task_specs.get(spec.name)
             if existing is None:
                 self.add_task(spec)
