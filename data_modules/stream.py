@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader

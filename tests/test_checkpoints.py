@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from framework.callbacks import ContinualEvaluation, ReplayCallback
+from framework.callbacks import ReplayCallback
 from framework.callbacks.continual_eval import METRICS_JSON
 from framework.cli import run_cli
 from framework.paradigms import ContinualModule, JointModule

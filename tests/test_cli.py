@@ -1,7 +1,6 @@
 """Smoke test of the `medcl` console script on the quickstart config, as a user runs it."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -102,7 +102,7 @@ def test_wrong_dtype_named(make_npz):
 
 
 def test_channel_mismatch_with_flag_named(make_npz, tmp_path):
-    path = make_npz("bloodmnist.npz", classes=8)  # grayscale file posing as (RGB) BloodMNIST
+    make_npz("bloodmnist.npz", classes=8)  # grayscale file posing as (RGB) BloodMNIST
     dm = MedMNISTDataModule("bloodmnist", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"bloodmnist.npz: field 'train_images' has 1 channel\(s\), but bloodmnist images have 3"):
         dm.setup()

@@ -112,7 +112,7 @@ class CLIPBackbone(nn.Module):
         self.model_name = model_name
         self.pretrained = self._resolve_pretrained(model_name, pretrained)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
+            model, _, _ = open_clip.create_model_and_transforms(
                 model_name,
                 pretrained=self.pretrained,
                 force_image_size=image_size,

@@ -5,7 +5,7 @@ never changes because it only talks to the :class:`~framework.heads.base.TaskHea
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, Mapping, Optional, TypeVar
 
 from framework.specs import TASK_KINDS, TaskSpec
 
