@@ -8,7 +8,6 @@ from typing import List, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 
-from data_modules import DomainStream  # noqa: F401  (registers class paths for the CLI)
 from framework.paradigms import MedCLModule
 
 __all__ = ["MedCLCLI", "main", "run_cli"]

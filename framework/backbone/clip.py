@@ -147,6 +147,9 @@ class CLIPBackbone(nn.Module):
         model.logit_scale.requires_grad_(False)
         if getattr(model, "logit_bias", None) is not None:
             model.logit_bias.requires_grad_(False)
+        visual_ids = {id(p) for p in model.visual.parameters()} | {id(model.logit_scale)}
+        # plain list, not registered: the same Parameter objects, kept across .to() moves
+        self._text_params = [p for p in model.parameters() if id(p) not in visual_ids]
         self._text_cache: Dict[Tuple[str, ...], Tensor] = {}
         # Loaded weights (checkpoint restore) make cached prompt embeddings stale.
         self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_text_cache())
@@ -221,7 +224,7 @@ class CLIPBackbone(nn.Module):
         """
         key = tuple(prompts)
         device = self.pixel_mean.device
-        text_trainable = any(p.requires_grad for p in self._text_parameters())
+        text_trainable = any(p.requires_grad for p in self._text_params)
         if not text_trainable:
             cached = self._text_cache.get(key)
             if cached is None or cached.device != device:
@@ -234,11 +237,6 @@ class CLIPBackbone(nn.Module):
     def _encode_text(self, prompts: Tuple[str, ...], device: torch.device) -> Tensor:
         tokens = self.tokenizer(list(prompts)).to(device)
         return self.clip.encode_text(tokens, normalize=True)
-
-    def _text_parameters(self):
-        visual_ids = {id(p) for p in self.clip.visual.parameters()}
-        skip = {id(self.clip.logit_scale)}
-        return (p for p in self.clip.parameters() if id(p) not in visual_ids and id(p) not in skip)
 
     def clear_text_cache(self) -> None:
         """Drop cached prompt embeddings (call after changing text-tower weights by hand)."""

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
@@ -53,21 +53,24 @@ class ContinualEvaluation(pl.Callback):
         self.rows: Dict[int, Dict[str, Dict[str, float]]] = {}
         self.experience_tasks: Dict[int, List[str]] = {}
         self.result: Optional[Dict[str, Any]] = None
+        self._current: Optional[Tuple[int, List[str]]] = None  # (experience, tasks) being trained
         self._wandb_defined = False
 
     # ------------------------------------------------------------------ hooks
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
+        # every epoch, not only at experience start, so a run resumed mid-experience knows it too
+        experience = pl_module.experience_of_epoch(trainer.current_epoch)
+        self._current = (experience, pl_module.experiences()[experience])
+
     def on_experience_end(self, trainer: pl.Trainer, pl_module, experience: int, tasks: List[str]) -> None:
         self.evaluate_experience(trainer, pl_module, experience, tasks)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
-        # Training stopped early (max_steps, early stopping): record the experience it was in.
-        # After a normal finish current_epoch == max_epochs, one past the last trained epoch.
-        epoch = trainer.current_epoch
-        last_trained = epoch - 1 if trainer.max_epochs is not None and epoch >= trainer.max_epochs else epoch
-        experience = pl_module.experience_of_epoch(max(last_trained, 0))
-        if experience not in self.rows and pl_module.task_specs:
-            log.warning("training ended inside experience %d; evaluating the model as it is", experience)
-            self.evaluate_experience(trainer, pl_module, experience, pl_module.experiences()[experience])
+        # Training stopped inside an experience (max_steps, early stopping): record it as it is.
+        current = self._current
+        if current is not None and current[0] not in self.rows:
+            log.warning("training ended inside experience %d; evaluating the model as it is", current[0])
+            self.evaluate_experience(trainer, pl_module, *current)
         if self.result is not None:
             self._print(self.result)
             self._log_final(trainer)

@@ -105,8 +105,6 @@ class ClassificationHead(TaskHead):
 class MultilabelHead(ClassificationHead):
     """Multi-label variant: one independent sigmoid per class prompt (e.g. ChestMNIST findings)."""
 
-    score_name = "acc"
-
     def _check_target(self, outputs: Tensor, target: Tensor) -> None:
         if target.shape != outputs.shape:
             raise ValueError(

@@ -16,9 +16,11 @@ from abc import abstractmethod
 from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import move_data_to_device
 import torch
 from torch import Tensor, nn
 
+from framework.heads import TaskHead
 from framework.model import MedCLModel
 from framework.specs import TaskSpec
 
@@ -105,9 +107,9 @@ class MedCLModule(pl.LightningModule):
     def optimizer_groups(self) -> List[Tuple[str, List[nn.Parameter]]]:
         """Named parameter groups, in a deterministic order that depends only on the grown tasks."""
 
-    @abstractmethod
     def experiences(self) -> List[List[str]]:
-        """Task names trained in each experience, in order."""
+        """Task names trained in each experience, in order: all tasks at once by default."""
+        return [list(self.stream_specs or self.task_specs)]
 
     def epochs_per_experience(self) -> int:
         return max(int(self.trainer.max_epochs or 1), 1)
@@ -217,16 +219,16 @@ class MedCLModule(pl.LightningModule):
                 fn(self.trainer, self, experience, list(tasks))
 
     # ------------------------------------------------------------------ steps
-    def _forward_task(self, task: str, sub: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
+    def _forward_task(self, task: str, sub: Mapping[str, Tensor]) -> Tuple[TaskHead, Tensor, Tensor]:
         model = self.model_for(task)
         head = model.head(task)
-        outputs = model(sub["image"], task)
-        return outputs, head.loss(outputs, sub["target"])
+        outputs = head(model.backbone, sub["image"])
+        return head, outputs, head.loss(outputs, sub["target"])
 
     def training_step(self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int) -> Tensor:
         total = None
         for task, sub in batch.items():
-            _, loss = self._forward_task(task, sub)
+            _, _, loss = self._forward_task(task, sub)
             self.log(f"train/{task}/loss", loss, batch_size=len(sub["target"]), on_step=False, on_epoch=True)
             total = loss if total is None else total + loss
         if total is None:
@@ -238,8 +240,7 @@ class MedCLModule(pl.LightningModule):
         for task, sub in batch.items():
             if stage == "val" and task not in self.task_specs:
                 continue  # a later experience's domain: no head yet, nothing to validate
-            outputs, loss = self._forward_task(task, sub)
-            head = self.model_for(task).head(task)
+            head, outputs, loss = self._forward_task(task, sub)
             metrics = self.metrics[f"{stage}_{task}"]
             metrics.update(**head.metric_inputs(outputs, sub["target"]))
             n = len(sub["target"])
@@ -263,6 +264,9 @@ class MedCLModule(pl.LightningModule):
     def evaluate(self, task: str, dataloader: Iterable[Mapping[str, Mapping[str, Tensor]]]) -> Dict[str, float]:
         """Evaluate one task on a keyed dataloader outside the Lightning loops.
 
+        Lightning cannot run ``trainer.test`` inside ``fit``; this is the experience-end
+        evaluation loop, with the head's own torchmetrics collection.
+
         Returns:
             metric name -> value (the head's :meth:`make_metrics`, plus ``score`` = the primary metric).
         """
@@ -273,10 +277,8 @@ class MedCLModule(pl.LightningModule):
         self.eval()
         try:
             for batch in dataloader:
-                sub = batch[task]
-                images = sub["image"].to(self.device)
-                target = sub["target"].to(self.device)
-                metrics.update(**head.metric_inputs(model(images, task), target))
+                sub = move_data_to_device(batch[task], self.device)
+                metrics.update(**head.metric_inputs(head(model.backbone, sub["image"]), sub["target"]))
             values = {k: float(v) for k, v in metrics.compute().items()}
         finally:
             self.train(was_training)
@@ -322,14 +324,8 @@ class MedCLModule(pl.LightningModule):
                     f"checkpoint field '{CHECKPOINT_KEY}.tasks[{i}]' ({spec.name!r}) differs from the data's task: "
                     f"{spec.to_dict()} vs {offered.to_dict()}"
                 )
-            existing = self.task_specs.get(spec.name)
-            if existing is None:
+            if spec.name not in self.task_specs:  # heads already present were added from the data, checked above
                 self.add_task(spec)
-            elif existing != spec:
-                raise ValueError(
-                    f"checkpoint field '{CHECKPOINT_KEY}.tasks[{i}]' ({spec.name!r}) differs from the task the module "
-                    f"already has: {spec.to_dict()} vs {existing.to_dict()}"
-                )
         stored = [t.get("name") for t in meta.get("tasks", [])]
         if list(self.task_specs) != stored:
             raise ValueError(

@@ -41,6 +41,3 @@ class JointModule(SharedModelMixin, MedCLModule):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = self.new_model()
-
-    def experiences(self) -> List[List[str]]:
-        return [list(self.stream_specs or self.task_specs)]

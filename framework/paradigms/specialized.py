@@ -36,6 +36,3 @@ class SpecializedModule(MedCLModule):
 
     def optimizer_groups(self) -> List[Tuple[str, List[nn.Parameter]]]:
         return [(f"model:{name}", self._trainable(model)) for name, model in self.models.items()]
-
-    def experiences(self) -> List[List[str]]:
-        return [list(self.stream_specs or self.task_specs)]
