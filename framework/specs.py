@@ -7,6 +7,7 @@ grown model can be rebuilt before its weights are loaded.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -35,6 +36,9 @@ class TaskSpec:
         label_names: foreground label names for segmentation tasks.
         in_channels: number of image channels the data provides (1 = grayscale, 3 = RGB).
         spatial_dims: 2 for images, 3 for volumes.
+        time_bins: prognosis tasks only: increasing cut points (in the data's time unit) of the
+            discrete-time grid used by discrete-time survival losses (MTLR).  Data modules derive
+            them from the training event times; empty for tasks that need none.
 
     Raises:
         ValueError: if any field is missing, has the wrong type or an invalid value.  The message
@@ -49,13 +53,16 @@ class TaskSpec:
     label_names: Tuple[str, ...] = field(default_factory=tuple)
     in_channels: int = 3
     spatial_dims: int = 2
+    time_bins: Tuple[float, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         # Accept lists from YAML/JSON but store immutable tuples (the spec is hashable and frozen).
-        for name in ("class_names", "label_names"):
+        for name in ("class_names", "label_names", "time_bins"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        if self.time_bins and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.time_bins):
+            object.__setattr__(self, "time_bins", tuple(float(v) for v in self.time_bins))
         self._validate()
 
     # ------------------------------------------------------------------ validation
@@ -85,6 +92,12 @@ class TaskSpec:
                 self._fail("prompt_template", "a string with exactly one '{}' placeholder", self.prompt_template)
         if self.kind == "segmentation" and len(self.label_names) < 1:
             self._fail("label_names", "at least one foreground label name for a segmentation task", list(self.label_names))
+        if not isinstance(self.time_bins, tuple) or not all(isinstance(v, float) and math.isfinite(v) for v in self.time_bins):
+            self._fail("time_bins", "a list of finite numbers", self.time_bins)
+        if any(b <= a for a, b in zip(self.time_bins, self.time_bins[1:])):
+            self._fail("time_bins", "strictly increasing cut points", list(self.time_bins))
+        if self.time_bins and self.kind != "prognosis":
+            self._fail("time_bins", "no time bins for a task that is not of kind 'prognosis'", list(self.time_bins))
         if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int) or self.in_channels < 1:
             self._fail("in_channels", "a positive integer", self.in_channels)
         if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
@@ -109,6 +122,7 @@ class TaskSpec:
         out = asdict(self)
         out["class_names"] = list(self.class_names)
         out["label_names"] = list(self.label_names)
+        out["time_bins"] = list(self.time_bins)
         return out
 
     @classmethod
