@@ -53,12 +53,9 @@ class MedCLModel(nn.Module):
             raise ValueError(f"MedCLModel.add_task: expected a TaskSpec, found {type(spec).__name__}")
         if spec.name in self.heads:
             raise ValueError(f"MedCLModel.add_task: task {spec.name!r} already exists (tasks: {self.tasks})")
-        if spec.spatial_dims != 2:
-            raise ValueError(f"MedCLModel.add_task: task {spec.name!r} has spatial_dims=3; 3D volumes are not supported yet")
         head = build_head(spec, self.backbone.embed_dim, self.head_args.get(spec.kind))
-        device = next(self.backbone.parameters()).device
-        head.to(device)
-        head.on_add(self.backbone)
+        head.on_add(self.backbone)  # may build layers from the backbone's feature shapes
+        head.to(next(self.backbone.parameters()).device)
         self.heads[spec.name] = head
         self.specs[spec.name] = spec
         return head
@@ -74,4 +71,5 @@ class MedCLModel(nn.Module):
         return self.heads[task]
 
     def forward(self, images: Tensor, task: str) -> Tensor:
+        """Raw outputs of ``task``'s head (logits, log-risks, mask logits)."""
         return self.head(task)(self.backbone, images)

@@ -193,27 +193,86 @@ class CLIPBackbone(nn.Module):
         return (images - self.pixel_mean) / self.pixel_std
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
-        """Pooled image embedding ``(B, embed_dim)``, L2-normalised by default."""
+        """Pooled image embedding ``(B, embed_dim)``, L2-normalised by default.
+
+        ``images`` are ``(B, C, H, W)`` images or ``(B, C, D, H, W)`` volumes (see :meth:`encode_volume`).
+        """
+        if images.ndim == 5:
+            return self.encode_volume(images, normalize=normalize)
         return self.clip.encode_image(self.prepare_images(images), normalize=normalize)
+
+    def _encode_slices(self, volumes: Tensor) -> Tensor:
+        """Per-slice embeddings ``(B, E, D)`` of ``(B, C, D, H, W)`` volumes."""
+        b, c, d, h, w = volumes.shape
+        slices = volumes.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
+        return self.clip.encode_image(self.prepare_images(slices), normalize=False).reshape(b, d, -1).permute(0, 2, 1)
+
+    def encode_volume(self, volumes: Tensor, normalize: bool = True) -> Tensor:
+        """Volume embedding ``(B, embed_dim)``: every axial slice is encoded by the 2D image tower
+        and the slice embeddings are averaged.
+
+        This is the "2.5D" design of MedMNIST v2's baselines: it reuses the CLIP image tower (and
+        any pretrained 2D weights) unchanged, for any number of slices.  Slices larger in-plane
+        than the model input are not shrunk: MONAI ``sliding_window_inference`` tiles them with
+        windows of the model's input size and averages the window embeddings.
+
+        Raises:
+            ValueError: if ``volumes`` is not ``(B, C, D, H, W)``.
+        """
+        if volumes.ndim != 5:
+            raise ValueError(f"CLIPBackbone: volumes expected shape (B, C, D, H, W), found {tuple(volumes.shape)}")
+        d, h, w = volumes.shape[-3:]
+        if h > self.image_size[0] or w > self.image_size[1]:
+            from monai.inferers import sliding_window_inference
+
+            # one embedding per slice and window: the stitched map is (B, E, D, ~H/h, ~W/w)
+            maps = sliding_window_inference(
+                volumes, roi_size=(d, *self.image_size), sw_batch_size=4, overlap=0.25,
+                predictor=lambda window: self._encode_slices(window)[..., None, None],
+            )
+            pooled = maps.flatten(2).mean(dim=2)
+        else:
+            pooled = self._encode_slices(volumes).mean(dim=2)
+        return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def forward(self, images: Tensor) -> Tensor:
         return self.encode_image(images)
 
-    def forward_intermediates(self, images: Tensor, indices: Union[int, Sequence[int], None] = None) -> List[Tensor]:
+    def forward_intermediates(
+        self, images: Tensor, indices: Union[int, Sequence[int], None] = None, prepared: bool = False
+    ) -> List[Tensor]:
         """Feature maps from several depths of the image tower, for dense heads.
 
         Args:
-            images: ``(B, C, H, W)`` in ``[0, 1]``.
+            images: ``(B, C, H, W)`` in ``[0, 1]``, or already passed through :meth:`prepare_images`.
             indices: open_clip semantics: an int takes the last *n* blocks, a sequence selects
                 block indices, ``None`` takes all.
+            prepared: ``images`` come from :meth:`prepare_images` (skip preparing them again).
 
         Returns:
             list of ``(B, C_i, H_i, W_i)`` tensors, shallow to deep.
         """
         out = self.clip.forward_intermediates(
-            image=self.prepare_images(images), image_indices=indices, intermediates_only=True, image_output_fmt="NCHW"
+            image=images if prepared else self.prepare_images(images),
+            image_indices=indices,
+            intermediates_only=True,
+            image_output_fmt="NCHW",
         )
         return list(out["image_intermediates"])
+
+    @torch.no_grad()
+    def intermediate_shapes(self, indices: Union[int, Sequence[int], None] = None) -> List[Tuple[int, int, int]]:
+        """``(channels, height, width)`` of each :meth:`forward_intermediates` map at the model's input size.
+
+        Found with one dummy forward pass in eval mode, so batch-norm statistics are untouched.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            probe = torch.zeros(1, 3, *self.image_size, device=self.pixel_mean.device)
+            return [tuple(f.shape[1:]) for f in self.forward_intermediates(probe, indices)]
+        finally:
+            self.train(was_training)
 
     # ------------------------------------------------------------------ text side
     def encode_prompts(self, prompts: Sequence[str]) -> Tensor:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -13,7 +13,8 @@ __all__ = ["TaskHead"]
 
 
 class TaskHead(nn.Module, ABC):
-    """A head owns everything task-specific: how it reads the backbone, its loss, its metrics.
+    """A head owns everything task-specific: how it reads the backbone, its loss, its metrics and
+    what it predicts.
 
     Subclasses set :attr:`score_name`, the metric used for the continual accuracy matrix.
 
@@ -33,7 +34,21 @@ class TaskHead(nn.Module, ABC):
         self.embed_dim = embed_dim
 
     def on_add(self, backbone: nn.Module) -> None:
-        """Called once when the head joins a model, e.g. to initialise from the text tower."""
+        """Called once when the head joins a model, before its weights can be loaded: initialise
+        from the text tower, or build layers that depend on the backbone's feature shapes."""
+
+    def check_images(self, images: Tensor) -> None:
+        """Refuse images whose rank does not match the task's ``spatial_dims``.
+
+        Raises:
+            ValueError: naming the task, what it expects and the shape found.
+        """
+        expected = 4 if self.spec.spatial_dims == 2 else 5
+        if images.ndim != expected:
+            what = "(B, C, H, W) images; it is 2D-only" if expected == 4 else "(B, C, D, H, W) volumes"
+            raise ValueError(
+                f"task '{self.spec.name}' (spatial_dims={self.spec.spatial_dims}) expected {what}, found a batch of shape {tuple(images.shape)}"
+            )
 
     @abstractmethod
     def forward(self, backbone: nn.Module, images: Tensor) -> Tensor:
@@ -51,6 +66,15 @@ class TaskHead(nn.Module, ABC):
         """Arguments for ``metrics.update``; override when the metric needs something else."""
         return {"preds": outputs, "target": target}
 
-    def predict(self, outputs: Tensor) -> Tensor:
-        """Turn raw outputs into predictions (class indices by default)."""
-        return outputs.argmax(dim=1)
+    @abstractmethod
+    def predict(self, outputs: Tensor) -> Dict[str, Tensor]:
+        """Named per-sample predictions from raw outputs.
+
+        Tensors of shape ``(B,)`` or ``(B, K)`` are written as CSV columns (named by
+        :meth:`column_names`), larger ones (masks) as image files, by
+        :class:`~framework.callbacks.PredictionWriter`.
+        """
+
+    def column_names(self, key: str, width: int) -> List[str]:
+        """CSV column names of prediction ``key`` with ``width`` values per sample."""
+        return [key] if width == 1 else [f"{key}_{i}" for i in range(width)]

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy, MultilabelAUROC
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MultilabelAccuracy, MultilabelAUROC
 
 from framework.heads.base import TaskHead
 from framework.heads.registry import register_head
@@ -76,6 +77,7 @@ class ClassificationHead(TaskHead):
         return F.normalize(self.class_embeddings, dim=-1)
 
     def forward(self, backbone: nn.Module, images: Tensor) -> Tensor:
+        self.check_images(images)
         image_emb = backbone.encode_image(images, normalize=True)
         text_emb = self.class_embeddings_from(backbone).to(image_emb.dtype)
         scale = self.logit_scale.exp().clamp(max=self.max_logit_scale)
@@ -97,8 +99,18 @@ class ClassificationHead(TaskHead):
             {
                 "acc": MulticlassAccuracy(num_classes=n, average="micro"),
                 "balanced_acc": MulticlassAccuracy(num_classes=n, average="macro"),
+                "auroc": MulticlassAUROC(num_classes=n),
             }
         )
+
+    def predict(self, outputs: Tensor) -> Dict[str, Tensor]:
+        probabilities = outputs.float().softmax(dim=1)
+        return {"prediction": probabilities.argmax(dim=1), "probabilities": probabilities}
+
+    def column_names(self, key: str, width: int) -> List[str]:
+        if key == "probabilities" and width == self.spec.num_classes:
+            return [f"p({name})" for name in self.spec.class_names]
+        return super().column_names(key, width)
 
 
 @register_head("multilabel")
@@ -124,5 +136,11 @@ class MultilabelHead(ClassificationHead):
     def metric_inputs(self, outputs: Tensor, target: Tensor):
         return {"preds": outputs.sigmoid(), "target": target.long()}
 
-    def predict(self, outputs: Tensor) -> Tensor:
-        return (outputs.sigmoid() > 0.5).long()
+    def predict(self, outputs: Tensor) -> Dict[str, Tensor]:
+        probabilities = outputs.float().sigmoid()
+        return {"prediction": (probabilities > 0.5).long(), "probabilities": probabilities}
+
+    def column_names(self, key: str, width: int) -> List[str]:
+        if key == "prediction" and width == self.spec.num_classes:
+            return [f"has({name})" for name in self.spec.class_names]
+        return super().column_names(key, width)

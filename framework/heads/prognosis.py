@@ -1,0 +1,136 @@
+"""Prognosis (survival) head: a risk score from the pooled image embedding."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from framework.heads.base import TaskHead
+from framework.heads.registry import register_head
+from framework.metrics.survival import ConcordanceIndex, split_survival_target
+from framework.specs import TaskSpec
+
+__all__ = ["PrognosisHead", "PROGNOSIS_LOSSES"]
+
+PROGNOSIS_LOSSES = ("cox", "mtlr")
+
+
+@register_head("prognosis")
+class PrognosisHead(TaskHead):
+    """Survival prediction from the pooled, L2-normalised image embedding.
+
+    Targets are ``(B, 2)`` tensors of (time, event), event 1 = observed, 0 = censored.
+
+    * ``loss: cox`` — one log-risk per sample, trained with the Cox partial likelihood
+      (torchsurv ``neg_partial_log_likelihood``, Efron ties); the risk score is the log-risk.
+    * ``loss: mtlr`` — discrete-time multi-task logistic regression (Yu et al. 2011), the head the
+      UNICON authors use: one logit per cut point of ``spec.time_bins``, trained with pycox's
+      ``nll_mtlr`` on times discretised by pycox's ``LabTransDiscreteTime``.  The risk score is
+      the negative restricted mean survival time over the grid (higher = earlier event).
+
+    The matrix score is the censoring-aware concordance index (``c_index``).
+
+    Args:
+        spec: a ``prognosis`` task (``time_bins`` needed for ``mtlr``).
+        embed_dim: backbone embedding width.
+        loss: ``"cox"`` or ``"mtlr"``.
+        hidden_dim: width of a hidden layer (0 = a linear head).
+        dropout: dropout before the output layer.
+
+    Raises:
+        ValueError: on an unknown loss, ``mtlr`` without at least two time bins, or invalid sizes.
+    """
+
+    score_name = "c_index"
+
+    def __init__(self, spec: TaskSpec, embed_dim: int, loss: str = "cox", hidden_dim: int = 0, dropout: float = 0.0) -> None:
+        super().__init__(spec, embed_dim)
+        if loss not in PROGNOSIS_LOSSES:
+            raise ValueError(f"{type(self).__name__} (task '{spec.name}'): loss expected one of {list(PROGNOSIS_LOSSES)}, found {loss!r}")
+        if loss == "mtlr" and len(spec.time_bins) < 2:
+            raise ValueError(
+                f"{type(self).__name__} (task '{spec.name}'): loss 'mtlr' needs at least 2 cut points in the task's "
+                f"time_bins, found {list(spec.time_bins)}; survival data modules derive them from the training times"
+            )
+        if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 0:
+            raise ValueError(f"{type(self).__name__}: hidden_dim expected an integer >= 0, found {hidden_dim!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{type(self).__name__}: dropout expected in [0, 1), found {dropout}")
+        self.loss_name = loss
+        outputs = 1 if loss == "cox" else len(spec.time_bins)
+        layers: List[nn.Module] = []
+        width = embed_dim
+        if hidden_dim:
+            layers += [nn.Linear(embed_dim, hidden_dim), nn.ReLU()]
+            width = hidden_dim
+        layers += [nn.Dropout(dropout), nn.Linear(width, outputs)]
+        self.net = nn.Sequential(*layers)
+        if loss == "mtlr":
+            from pycox.preprocessing.label_transforms import LabTransDiscreteTime
+
+            cuts = np.asarray(spec.time_bins, dtype=np.float64)
+            self._discretiser = LabTransDiscreteTime(cuts)
+            self._discretiser.fit(cuts, np.ones_like(cuts))  # predefined cuts: fit only records them
+            # bin widths for the restricted mean survival time (derived from the spec, not saved)
+            widths = np.diff(cuts, prepend=min(cuts[0], 0.0))
+            self.register_buffer("bin_widths", torch.tensor(widths, dtype=torch.float32), persistent=False)
+
+    def forward(self, backbone: nn.Module, images: Tensor) -> Tensor:
+        self.check_images(images)
+        out = self.net(backbone.encode_image(images, normalize=True))
+        return out[:, 0] if self.loss_name == "cox" else out
+
+    def _target(self, outputs: Tensor, target: Tensor):
+        if target.shape[0] != outputs.shape[0]:
+            raise ValueError(f"task '{self.spec.name}': target has {target.shape[0]} samples, outputs have {outputs.shape[0]}")
+        return split_survival_target(target, f"task '{self.spec.name}' target")
+
+    def loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+        time, event = self._target(outputs, target)
+        if self.loss_name == "cox":
+            from torchsurv.loss.cox import neg_partial_log_likelihood
+
+            if not event.any():  # no event in this batch: the partial likelihood has no term
+                return outputs.sum() * 0.0
+            return neg_partial_log_likelihood(outputs.float(), event, time, ties_method="efron")
+        from pycox.models.loss import nll_mtlr
+
+        index, observed = self._discretiser.transform(time.cpu().numpy(), event.cpu().numpy().astype(np.float32))
+        index = torch.as_tensor(index, dtype=torch.long, device=outputs.device)
+        observed = torch.as_tensor(observed, dtype=torch.float32, device=outputs.device)
+        return nll_mtlr(outputs.float(), index, observed)
+
+    def survival(self, outputs: Tensor) -> Tensor:
+        """MTLR survival function ``S(t_k)`` at the cut points, ``(B, K)``."""
+        if self.loss_name != "mtlr":
+            raise ValueError(f"task '{self.spec.name}': survival curves need loss 'mtlr', this head uses {self.loss_name!r}")
+        from pycox.models.utils import cumsum_reverse, pad_col
+
+        pmf = pad_col(cumsum_reverse(outputs.float(), dim=1)).softmax(dim=1)[:, :-1]
+        return 1.0 - pmf.cumsum(dim=1)
+
+    def risk(self, outputs: Tensor) -> Tensor:
+        """Risk score per sample (higher = earlier event)."""
+        if self.loss_name == "cox":
+            return outputs.float()
+        return -(self.survival(outputs) * self.bin_widths).sum(dim=1)
+
+    def make_metrics(self) -> MetricCollection:
+        return MetricCollection({"c_index": ConcordanceIndex()})
+
+    def metric_inputs(self, outputs: Tensor, target: Tensor) -> Dict[str, Tensor]:
+        return {"preds": self.risk(outputs), "target": target}
+
+    def predict(self, outputs: Tensor) -> Dict[str, Tensor]:
+        out = {"risk": self.risk(outputs)}
+        if self.loss_name == "mtlr":
+            out["survival"] = self.survival(outputs)
+        return out
+
+    def column_names(self, key: str, width: int) -> List[str]:
+        if key == "survival" and width == len(self.spec.time_bins):
+            return [f"S(t={t:g})" for t in self.spec.time_bins]
+        return super().column_names(key, width)
