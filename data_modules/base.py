@@ -103,6 +103,10 @@ class DomainDataModule(pl.LightningDataModule):
     def predict_dataloader(self):
         return self.loader("test")
 
+    def reference_scores(self, split: str) -> Dict[str, float]:
+        """Reference numbers to report beside the model's (e.g. an oracle score of simulated data); none by default."""
+        return {}
+
     def eval_dataloader(self, task: str, split: str = "test") -> DataLoader:
         """Keyed loader for ``task`` (must be this domain's task)."""
         if task != self.name:

@@ -28,39 +28,43 @@ log = logging.getLogger(__name__)
 class ArrayImageDataset(Dataset):
     """Images held in memory as uint8 ``(N, H, W[, C])`` with their targets.
 
-    Items are ``{"image": FloatTensor[C, H, W] in [0, 1], "target": LongTensor}``.
+    Items are ``{"image": FloatTensor[C, H, W] in [0, 1], "target": LongTensor}``; with
+    ``spatial_dims=3`` the arrays are ``(N, D, H, W)`` volumes and images ``[1, D, H, W]``.
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray) -> None:
+    def __init__(self, images: np.ndarray, targets: np.ndarray, spatial_dims: int = 2) -> None:
         if len(images) != len(targets):
             raise ValueError(f"ArrayImageDataset: {len(images)} images but {len(targets)} targets")
         self.images = images
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64))
+        self.spatial_dims = spatial_dims
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
-        image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
+        image = image.unsqueeze(0) if image.ndim == self.spatial_dims else image.movedim(-1, 0)
         return {"image": image.float().div_(255.0), "target": self.targets[index]}
 
 
-def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False) -> Dict[str, np.ndarray]:
-    """Load and validate an official-format MedMNIST ``.npz`` file (2D images only).
+def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False, spatial_dims: int = 2) -> Dict[str, np.ndarray]:
+    """Load and validate an official-format MedMNIST ``.npz`` file.
 
     Args:
         path: the ``.npz`` file.
         num_classes: number of classes (labels must lie in ``[0, num_classes - 1]``).
         multilabel: labels are ``(N, num_classes)`` 0/1 vectors instead of class indices.
+        spatial_dims: 2 for images ``(N, H, W[, 3])``, 3 for MedMNIST 3D volumes ``(N, D, H, W)``.
 
     Returns:
         ``{"train_images": ..., "train_labels": ..., ...}`` with labels as ``(N,)`` (or ``(N, K)``).
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: on missing keys, 3D volumes, wrong dtypes or shapes, mismatched counts or
-            labels out of range.  Messages name the file and the field.
+        ValueError: on missing keys, a volume where images are expected (or the reverse), wrong
+            dtypes or shapes, mismatched counts or labels out of range.  Messages name the file and
+            the field.
     """
     if not path.is_file():
         raise FileNotFoundError(f"MedMNIST file not found: {path}")
@@ -81,11 +85,13 @@ def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False) ->
         field = f"{split}_images"
         if images.dtype != np.uint8:
             raise ValueError(f"{path}: field '{field}' expected dtype uint8, found {images.dtype}")
-        if images.ndim == 4 and images.shape[-1] not in (1, 3):
+        if spatial_dims == 2 and images.ndim == 4 and images.shape[-1] not in (1, 3):
             raise ValueError(
-                f"{path}: field '{field}' has shape {images.shape}, a 3D volume (MedMNIST 3D); 3D volumes are not "
-                f"supported yet, use a 2D MedMNIST file"
+                f"{path}: field '{field}' has shape {images.shape}, a stack of 3D volumes (MedMNIST 3D), but the task is "
+                f"2D-only; use a 3D flag (e.g. adrenalmnist3d) for volumes"
             )
+        if spatial_dims == 3 and images.ndim != 4:
+            raise ValueError(f"{path}: field '{field}' expected 3D volumes of shape (N, D, H, W) for a 3D task, found {images.shape}")
         if images.ndim not in (3, 4):
             raise ValueError(f"{path}: field '{field}' expected shape (N, H, W) or (N, H, W, 3), found {images.shape}")
         lfield = f"{split}_labels"
@@ -111,14 +117,17 @@ def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False) ->
                     f"found min {labels.min()}, max {labels.max()}"
                 )
             arrays[lfield] = labels
-    channels = {arrays[f"{s}_images"].shape[-1] if arrays[f"{s}_images"].ndim == 4 else 1 for s in SPLITS}
+    channels = {arrays[f"{s}_images"].shape[-1] if arrays[f"{s}_images"].ndim == 2 + spatial_dims else 1 for s in SPLITS}
     if len(channels) > 1:
         raise ValueError(f"{path}: splits disagree on the number of channels: {sorted(channels)}")
     return arrays
 
 
 class MedMNISTDataModule(DomainDataModule):
-    """A MedMNIST (2D) domain from an official ``.npz`` file.
+    """A MedMNIST domain (2D images or 3D volumes) from an official ``.npz`` file.
+
+    3D flags (``adrenalmnist3d``, ``vesselmnist3d`` ...) give ``spatial_dims: 3`` tasks whose items
+    are ``[1, D, H, W]`` volumes; the backbone encodes them slice by slice.
 
     Class names, modality and prompt template come from the official label names of ``flag``
     (see :mod:`data_modules.medmnist_info`); any of them can be overridden, and must be given for a
@@ -132,6 +141,7 @@ class MedMNISTDataModule(DomainDataModule):
         class_names: override the class names used for prompts.
         prompt_template: override the prompt template (one ``{}``).
         modality: override the modality.
+        spatial_dims: override 2 (images) / 3 (volumes), needed for your own 3D file under a new flag.
         train_subset: use a random subset of this many training images (``None`` = all).
         val_subset: same for validation.
         test_subset: same for test.
@@ -143,7 +153,7 @@ class MedMNISTDataModule(DomainDataModule):
         num_workers: DataLoader workers.
 
     Raises:
-        ValueError: on an unknown flag without ``class_names``, a 3D flag, or invalid subset sizes.
+        ValueError: on an unknown flag without ``class_names``, or invalid subset sizes.
 
     Example::
 
@@ -161,6 +171,7 @@ class MedMNISTDataModule(DomainDataModule):
         class_names: Optional[List[str]] = None,
         prompt_template: Optional[str] = None,
         modality: Optional[str] = None,
+        spatial_dims: Optional[int] = None,
         train_subset: Optional[int] = None,
         val_subset: Optional[int] = None,
         test_subset: Optional[int] = None,
@@ -176,11 +187,6 @@ class MedMNISTDataModule(DomainDataModule):
             raise ValueError(
                 f"MedMNISTDataModule: flag {flag!r} is not an official MedMNIST flag ({sorted(MEDMNIST_INFO)}); "
                 f"pass class_names (and prompt_template, modality) for your own file"
-            )
-        if info is not None and info["spatial_dims"] == 3:
-            raise ValueError(
-                f"MedMNISTDataModule: flag {flag!r} holds 3D volumes; 3D volumes are not supported yet (2D flags: "
-                f"{sorted(k for k, v in MEDMNIST_INFO.items() if v['spatial_dims'] == 2)})"
             )
         for name, value in (("train_subset", train_subset), ("val_subset", val_subset), ("test_subset", test_subset)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -198,7 +204,7 @@ class MedMNISTDataModule(DomainDataModule):
             class_names=tuple(class_names or info["labels"]),
             prompt_template=prompt_template or info.get("prompt", "a medical image of {}"),
             in_channels=info.get("channels", 3),
-            spatial_dims=2,
+            spatial_dims=spatial_dims or info.get("spatial_dims", 2),
         )
         self.md5 = info.get("md5")
         self._datasets: Dict[str, ArrayImageDataset] = {}
@@ -228,8 +234,8 @@ class MedMNISTDataModule(DomainDataModule):
                 f"pass data_dir or file, or {hint}"
             )
         spec = self._spec
-        arrays = load_medmnist_npz(self.path, spec.num_classes, multilabel=spec.kind == "multilabel")
-        found_channels = arrays["train_images"].shape[-1] if arrays["train_images"].ndim == 4 else 1
+        arrays = load_medmnist_npz(self.path, spec.num_classes, multilabel=spec.kind == "multilabel", spatial_dims=spec.spatial_dims)
+        found_channels = arrays["train_images"].shape[-1] if arrays["train_images"].ndim == 2 + spec.spatial_dims else 1
         if found_channels != spec.in_channels:
             raise ValueError(
                 f"{self.path}: field 'train_images' has {found_channels} channel(s), but {self.flag} images have "
@@ -247,7 +253,7 @@ class MedMNISTDataModule(DomainDataModule):
                     )
                 index = np.sort(rng.choice(len(images), size=size, replace=False))
                 images, labels = images[index], labels[index]
-            self._datasets[split] = ArrayImageDataset(images, labels)
+            self._datasets[split] = ArrayImageDataset(images, labels, spatial_dims=spec.spatial_dims)
 
     def dataset(self, split: str) -> ArrayImageDataset:
         if not self._datasets:

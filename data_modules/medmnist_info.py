@@ -85,7 +85,7 @@ MEDMNIST_INFO: Dict[str, dict] = {
         md5="9ab87b696fb54e2a387ebe992d6ed5f1", kind="classification", modality="ct", channels=1, spatial_dims=2,
         prompt="a sagittal abdominal CT slice of the {}", labels=_ORGANS,
     ),
-    # 3D volumes: recognised so they can be refused with a clear message (support comes next).
+    # 3D volumes (N, 28, 28, 28): spatial_dims 3, encoded slice by slice by the backbone.
     "organmnist3d": dict(md5="a0c5a1ff56af4f155c46d46fbb45a2fe", kind="classification", modality="ct", channels=1, spatial_dims=3,
                          prompt="a CT volume of the {}", labels=("liver", "right kidney", "left kidney", "right femur", "left femur",
                                                                   "bladder", "heart", "right lung", "left lung", "spleen", "pancreas")),

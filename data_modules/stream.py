@@ -1,6 +1,7 @@
 """A stream of domains: an ordered list of domain data modules behind one LightningDataModule."""
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Dict, List, Optional
 
@@ -8,7 +9,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
-from data_modules.base import DomainDataModule
+from data_modules.base import DomainDataModule, keyed_collate
 from framework.specs import TaskSpec
 
 __all__ = ["DomainStream"]
@@ -26,15 +27,20 @@ class DomainStream(pl.LightningDataModule):
     Validation serves every task (the model skips those it has no head for yet, which keeps the
     number of validation loaders fixed), test every task the model has a head for.
 
+    ``medcl predict`` predicts every task's test split, or, with ``predict_path``, the images of a
+    folder or an ``.npz`` for one task (``predict_task``; optional when the stream has one task).
+
     Args:
         domains: the domains in stream order; in YAML each is a ``class_path`` + ``init_args``.
+        predict_path: a folder of images or an ``.npz`` to predict on instead of the test splits.
+        predict_task: the task whose head predicts ``predict_path``.
 
     Raises:
-        ValueError: if the list is empty, an item is not a :class:`DomainDataModule`, or two domains
-            share a task name.
+        ValueError: if the list is empty, an item is not a :class:`DomainDataModule`, two domains
+            share a task name, or ``predict_task`` is missing or unknown while ``predict_path`` is set.
     """
 
-    def __init__(self, domains: List[DomainDataModule]) -> None:
+    def __init__(self, domains: List[DomainDataModule], predict_path: Optional[str] = None, predict_task: Optional[str] = None) -> None:
         super().__init__()
         if not domains:
             raise ValueError("DomainStream: field 'domains' expected at least one domain data module, found none")
@@ -53,6 +59,16 @@ class DomainStream(pl.LightningDataModule):
             seen[name] = i
         self.domains = list(domains)
         self._by_name = {d.task_spec.name: d for d in self.domains}
+        if predict_path is not None:
+            if predict_task is None and len(self.domains) == 1:
+                predict_task = self.task_names[0]
+            if predict_task not in self._by_name:
+                raise ValueError(
+                    f"DomainStream: field 'predict_task' expected one of {self.task_names} (the task whose head predicts "
+                    f"predict_path), found {predict_task!r}"
+                )
+        self.predict_path = predict_path
+        self.predict_task = predict_task
 
     # ------------------------------------------------------------------ description
     @property
@@ -112,7 +128,14 @@ class DomainStream(pl.LightningDataModule):
         return [self.domain(t).loader("test") for t in tasks]
 
     def predict_dataloader(self) -> List[DataLoader]:
-        return [self.domain(t).loader("test") for t in self._module_tasks("tasks_for_evaluation")]
+        if self.predict_path is None:
+            return [self.domain(t).loader("test") for t in self._module_tasks("tasks_for_evaluation")]
+        from data_modules.prediction import PredictionSource
+
+        domain = self.domain(self.predict_task)
+        source = PredictionSource(self.predict_path, domain.task_spec)
+        batch_size = domain.eval_batch_size if source.same_size else 1
+        return [DataLoader(source, batch_size=batch_size, shuffle=False, collate_fn=functools.partial(keyed_collate, task=self.predict_task))]
 
     def eval_dataloader(self, task: str, split: str = "test") -> DataLoader:
         """Keyed loader of one task's ``split``, for evaluation outside the Lightning loops."""

@@ -19,6 +19,13 @@ class MedCLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"seed_everything": 0})
 
+    def before_predict(self) -> None:
+        """``medcl predict`` writes files: add a :class:`PredictionWriter` unless the config has one."""
+        from framework.callbacks import PredictionWriter
+
+        if not any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
+
 
 def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
     """Run the MedCL CLI in-process and return it (its ``trainer``, ``model``, ``datamodule``).

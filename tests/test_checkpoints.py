@@ -121,14 +121,19 @@ def test_resume_with_a_different_stream_is_refused(quickstart_run, tmp_path):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(quickstart_run["ckpts"] / "epoch=0.ckpt"))
 
 
-def test_predict_returns_class_indices_per_task(quickstart_run):
+def test_predict_returns_class_predictions_per_task(quickstart_run):
     module = ContinualModule.load_from_checkpoint(quickstart_run["ckpts"] / "last.ckpt", map_location="cpu")
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, limit_predict_batches=1)
     predictions = trainer.predict(module, datamodule=quickstart_run["cli"].datamodule)
     by_task = {task: out[task] for outs in predictions for out in outs for task in out}
     assert set(by_task) == set(TASKS)
-    assert by_task["bloodmnist"].dtype == torch.int64 and int(by_task["bloodmnist"].max()) < 8
-    assert int(by_task["organamnist"].max()) < 11
+    blood = by_task["bloodmnist"]
+    assert blood["prediction"].dtype == torch.int64 and int(blood["prediction"].max()) < 8
+    assert blood["probabilities"].shape[1] == 8
+    assert torch.allclose(blood["probabilities"].sum(1), torch.ones(len(blood["prediction"])), atol=1e-5)
+    assert torch.equal(blood["probabilities"].argmax(1), blood["prediction"])
+    assert "target" in blood  # the test split's labels travel with the predictions
+    assert int(by_task["organamnist"]["prediction"].max()) < 11
 
 
 def test_checkpoint_task_that_disagrees_with_the_data_is_refused(quickstart_run, tmp_path):

@@ -83,13 +83,19 @@ def test_multilabel_head_loss_and_metrics(backbone):
     metrics = head.make_metrics()
     metrics.update(**head.metric_inputs(out, target))
     assert set(metrics.compute()) == {"acc", "auroc"}
-    assert head.predict(out).shape == (5, 4)
+    predicted = head.predict(out)
+    assert predicted["prediction"].shape == (5, 4) and set(predicted["prediction"].unique().tolist()) <= {0, 1}
+    assert torch.allclose(predicted["probabilities"], out.sigmoid())
 
 
 def test_registry_lists_kinds_and_refuses_unregistered():
-    assert {"classification", "multilabel"} <= set(HEAD_REGISTRY)
-    with pytest.raises(ValueError, match="no head registered for kind 'segmentation'"):
-        build_head(TaskSpec(name="seg", kind="segmentation", label_names=["polyp"]), 128)
+    assert set(HEAD_REGISTRY) == {"classification", "multilabel", "prognosis", "segmentation"}
+    served_by = HEAD_REGISTRY.pop("segmentation")
+    try:
+        with pytest.raises(ValueError, match="no head registered for kind 'segmentation'"):
+            build_head(TaskSpec(name="seg", kind="segmentation", label_names=["polyp"]), 128)
+    finally:
+        HEAD_REGISTRY["segmentation"] = served_by
     with pytest.raises(ValueError, match="register_head: kind expected one of"):
         register_head("detection")
     with pytest.raises(ValueError, match="invalid head_args"):
@@ -97,8 +103,8 @@ def test_registry_lists_kinds_and_refuses_unregistered():
 
 
 def test_a_new_kind_plugs_in_without_touching_the_model(backbone):
-    """A prognosis head registered from outside is built by MedCLModel.add_task as is."""
-    assert "prognosis" not in HEAD_REGISTRY
+    """A head registered from outside is built by MedCLModel.add_task as is."""
+    built_in = HEAD_REGISTRY.pop("prognosis")
 
     @register_head("prognosis")
     class RiskHead(TaskHead):
@@ -119,13 +125,16 @@ def test_a_new_kind_plugs_in_without_touching_the_model(backbone):
 
             return MetricCollection({"mse": MeanSquaredError()})
 
+        def predict(self, outputs):
+            return {"risk": outputs}
+
     try:
         model = MedCLModel({"model_name": "medcl-vit-tiny"})
         model.add_task(TaskSpec(name="risk", kind="prognosis"))
         assert isinstance(model.head("risk"), RiskHead)
         assert model(torch.rand(2, 1, 28, 28), task="risk").shape == (2,)
     finally:
-        HEAD_REGISTRY.pop("prognosis", None)
+        HEAD_REGISTRY["prognosis"] = built_in
 
 
 def test_model_grows_only_through_add_task():

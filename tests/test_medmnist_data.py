@@ -57,9 +57,19 @@ def test_shared_official_files_load(flag):
     assert len(dm.dataset("train")) == 64 and len(dm.dataset("test")) == 32
 
 
-def test_3d_flag_is_refused_with_a_clear_message():
-    with pytest.raises(ValueError, match="'adrenalmnist3d' holds 3D volumes; 3D volumes are not supported yet"):
-        MedMNISTDataModule("adrenalmnist3d", data_dir=str(SHARED_MEDMNIST))
+@pytest.mark.parametrize("flag, n_train", [("adrenalmnist3d", 1188), ("vesselmnist3d", 1335)])
+def test_3d_flags_load_as_volume_tasks(flag, n_train):
+    if not (SHARED_MEDMNIST / f"{flag}.npz").is_file():
+        pytest.skip("shared data not present")
+    dm = MedMNISTDataModule(flag, data_dir=str(SHARED_MEDMNIST), val_subset=8, test_subset=8)
+    assert dm.task_spec.spatial_dims == 3 and dm.task_spec.in_channels == 1
+    dm.setup()
+    assert len(dm.dataset("train")) == n_train
+    item = dm.dataset("train")[0]
+    assert item["image"].shape == (1, 28, 28, 28) and item["image"].dtype == torch.float32
+    assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0 and item["image"].max() > 0
+    batch = next(iter(dm.loader("test")))[flag]
+    assert batch["image"].shape == (8, 1, 28, 28, 28) and batch["target"].shape == (8,)
 
 
 def test_3d_file_under_a_2d_name_is_refused(tmp_path):
@@ -68,7 +78,7 @@ def test_3d_file_under_a_2d_name_is_refused(tmp_path):
     with np.load(SHARED_MEDMNIST / "vesselmnist3d.npz") as vol:
         np.savez(tmp_path / "myvessels.npz", **{k: vol[k] for k in vol.files})
     dm = MedMNISTDataModule("myvessels", data_dir=str(tmp_path), class_names=["vessel", "aneurysm"])
-    with pytest.raises(ValueError, match=r"myvessels.npz: field 'train_images' has shape \(1335, 28, 28, 28\), a 3D volume"):
+    with pytest.raises(ValueError, match=r"myvessels.npz: field 'train_images' has shape \(1335, 28, 28, 28\), a stack of 3D volumes .*the task is 2D-only"):
         dm.setup()
 
 

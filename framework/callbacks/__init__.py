@@ -1,5 +1,9 @@
-"""Lightning callbacks: rehearsal and continual evaluation."""
+"""Lightning callbacks: rehearsal, continual evaluation, prediction files."""
 from framework.callbacks.continual_eval import ContinualEvaluation
+from framework.callbacks.prediction_writer import PredictionWriter
 from framework.callbacks.replay import ClassBalancedPolicy, ReplayBuffer, ReplayCallback, ReservoirPolicy, StoragePolicy
 
-__all__ = ["ContinualEvaluation", "ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy", "ClassBalancedPolicy"]
+__all__ = [
+    "ContinualEvaluation", "PredictionWriter", "ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy",
+    "ClassBalancedPolicy",
+]

@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
+from framework.heads import HEAD_REGISTRY
 from framework.metrics.continual import format_matrix, summarize
 
 __all__ = ["ContinualEvaluation", "METRICS_JSON", "METRICS_CSV", "METRICS_PNG"]
@@ -53,6 +54,8 @@ class ContinualEvaluation(pl.Callback):
         self.rows: Dict[int, Dict[str, Dict[str, float]]] = {}
         self.experience_tasks: Dict[int, List[str]] = {}
         self.result: Optional[Dict[str, Any]] = None
+        #: task -> reference numbers from the data (e.g. a semi-synthetic task's oracle C-index)
+        self.reference: Optional[Dict[str, Dict[str, float]]] = None
         self._current: Optional[Tuple[int, List[str]]] = None  # (experience, tasks) being trained
         self._wandb_defined = False
 
@@ -88,20 +91,26 @@ class ContinualEvaluation(pl.Callback):
                 row[task] = pl_module.evaluate(task, datamodule.eval_dataloader(task, self.split))
         self.rows[experience] = row
         self.experience_tasks[experience] = list(tasks)
-        self.result = self.build_result(all_tasks, pl_module)
+        if self.reference is None:
+            self.reference = reference_scores(datamodule, self.split)
+        self.result = self.build_result(all_tasks, pl_module, datamodule.task_specs)
         self._write(trainer, self.result)
         self._log_row(trainer, experience, row)
         return self.result
 
-    def build_result(self, all_tasks: List[str], pl_module) -> Dict[str, Any]:
+    def build_result(self, all_tasks: List[str], pl_module, specs) -> Dict[str, Any]:
         experiences = sorted(self.rows)
         matrix = [[self.rows[e][t]["score"] if t in self.rows[e] else None for t in all_tasks] for e in experiences]
         summary = summarize(matrix, all_tasks, [self.experience_tasks[e] for e in experiences])
-        score_names = sorted({pl_module.model_for(t).head(t).score_name for t in pl_module.task_specs})
+        # each column's metric is its head's score: accuracy, C-index, Dice ...
+        metrics = {spec.name: HEAD_REGISTRY[spec.kind].score_name for spec in specs}
+        score_names = sorted(set(metrics.values()))
         return {
             "paradigm": type(pl_module).__name__,
             "split": self.split,
             "metric": score_names[0] if len(score_names) == 1 else score_names,
+            "metrics": metrics,
+            "reference": self.reference or {},
             "tasks": all_tasks,
             "experiences": experiences,
             "experience_tasks": [self.experience_tasks[e] for e in experiences],
@@ -126,7 +135,7 @@ class ContinualEvaluation(pl.Callback):
         os.replace(tmp, out / METRICS_JSON)  # never leave a half-written file behind
         with open(out / METRICS_CSV, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["experience", "trained_tasks", *result["tasks"], "average_accuracy"])
+            writer.writerow(["experience", "trained_tasks", *column_labels(result), "average_accuracy"])
             for e, tasks, row, avg in zip(result["experiences"], result["experience_tasks"], result["accuracy_matrix"], result["average_accuracy_per_experience"]):
                 writer.writerow([e, "+".join(tasks), *["" if v is None else f"{v:.6f}" for v in row], "" if avg is None else f"{avg:.6f}"])
         try:
@@ -157,7 +166,7 @@ class ContinualEvaluation(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 rows = [[e, *r] for e, r in zip(result["experiences"], result["accuracy_matrix"])]
-                logger.log_table(key="continual/accuracy_matrix", columns=["experience", *result["tasks"]], data=rows)
+                logger.log_table(key="continual/accuracy_matrix", columns=["experience", *column_labels(result)], data=rows)
                 png = self.run_dir(trainer) / METRICS_PNG
                 if png.is_file():
                     logger.log_image(key="continual/accuracy_matrix_plot", images=[str(png)])
@@ -166,17 +175,26 @@ class ContinualEvaluation(pl.Callback):
     def _print(self, result: Dict[str, Any]) -> None:
         labels = [f"after exp {e} ({'+'.join(t)})" for e, t in zip(result["experiences"], result["experience_tasks"])]
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        mixed = isinstance(result["metric"], list)
+        average = f"average score ({', '.join(result['metric'])})" if mixed else "average accuracy"
+        reference = "".join(
+            f"\nreference for {task}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items())
+            for task, values in result.get("reference", {}).items()
+        )
         print(
             f"\nContinual evaluation ({result['paradigm']}, {result['split']} split, metric: {result['metric']})\n"
-            + format_matrix(result["accuracy_matrix"], result["tasks"], labels)
-            + f"\naverage accuracy: {fmt(result['average_accuracy'])}   forgetting: {fmt(result['forgetting'])}"
-            + f"   backward transfer: {fmt(result['backward_transfer'])}\n",
+            + format_matrix(result["accuracy_matrix"], column_labels(result), labels)
+            + f"\n{average}: {fmt(result['average_accuracy'])}   forgetting: {fmt(result['forgetting'])}"
+            + f"   backward transfer: {fmt(result['backward_transfer'])}"
+            + reference
+            + "\n",
             flush=True,
         )
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {
+            "reference": self.reference,
             "rows": {str(e): row for e, row in self.rows.items()},
             "experience_tasks": {str(e): t for e, t in self.experience_tasks.items()},
         }
@@ -184,6 +202,25 @@ class ContinualEvaluation(pl.Callback):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.rows = {int(e): row for e, row in state_dict.get("rows", {}).items()}
         self.experience_tasks = {int(e): list(t) for e, t in state_dict.get("experience_tasks", {}).items()}
+        self.reference = state_dict.get("reference")
+
+
+def column_labels(result: Dict[str, Any]) -> List[str]:
+    """Column headers naming each task's metric, e.g. ``kvasir_seg (dice)``."""
+    metrics = result.get("metrics", {})
+    return [f"{task} ({metrics[task]})" if task in metrics else task for task in result["tasks"]]
+
+
+def reference_scores(datamodule, split: str) -> Dict[str, Dict[str, float]]:
+    """Reference numbers the domains know about themselves (e.g. a semi-synthetic task's oracle
+    C-index), from each domain's optional ``reference_scores(split)``."""
+    out: Dict[str, Dict[str, float]] = {}
+    for spec in datamodule.task_specs:
+        domain = datamodule.domain(spec.name) if hasattr(datamodule, "domain") else datamodule
+        values = domain.reference_scores(split) if hasattr(domain, "reference_scores") else {}
+        if values:
+            out[spec.name] = {k: float(v) for k, v in values.items()}
+    return out
 
 
 def plot_matrix(result: Dict[str, Any], path: Path) -> None:
@@ -198,7 +235,8 @@ def plot_matrix(result: Dict[str, Any], path: Path) -> None:
     tasks = result["tasks"]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(tasks), 1.2 + 0.7 * len(matrix)))
     im = ax.imshow(np.ma.masked_invalid(matrix), vmin=0.0, vmax=1.0, cmap="viridis")
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    metrics = result.get("metrics", {})
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({metrics[t]})" if t in metrics else t for t in tasks], rotation=30, ha="right")
     ax.set_yticks(range(len(matrix)), [f"after exp {e}" for e in result["experiences"]])
     ax.set_xlabel(f"tested on ({result['split']})")
     for i in range(matrix.shape[0]):
@@ -206,7 +244,8 @@ def plot_matrix(result: Dict[str, Any], path: Path) -> None:
             text = "–" if math.isnan(matrix[i, j]) else f"{matrix[i, j]:.2f}"
             ax.text(j, i, text, ha="center", va="center", color="w" if not math.isnan(matrix[i, j]) and matrix[i, j] < 0.6 else "k")
     avg, fgt = result.get("average_accuracy"), result.get("forgetting")
-    title = result["paradigm"] + (f": avg acc {avg:.3f}" if avg is not None else "")
+    label = "avg score" if isinstance(result.get("metric"), list) else "avg acc"
+    title = result["paradigm"] + (f": {label} {avg:.3f}" if avg is not None else "")
     ax.set_title(title + (f", forgetting {fgt:.3f}" if fgt is not None else ""), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()

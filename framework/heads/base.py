@@ -75,6 +75,10 @@ class TaskHead(nn.Module, ABC):
         :class:`~framework.callbacks.PredictionWriter`.
         """
 
+    def describe_target(self, target: Tensor) -> Dict[str, Tensor]:
+        """Known targets as named per-sample columns for prediction files (masks: none)."""
+        return {"true_label": target} if target.ndim <= 2 else {}
+
     def column_names(self, key: str, width: int) -> List[str]:
         """CSV column names of prediction ``key`` with ``width`` values per sample."""
         return [key] if width == 1 else [f"{key}_{i}" for i in range(width)]

@@ -130,6 +130,10 @@ class PrognosisHead(TaskHead):
             out["survival"] = self.survival(outputs)
         return out
 
+    def describe_target(self, target: Tensor) -> Dict[str, Tensor]:
+        time, event = split_survival_target(target, f"task '{self.spec.name}' target")
+        return {"time": time, "event": event.long()}
+
     def column_names(self, key: str, width: int) -> List[str]:
         if key == "survival" and width == len(self.spec.time_bins):
             return [f"S(t={t:g})" for t in self.spec.time_bins]

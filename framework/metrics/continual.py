@@ -88,11 +88,11 @@ def format_matrix(matrix: Sequence[Sequence[Optional[float]]], tasks: Sequence[s
     """Plain-text table of the accuracy matrix (rows: after experience i; columns: tasks)."""
     R = _as_matrix(matrix)
     row_labels = list(row_labels or [f"after exp {i}" for i in range(len(R))])
-    width = max([len(t) for t in tasks] + [digits + 3])
+    widths = [max(len(t), digits + 3) for t in tasks]
     first = max([len(r) for r in row_labels] + [len("trained \\ tested")])
-    lines = ["trained \\ tested".ljust(first) + " | " + " | ".join(t.rjust(width) for t in tasks)]
+    lines = ["trained \\ tested".ljust(first) + " | " + " | ".join(t.rjust(w) for t, w in zip(tasks, widths))]
     lines.append("-" * len(lines[0]))
     for label, row in zip(row_labels, R):
-        cells = ["-".rjust(width) if math.isnan(v) else f"{v:.{digits}f}".rjust(width) for v in row]
+        cells = ["-".rjust(w) if math.isnan(v) else f"{v:.{digits}f}".rjust(w) for v, w in zip(row, widths)]
         lines.append(label.ljust(first) + " | " + " | ".join(cells))
     return "\n".join(lines)

@@ -253,11 +253,15 @@ class MedCLModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test")
 
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Tensor]:
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Dict[str, Any]]:
+        """``{task: {**head.predict(outputs), "target": ..., "id": ...}}`` (the last two when the data has them)."""
         out = {}
         for task, sub in batch.items():
             model = self.model_for(task)
-            out[task] = model.head(task).predict(model(sub["image"], task))
+            head = model.head(task)
+            predictions: Dict[str, Any] = dict(head.predict(head(model.backbone, sub["image"])))
+            predictions.update({key: sub[key] for key in ("target", "id") if key in sub})
+            out[task] = predictions
         return out
 
     @torch.no_grad()
