@@ -6,7 +6,7 @@ every problem with the data shows up at setup time, not in the middle of an epoc
 * an ``.npz`` archive (:func:`load_segmentation_npz`) with keys ``images``, ``masks`` and
   ``split`` (0 = train, 1 = val, 2 = test);
 * a folder (:func:`load_segmentation_folder`) laid out as
-  ``root/{train,val,test}/{images,masks}/<id>.<ext>``, read with MONAI ``LoadImaged``.
+  ``root/{train,val,test}/{images,masks}/<id>.<ext>``, read with :mod:`data_modules.io`.
 
 Items are ``{"image": FloatTensor[C, H, W] in [0, 1], "target": LongTensor[H, W]}`` (2D) or
 ``{"image": FloatTensor[C, D, H, W], "target": LongTensor[D, H, W]}`` (3D); target values lie in
@@ -18,9 +18,9 @@ labels accepts values in ``[0, n]``.  Anything else is an error naming the file 
 Float masks (e.g. NIfTI) are accepted when every value is a whole number.
 
 Intensity convention: uint8 images are divided by 255; ``.npz`` float images must already lie in
-``[0, 1]``; 16-bit PNGs are divided by 65535; NIfTI images are min-max scaled per image to
-``[0, 1]``.  Grayscale and RGB are never converted into each other: a channel count that differs
-from ``in_channels`` is an error.
+``[0, 1]``; image files follow :mod:`data_modules.io` (uint8 / 255, uint16 / 65535, any other
+dtype min-max scaled per image to ``[0, 1]``).  Grayscale and RGB are never converted into each
+other: a channel count that differs from ``in_channels`` is an error.
 """
 from __future__ import annotations
 
@@ -28,13 +28,14 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule
+from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, read_array, scale_intensities
 from framework.specs import TaskSpec
 
 __all__ = [
@@ -42,14 +43,10 @@ __all__ = [
     "SegmentationDataset",
     "load_segmentation_npz",
     "load_segmentation_folder",
-    "IMAGE_EXTENSIONS",
 ]
 
 log = logging.getLogger(__name__)
 
-#: File extensions accepted in a folder source (``<id>`` is the file name without them).
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
-_PIL_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _NPZ_KEYS = ("images", "masks", "split")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
@@ -225,77 +222,19 @@ def load_segmentation_npz(
 # ---------------------------------------------------------------------------------------------
 # folder source
 # ---------------------------------------------------------------------------------------------
-def _split_ext(name: str) -> Tuple[str, Optional[str]]:
-    lower = name.lower()
-    for ext in IMAGE_EXTENSIONS:
-        if lower.endswith(ext):
-            return name[: -len(ext)], ext
-    return name, None
-
-
-def _list_files(folder: Path) -> Dict[str, Path]:
-    if not folder.is_dir():
-        raise ValueError(
-            f"{folder}: folder not found; a folder source is laid out as root/{{train,val,test}}/{{images,masks}}/<id>.<ext>"
-        )
-    files: Dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
-            continue
-        stem, ext = _split_ext(path.name)
-        if ext is None:
-            raise ValueError(f"{path}: unsupported file extension, expected one of {list(IMAGE_EXTENSIONS)}, found {path.name!r}")
-        if stem in files:
-            raise ValueError(f"{path}: id {stem!r} is given twice in {folder} ({files[stem].name} and {path.name})")
-        files[stem] = path
-    return files
-
-
-def _scale_image(array: np.ndarray, path: Path) -> np.ndarray:
-    """PNG/JPEG: 8-bit kept as uint8 (divided by 255 when served), 16-bit divided by 65535.
-    NIfTI: min-max scaled per image to [0, 1] (a constant image becomes 0)."""
-    if path.name.lower().endswith(_PIL_EXTENSIONS):
-        if array.dtype == np.uint8:
-            return array
-        if array.dtype == np.bool_:
-            return array.astype(np.float32)
-        if np.issubdtype(array.dtype, np.integer) and array.size and array.min() >= 0 and array.max() <= 65535:
-            return (array / 65535.0).astype(np.float32)
-        raise ValueError(f"{path}: field 'image' expected 8- or 16-bit pixel values, found dtype {array.dtype}")
-    array = array.astype(np.float32)
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{path}: field 'image' expected finite intensities, found NaN or infinite values")
-    lo, hi = float(array.min()), float(array.max())
-    return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
-
-
-def _read_pair(loader: Any, image_path: Path, mask_path: Path, spatial_dims: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Read one image/mask pair as channel-first arrays with spatial axes as a human sees them."""
-    try:
-        data = loader({"image": str(image_path), "mask": str(mask_path)})
-    except Exception as err:
-        raise ValueError(f"{image_path} / {mask_path}: could not be read ({type(err).__name__}: {err})") from None
-    arrays = {}
-    for key, path in (("image", image_path), ("mask", mask_path)):
-        value = data[key]
-        array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-        # PIL reads (W, H): MONAI's PILReader transposes; undo it so arrays are (C, H, W) as displayed.
-        if path.name.lower().endswith(_PIL_EXTENSIONS):
-            array = np.swapaxes(array, -1, -2)
-        # a 2D NIfTI saved as (H, W, 1) is an image, not a volume
-        if spatial_dims == 2 and array.ndim == 4 and array.shape[-1] == 1:
-            array = array[..., 0]
-        shape = tuple(array.shape[1:])
-        if len(shape) != spatial_dims:
-            if spatial_dims == 2:
-                raise ValueError(
-                    f"{path}: field '{key}': the task is 2D-only (spatial_dims=2) but the file holds a volume of shape {shape}"
-                )
+def _read_file(path: Path, field: str, spatial_dims: int) -> np.ndarray:
+    """Read one file as a channel-first array (raw values) and check its dimensionality."""
+    array = read_array(path)
+    shape = tuple(array.shape[1:])
+    if len(shape) != spatial_dims:
+        if spatial_dims == 2:
             raise ValueError(
-                f"{path}: field '{key}': the task is 3D (spatial_dims=3) but the file holds a {len(shape)}D image of shape {shape}"
+                f"{path}: field '{field}': the task is 2D-only (spatial_dims=2) but the file holds a volume of shape {shape}"
             )
-        arrays[key] = np.ascontiguousarray(array)
-    return arrays["image"], arrays["mask"]
+        raise ValueError(
+            f"{path}: field '{field}': the task is 3D (spatial_dims=3) but the file holds a {len(shape)}D image of shape {shape}"
+        )
+    return array
 
 
 def load_segmentation_folder(
@@ -303,12 +242,13 @@ def load_segmentation_folder(
 ) -> Dict[str, SplitData]:
     """Load and validate a folder source ``root/{train,val,test}/{images,masks}/<id>.<ext>``.
 
-    Files are read with MONAI ``LoadImaged(keys=["image", "mask"], image_only=True,
-    ensure_channel_first=True)``; ``<ext>`` is one of :data:`IMAGE_EXTENSIONS`.  PNG/JPEG arrays are
-    returned ``(C, H, W)`` as the image is displayed (MONAI's ``(W, H)`` order is undone); NIfTI
-    arrays keep nibabel's stored axis order.  Scaling: 8-bit PNG/JPEG / 255, 16-bit PNG / 65535,
-    NIfTI min-max per image to ``[0, 1]``.  Grayscale is never converted to RGB (or back).  Masks
-    must have one channel; float NIfTI masks are accepted if their values are whole numbers.
+    Files are read with :func:`data_modules.io.read_array` (hidden files are skipped); ``<ext>`` is
+    one of :data:`data_modules.io.IMAGE_SUFFIXES`.  PNG/JPEG arrays are ``(C, H, W)`` as the image is
+    displayed; NIfTI arrays keep the stored axis order (a 2D image saved as ``(X, Y, 1)`` counts as
+    2D).  Scaling (:func:`data_modules.io.scale_intensities`): uint8 / 255 (kept uint8 until served),
+    uint16 / 65535, other dtypes min-max per image to ``[0, 1]``.  Grayscale is never converted to
+    RGB (or back).  Masks are never rescaled and must have one channel; float NIfTI masks are
+    accepted if their values are whole numbers.
 
     Args:
         root: the dataset folder.
@@ -322,26 +262,29 @@ def load_segmentation_folder(
 
     Raises:
         FileNotFoundError: if ``root`` does not exist.
-        ValueError: on a missing split folder, an unsupported extension, an image without a mask (or
-            a mask without an image), an empty split, a wrong number of channels, a 3D file for a 2D
-            task (or the reverse), image/mask shapes that differ, or invalid mask values.  Messages
-            name the file(s) and the field.
+        ValueError: on a missing split folder, an unsupported extension, two files with one id, an
+            unreadable file, an image without a mask (or a mask without an image), an empty split, a
+            wrong number of channels, a 3D file for a 2D task (or the reverse), image/mask shapes
+            that differ, or invalid mask values.  Messages name the file(s) and the field.
     """
-    from monai.transforms import LoadImaged
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"segmentation folder not found: {root}")
-    loader = LoadImaged(keys=["image", "mask"], image_only=True, ensure_channel_first=True, dtype=None)
     out: Dict[str, SplitData] = {}
     for split in SPLITS:
         images_dir, masks_dir = root / split / "images", root / split / "masks"
-        images, masks = _list_files(images_dir), _list_files(masks_dir)
+        for folder in (images_dir, masks_dir):
+            if not folder.is_dir():
+                raise ValueError(
+                    f"{folder}: folder not found; a folder source is laid out as "
+                    f"root/{{train,val,test}}/{{images,masks}}/<id>.<ext>"
+                )
+        images, masks = image_files_by_id(images_dir, strict=True), image_files_by_id(masks_dir, strict=True)
         for stem, path in images.items():
             if stem not in masks:
                 raise ValueError(
                     f"{path}: field 'image' has no matching mask; expected {masks_dir}/{stem}.<ext> with <ext> one of "
-                    f"{list(IMAGE_EXTENSIONS)}, found none"
+                    f"{list(IMAGE_SUFFIXES)}, found none"
                 )
         for stem, path in masks.items():
             if stem not in images:
@@ -351,7 +294,7 @@ def load_segmentation_folder(
         data: SplitData = {"images": [], "masks": [], "ids": []}
         for stem in sorted(images):
             image_path, mask_path = images[stem], masks[stem]
-            image, mask = _read_pair(loader, image_path, mask_path, spatial_dims)
+            image, mask = _read_file(image_path, "image", spatial_dims), _read_file(mask_path, "mask", spatial_dims)
             if in_channels is not None and image.shape[0] != in_channels:
                 raise ValueError(
                     f"{image_path}: field 'image' expected {in_channels} channel(s) (in_channels={in_channels}), found "
@@ -364,7 +307,7 @@ def load_segmentation_folder(
                     f"{mask_path}: field 'mask' expected the spatial shape of its image {image_path} "
                     f"{tuple(image.shape[1:])}, found {tuple(mask.shape[1:])}"
                 )
-            data["images"].append(_scale_image(image, image_path))
+            data["images"].append(image if image.dtype == np.uint8 else scale_intensities(image, image_path))
             data["masks"].append(_check_mask_values(mask[0], num_labels, str(mask_path), "mask"))
             data["ids"].append(stem)
         shapes = sorted({tuple(im.shape) for im in data["images"]})

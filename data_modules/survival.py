@@ -53,6 +53,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule
+from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, read_image
 from data_modules.medmnist import load_medmnist_npz
 from data_modules.medmnist_info import MEDMNIST_INFO
 from framework.specs import TaskSpec
@@ -63,14 +64,10 @@ __all__ = [
     "SurvivalImageDataset",
     "survival_time_bins",
     "harrell_c_index",
-    "IMAGE_EXTENSIONS",
 ]
 
 log = logging.getLogger(__name__)
 
-#: File extensions read from an image folder (``<id><ext>``).
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
-_PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
 
 
@@ -173,35 +170,6 @@ def _check_subsets(owner: str, subsets: Dict[str, Optional[int]]) -> None:
             raise ValueError(f"{owner}: {split}_subset expected None or a positive integer, found {value!r}")
 
 
-def _stem(name: str) -> Optional[str]:
-    lower = name.lower()
-    for ext in IMAGE_EXTENSIONS:
-        if lower.endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)]
-    return None
-
-
-def _load_image_file(path: Path) -> np.ndarray:
-    """Read one image as a channels-first float32 array in [0, 1] (see :class:`SurvivalDataModule`)."""
-    from monai.transforms import LoadImage
-
-    try:
-        array = np.asarray(LoadImage(image_only=True, ensure_channel_first=True, dtype=None)(str(path)))
-    except Exception as err:  # readers raise many types for unreadable files
-        raise ValueError(f"{path}: not a readable image ({err})") from None
-    if path.name.lower().endswith(_PICTURE_EXTENSIONS):
-        array = np.swapaxes(array, -1, -2)  # MONAI's PIL reader returns (C, W, H); make it (C, H, W)
-    if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
-        raise ValueError(f"{path}: expected numeric pixel values, found dtype {array.dtype}")
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / np.float32(255.0)
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{path}: expected finite pixel values, found NaN or infinity")
-    low, high = float(array.min()), float(array.max())
-    return (array - low) / (high - low) if high > low else np.zeros_like(array)
-
-
 # ---------------------------------------------------------------------------------------------- base
 class _SurvivalDomain(DomainDataModule):
     """Shared parts: lazily built spec, datasets per split, reference scores."""
@@ -258,17 +226,19 @@ class SurvivalDataModule(_SurvivalDomain):
     Two layouts:
 
     * **Image folder + CSV**: ``images`` is a folder of ``<id>.png|.jpg|.jpeg|.nii|.nii.gz`` files
-      read with MONAI ``LoadImage(image_only=True, ensure_channel_first=True)``; ``table`` is a CSV
-      with header columns ``id,time,event`` and an optional ``split`` column (``train``/``val``/
-      ``test``).  PNG/JPEG images come out as ``(C, H, W)`` with rows as in the picture; NIfTI arrays
-      keep their stored voxel order (``(C, X, Y[, Z])``, no reorientation).  Image files with no
-      row in the CSV are ignored with a logged warning; files with other extensions are ignored.
+      read with :func:`data_modules.io.read_image`; ``table`` is a CSV with header columns
+      ``id,time,event`` and an optional ``split`` column (``train``/``val``/``test``).  PNG/JPEG
+      images come out as ``(C, H, W)`` with rows as in the picture; NIfTI arrays keep their stored
+      voxel order (``(C, X, Y[, Z])``, no reorientation; ``(X, Y, 1)`` counts as 2D).  Image files
+      with no row in the CSV are ignored with a logged warning; hidden files and files with other
+      extensions are ignored.
     * **``.npz`` file** (``table=None``): keys ``images`` (uint8, ``(N, H, W)`` or ``(N, H, W, C)``;
       for ``spatial_dims=3``: ``(N, D, H, W)`` or ``(N, D, H, W, C)``), ``time`` ``(N,)``, ``event``
       ``(N,)``, optional ``split`` ``(N,)`` with 0/1/2 = train/val/test, optional ``ids`` ``(N,)``.
 
-    Intensities: uint8 images are divided by 255; any other dtype (16-bit PNG, float or integer
-    NIfTI) is min-max scaled to [0, 1] per image (a constant image becomes all zeros).  Times must
+    Intensities (:mod:`data_modules.io` conventions): uint8 images are divided by 255, uint16 by
+    65535; any other dtype (float or other integer NIfTI) is min-max scaled to [0, 1] per image (a
+    constant image becomes all zeros).  Times must
     be finite and >= 0 (any unit; ``time_bins`` are in the same unit); events are 0 (censored) or 1.
     Without a split column, rows are split at random (seeded by ``split_seed``) into
     ``test_fraction`` / ``val_fraction`` / rest for training; each split keeps the file order.
@@ -292,7 +262,8 @@ class SurvivalDataModule(_SurvivalDomain):
         ValueError: at construction, on invalid arguments.  On first :attr:`task_spec` access or in
             ``setup``, on a bad table or image (one line naming the file, the column/field, the
             line/id and what was expected and found): missing column, negative/non-finite/non-numeric
-            time, event not 0/1, duplicate id, CSV id without image file, unknown split value, empty
+            time, event not 0/1, duplicate id (in the CSV, or two image files with one id), CSV id
+            without image file, unreadable or non-finite image, unknown split value, empty
             split, channel mismatch, a 3D volume for a 2D task (or a 2D image for a 3D task),
             differing image sizes within a split, no observed event in the training split.
         FileNotFoundError: if ``images`` or ``table`` does not exist.
@@ -516,22 +487,13 @@ class SurvivalDataModule(_SurvivalDomain):
 
     def _match_files(self, ids: List[str], table: Path) -> List[Path]:
         folder = self.images_path
-        by_stem: Dict[str, Path] = {}
-        for file in sorted(folder.iterdir()):
-            stem = _stem(file.name) if file.is_file() else None
-            if stem is None:
-                continue
-            if stem in by_stem:
-                raise ValueError(
-                    f"{folder}: id {stem!r} expected one image file, found two: {by_stem[stem].name} and {file.name}"
-                )
-            by_stem[stem] = file
+        by_stem = image_files_by_id(folder)
         files = []
         for row_id in ids:
             if row_id not in by_stem:
                 raise ValueError(
                     f"{table}: column 'id' value {row_id!r} has no image file in {folder} (expected {row_id}"
-                    f"{{{','.join(IMAGE_EXTENSIONS)}}}), found none"
+                    f"{{{','.join(IMAGE_SUFFIXES)}}}), found none"
                 )
             files.append(by_stem[row_id])
         unused = sorted(set(by_stem) - set(ids))
@@ -593,7 +555,7 @@ class SurvivalDataModule(_SurvivalDomain):
             part = table[split]
             arrays, first = [], None
             for file in part["files"]:
-                array = self._check_image(_load_image_file(file), file)
+                array = self._check_image(read_image(file), file)
                 if first is None:
                     first = (file, array.shape)
                 elif array.shape != first[1]:
@@ -607,8 +569,6 @@ class SurvivalDataModule(_SurvivalDomain):
     def _check_image(self, array: np.ndarray, file: Path) -> np.ndarray:
         spec = self._base_spec
         if spec.spatial_dims == 2:
-            if array.ndim == 4 and array.shape[-1] == 1:  # a 2D NIfTI slice stored as (X, Y, 1)
-                array = array[..., 0]
             if array.ndim == 4:
                 raise ValueError(
                     f"{file}: task '{spec.name}' is 2D-only (spatial_dims=2) but a 3D volume was found "

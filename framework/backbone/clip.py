@@ -227,7 +227,7 @@ class CLIPBackbone(nn.Module):
 
             # one embedding per slice and window: the stitched map is (B, E, D, ~H/h, ~W/w)
             maps = sliding_window_inference(
-                volumes, roi_size=(d, *self.image_size), sw_batch_size=4, overlap=0.25,
+                volumes, roi_size=(d, *self.image_size), sw_batch_size=4, overlap=0.0,
                 predictor=lambda window: self._encode_slices(window)[..., None, None],
             )
             pooled = maps.flatten(2).mean(dim=2)

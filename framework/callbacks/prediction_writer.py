@@ -26,7 +26,8 @@ class PredictionWriter(BasePredictionWriter):
       folder), the known target (``true_label``; ``time``/``event`` for prognosis) and the head's
       per-sample predictions (class probabilities ``p(<class>)``, ``risk``, survival curves ...);
     * ``masks/<id>.png`` for 2D masks (binary masks as 0/255, multi-label masks as label indices)
-      and ``masks/<id>.nii.gz`` for volumes (axes back in NIfTI order ``(X, Y, Z)``).
+      and ``masks/<id>.nii.gz`` for volumes (in the axis order volumes are read in, see
+      :mod:`data_modules.io`).
 
     ``medcl predict`` adds this callback when the config has none.
 
@@ -102,8 +103,8 @@ class PredictionWriter(BasePredictionWriter):
         if mask.ndim == 3:
             import nibabel as nib
 
-            volume = np.ascontiguousarray(np.transpose(mask, (2, 1, 0)))  # (D, H, W) -> NIfTI (X, Y, Z)
-            nib.save(nib.Nifti1Image(volume, np.eye(4)), str(folder / f"{name}.nii.gz"))
+            # the same stored axis order volumes are read in (data_modules.io), identity affine
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(mask), np.eye(4)), str(folder / f"{name}.nii.gz"))
             return
         from PIL import Image
 

@@ -1,6 +1,7 @@
 """Prognosis (survival) head: a risk score from the pooled image embedding."""
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List
 
 import numpy as np
@@ -73,7 +74,9 @@ class PrognosisHead(TaskHead):
 
             cuts = np.asarray(spec.time_bins, dtype=np.float64)
             self._discretiser = LabTransDiscreteTime(cuts)
-            self._discretiser.fit(cuts, np.ones_like(cuts))  # predefined cuts: fit only records them
+            with warnings.catch_warnings():  # predefined cuts: fit only builds the discretiser, as intended
+                warnings.filterwarnings("ignore", message="Calling fit method")
+                self._discretiser.fit(cuts, np.ones_like(cuts))
             # bin widths for the restricted mean survival time (derived from the spec, not saved)
             widths = np.diff(cuts, prepend=min(cuts[0], 0.0))
             self.register_buffer("bin_widths", torch.tensor(widths, dtype=torch.float32), persistent=False)
