@@ -13,9 +13,9 @@ from framework.specs import TaskSpec
 
 __all__ = ["PredictionSource"]
 
-#: array names tried, in order, for the images and (optional) targets of an ``.npz``
+#: array names tried, in order, for the images and (optional) known targets of an ``.npz``
 _NPZ_IMAGES = ("images", "test_images")
-_NPZ_TARGETS = ("labels", "masks", "test_labels")
+_NPZ_TARGETS = {"classification": ("labels", "test_labels"), "multilabel": ("labels", "test_labels"), "segmentation": ("masks",)}
 
 
 class PredictionSource(Dataset):
@@ -25,8 +25,9 @@ class PredictionSource(Dataset):
       :func:`data_modules.io.read_image`); items carry the file id, and images may differ in size
       (the loader then uses batches of one);
     * an **.npz** with ``images`` (or a MedMNIST file's ``test_images``), uint8 ``(N, H, W[, C])``
-      or ``(N, D, H, W)`` volumes, and optionally ``labels`` / ``masks`` / ``test_labels``, which
-      are passed through as the known target.
+      or ``(N, D, H, W)`` volumes, and optionally the known targets of the task's kind, passed
+      through to the prediction files: ``labels`` (or ``test_labels``) for classification,
+      ``masks`` for segmentation, ``time`` and ``event`` for prognosis.
 
     Items: ``{"image": FloatTensor, "id": str[, "target": Tensor]}``.
 
@@ -67,8 +68,12 @@ class PredictionSource(Dataset):
             if key is None:
                 raise ValueError(f"{self.path}: expected an array named one of {list(_NPZ_IMAGES)}, found {sorted(archive.files)}")
             raw = archive[key]
-            target_key = next((k for k in _NPZ_TARGETS if k in archive.files), None)
-            targets = archive[target_key] if target_key else None
+            if self.spec.kind == "prognosis":
+                target_key = "time+event" if {"time", "event"} <= set(archive.files) else None
+                targets = np.stack([archive["time"], archive["event"]], axis=1).astype(np.float32) if target_key else None
+            else:
+                target_key = next((k for k in _NPZ_TARGETS.get(self.spec.kind, ()) if k in archive.files), None)
+                targets = archive[target_key] if target_key else None
         if raw.dtype != np.uint8:
             raise ValueError(f"{self.path}: field '{key}' expected dtype uint8, found {raw.dtype}")
         channel_last = raw.ndim == self.spec.spatial_dims + 2
@@ -82,7 +87,7 @@ class PredictionSource(Dataset):
                 raise ValueError(f"{self.path}: field '{target_key}' has {len(targets)} entries but '{key}' has {len(raw)}")
             if targets.ndim == 2 and targets.shape[1] == 1:
                 targets = targets[:, 0]
-            self.targets = torch.as_tensor(targets.astype(np.int64))
+            self.targets = torch.as_tensor(targets if self.spec.kind == "prognosis" else targets.astype(np.int64))
 
     def _check(self, array: np.ndarray, where) -> np.ndarray:
         spatial = array.ndim - 1
