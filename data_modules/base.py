@@ -11,15 +11,69 @@ import functools
 from abc import abstractmethod
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from framework.specs import TaskSpec
 
-__all__ = ["DomainDataModule", "SPLITS", "keyed_collate"]
+__all__ = ["DomainDataModule", "SPLITS", "keyed_collate", "check_subset_sizes", "subset_indices"]
 
 SPLITS = ("train", "val", "test")
+
+
+def check_subset_sizes(
+    owner: str, train_subset: Optional[int], val_subset: Optional[int], test_subset: Optional[int]
+) -> Dict[str, Optional[int]]:
+    """Validate the ``*_subset`` arguments of a data module and return them keyed by split.
+
+    Raises:
+        ValueError: ``"<owner>: <split>_subset expected None or a positive integer, found <value>"``.
+    """
+    sizes = {"train": train_subset, "val": val_subset, "test": test_subset}
+    for split, value in sizes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{owner}: {split}_subset expected None or a positive integer, found {value!r}")
+    return sizes
+
+
+def subset_indices(
+    sizes: Mapping[str, Optional[int]],
+    lengths: Mapping[str, int],
+    seed: int,
+    owner: str,
+    source: Any,
+    items: str = "'{split}_images'",
+) -> Dict[str, Optional[np.ndarray]]:
+    """Sorted random indices of the subset of each split (``None`` where the split is used whole).
+
+    One ``numpy.random.default_rng(seed)`` draws split by split in :data:`SPLITS` order, and only for
+    splits with a size, so a given seed always selects the same samples in every module that uses it
+    (the semi-synthetic survival domain relies on picking the same images as the MedMNIST one).
+
+    Args:
+        sizes: subset size per split (``None`` = all samples).
+        lengths: number of samples per split.
+        seed: seed of the draw.
+        owner: who is asking, for error messages (e.g. ``"MedMNISTDataModule(bloodmnist)"``).
+        source: the file or folder the samples come from, for error messages.
+        items: what the samples are called in error messages; ``{split}`` is replaced by the split.
+
+    Raises:
+        ValueError: if a subset is larger than its split, naming the argument, both sizes and ``source``.
+    """
+    rng = np.random.default_rng(seed)
+    indices: Dict[str, Optional[np.ndarray]] = {}
+    for split in SPLITS:
+        size, n = sizes[split], lengths[split]
+        if size is None:
+            indices[split] = None
+            continue
+        if size > n:
+            raise ValueError(f"{owner}: {split}_subset={size} is larger than the {n} {items.format(split=split)} in {source}")
+        indices[split] = np.sort(rng.choice(n, size=size, replace=False))
+    return indices
 
 
 def keyed_collate(items: Sequence[Mapping[str, Any]], task: str) -> Dict[str, Dict[str, Any]]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.base import SPLITS, DomainDataModule
+from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
 from data_modules.medmnist_info import MEDMNIST_INFO, official_url
 from framework.specs import TaskSpec
 
@@ -188,14 +188,12 @@ class MedMNISTDataModule(DomainDataModule):
                 f"MedMNISTDataModule: flag {flag!r} is not an official MedMNIST flag ({sorted(MEDMNIST_INFO)}); "
                 f"pass class_names (and prompt_template, modality) for your own file"
             )
-        for name, value in (("train_subset", train_subset), ("val_subset", val_subset), ("test_subset", test_subset)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"MedMNISTDataModule({flag}): {name} expected None or a positive integer, found {value!r}")
+        subsets = check_subset_sizes(f"MedMNISTDataModule({flag})", train_subset, val_subset, test_subset)
         info = info or {}
         self.flag = flag
         self.path = Path(file) if file else Path(data_dir) / f"{flag}.npz"
         self.download = bool(download)
-        self.subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
+        self.subsets = subsets
         self.subset_seed = int(subset_seed)
         self._spec = TaskSpec(
             name=task_name or flag,
@@ -241,17 +239,12 @@ class MedMNISTDataModule(DomainDataModule):
                 f"{self.path}: field 'train_images' has {found_channels} channel(s), but {self.flag} images have "
                 f"{spec.in_channels}; is this the right file for the flag?"
             )
-        rng = np.random.default_rng(self.subset_seed)
+        lengths = {split: len(arrays[f"{split}_images"]) for split in SPLITS}
+        indices = subset_indices(self.subsets, lengths, self.subset_seed, f"MedMNISTDataModule({self.flag})", self.path)
         for split in SPLITS:
             images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-            size = self.subsets[split]
-            if size is not None:
-                if size > len(images):
-                    raise ValueError(
-                        f"MedMNISTDataModule({self.flag}): {split}_subset={size} is larger than the {len(images)} "
-                        f"'{split}_images' in {self.path}"
-                    )
-                index = np.sort(rng.choice(len(images), size=size, replace=False))
+            index = indices[split]
+            if index is not None:
                 images, labels = images[index], labels[index]
             self._datasets[split] = ArrayImageDataset(images, labels, spatial_dims=spec.spatial_dims)
 

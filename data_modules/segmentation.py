@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.base import SPLITS, DomainDataModule
+from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
 from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, read_array, scale_intensities
 from framework.specs import TaskSpec
 
@@ -492,16 +492,14 @@ class SegmentationDataModule(DomainDataModule):
             raise ValueError(f"{me}: spatial_dims expected 2 or 3, found {spatial_dims!r}")
         if not isinstance(augment, bool):
             raise ValueError(f"{me}: augment expected true or false, found {augment!r}")
-        for arg, value in (("train_subset", train_subset), ("val_subset", val_subset), ("test_subset", test_subset)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{me}: {arg} expected None or a positive integer, found {value!r}")
+        subsets = check_subset_sizes(me, train_subset, val_subset, test_subset)
         if isinstance(subset_seed, bool) or not isinstance(subset_seed, int):
             raise ValueError(f"{me}: subset_seed expected an integer, found {subset_seed!r}")
 
         self.path = Path(file if file is not None else root)
         self.source = "npz" if file is not None else "folder"
         self.augment = augment
-        self.subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
+        self.subsets = subsets
         self.subset_seed = subset_seed
         self._spec = TaskSpec(
             name=task_name or _derive_task_name(str(self.path)),
@@ -534,18 +532,15 @@ class SegmentationDataModule(DomainDataModule):
                 f"(cwd {os.getcwd()})"
             )
         data = load(self.path, spatial_dims=spec.spatial_dims, num_labels=len(spec.label_names), in_channels=spec.in_channels)
-        rng = np.random.default_rng(self.subset_seed)
+        lengths = {split: len(data[split]["images"]) for split in SPLITS}
+        indices = subset_indices(
+            self.subsets, lengths, self.subset_seed, f"SegmentationDataModule({spec.name})", self.path, items="'{split}' samples"
+        )
         datasets = {}
         for split in SPLITS:
             images, masks = data[split]["images"], data[split]["masks"]
-            size = self.subsets[split]
-            if size is not None:
-                if size > len(images):
-                    raise ValueError(
-                        f"SegmentationDataModule({spec.name}): {split}_subset={size} is larger than the {len(images)} "
-                        f"'{split}' samples in {self.path}"
-                    )
-                index = np.sort(rng.choice(len(images), size=size, replace=False))
+            index = indices[split]
+            if index is not None:
                 if isinstance(images, np.ndarray):
                     images, masks = images[index], masks[index]
                 else:

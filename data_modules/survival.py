@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.base import SPLITS, DomainDataModule
+from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
 from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, read_image
 from data_modules.medmnist import load_medmnist_npz
 from data_modules.medmnist_info import MEDMNIST_INFO
@@ -162,12 +162,6 @@ def _npy_header(archive, key: str) -> Tuple[Tuple[int, ...], np.dtype]:
 def _check_int_arg(owner: str, name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{owner}: {name} expected an integer >= {minimum}, found {value!r}")
-
-
-def _check_subsets(owner: str, subsets: Dict[str, Optional[int]]) -> None:
-    for split, value in subsets.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{owner}: {split}_subset expected None or a positive integer, found {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------- base
@@ -691,8 +685,7 @@ class SemiSyntheticSurvivalDataModule(_SurvivalDomain):
             raise ValueError(f"{owner}({flag}): censoring_hazard expected a finite number >= 0, found {censoring_hazard!r}")
         _check_int_arg(owner, "simulation_seed", simulation_seed, 0)
         _check_int_arg(owner, "subset_seed", subset_seed, 0)
-        subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
-        _check_subsets(f"{owner}({flag})", subsets)
+        subsets = check_subset_sizes(f"{owner}({flag})", train_subset, val_subset, test_subset)
         spec = TaskSpec(name=task_name, kind="prognosis", modality=info["modality"], in_channels=info["channels"], spatial_dims=2)
         super().__init__(spec, num_time_bins, batch_size, eval_batch_size, num_workers)
         self.flag = flag
@@ -770,19 +763,15 @@ class SemiSyntheticSurvivalDataModule(_SurvivalDomain):
                 "time": np.minimum(t_event, t_censor),
                 "event": (t_event <= t_censor).astype(np.float64),
             }
-        subset_rng = np.random.default_rng(self.subset_seed)
+        lengths = {split: len(full[split]["label"]) for split in SPLITS}
+        indices = subset_indices(
+            self.subsets, lengths, self.subset_seed, f"SemiSyntheticSurvivalDataModule({self.flag})", self.path
+        )
         sim = {}
         for split in SPLITS:
-            n, size = len(full[split]["label"]), self.subsets[split]
-            if size is None:
-                index = np.arange(n)
-            else:
-                if size > n:
-                    raise ValueError(
-                        f"SemiSyntheticSurvivalDataModule({self.flag}): {split}_subset={size} is larger than the {n} "
-                        f"'{split}_images' in {self.path}"
-                    )
-                index = np.sort(subset_rng.choice(n, size=size, replace=False))
+            index = indices[split]
+            if index is None:
+                index = np.arange(lengths[split])
             sim[split] = {key: value[index] for key, value in full[split].items()}
             sim[split]["index"] = index
         self._sim = sim

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Dict, Optional
 
 import numpy as np
 import pytest
@@ -14,6 +15,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "data" / "demo" / "medmnist"
 SHARED_MEDMNIST = REPO.parent / "shared" / "data" / "medmnist"
+
+
+def write_npz(path: Path, arrays: Dict[str, np.ndarray], **overrides: Optional[np.ndarray]) -> Path:
+    """``np.savez(path, **arrays)`` after applying ``overrides``: a value replaces (or adds) an array, ``None`` drops it."""
+    arrays = dict(arrays)
+    for key, value in overrides.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    np.savez(path, **arrays)
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -33,13 +46,6 @@ def make_npz(tmp_path):
             shape = (count, 28, 28, 3) if rgb else (count, 28, 28)
             arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
             arrays[f"{split}_labels"] = (np.arange(count) % classes).reshape(-1, 1).astype(np.uint8)
-        for key, value in overrides.items():
-            if value is None:
-                arrays.pop(key)
-            else:
-                arrays[key] = value
-        path = tmp_path / name
-        np.savez(path, **arrays)
-        return path
+        return write_npz(tmp_path / name, arrays, **overrides)
 
     return _make

@@ -64,3 +64,17 @@ def shrink_config(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(config, sort_keys=False))
     return out
+
+
+def train_losses_per_epoch(run_dir: Path, tasks) -> Dict[int, set]:
+    """{epoch: set of tasks with a logged training loss} from the CSV logger of a run."""
+    import csv
+
+    (metrics,) = list(Path(run_dir).rglob("metrics.csv"))
+    seen: Dict[int, set] = {}
+    with open(metrics) as fh:
+        for row in csv.DictReader(fh):
+            for task in tasks:
+                if row.get(f"train/{task}/loss"):
+                    seen.setdefault(int(row["epoch"]), set()).add(task)
+    return seen

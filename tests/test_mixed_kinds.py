@@ -13,7 +13,7 @@ from framework.callbacks import ReplayCallback
 from framework.callbacks.continual_eval import METRICS_CSV, METRICS_JSON
 from framework.cli import run_cli
 from framework.paradigms import ContinualModule
-from helpers import shrink_config
+from helpers import shrink_config, train_losses_per_epoch
 
 SHARED = REPO.parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(
@@ -30,17 +30,6 @@ def replay_run(tmp_path_factory):
     config = shrink_config("experiments/mixed/continual_replay.yaml", out)
     cli = run_cli(["fit", "--config", str(config)])
     return {"cli": cli, "config": config, "dir": Path(cli.trainer.log_dir), "ckpt": next(out.rglob("last.ckpt"))}
-
-
-def logged_train_tasks(run_dir: Path):
-    (metrics,) = list(run_dir.rglob("metrics.csv"))
-    seen = {}
-    with open(metrics) as fh:
-        for row in csv.DictReader(fh):
-            for task in TASKS:
-                if row.get(f"train/{task}/loss"):
-                    seen.setdefault(int(row["epoch"]), set()).add(task)
-    return seen
 
 
 @pytest.mark.slow
@@ -67,7 +56,7 @@ def test_replay_stores_every_kinds_targets_and_replays_them(replay_run):
     assert stored["organa_survival_semisynthetic"][1] == (2,)           # (time, event)
     assert stored["kvasir_seg"][:2] == ((3, 64, 64), (64, 64))         # image and its mask
     # old tasks' losses are trained again from the buffer, each by its own head
-    assert logged_train_tasks(replay_run["dir"]) == {0: {TASKS[0]}, 1: set(TASKS[:2]), 2: set(TASKS)}
+    assert train_losses_per_epoch(replay_run["dir"], TASKS) == {0: {TASKS[0]}, 1: set(TASKS[:2]), 2: set(TASKS)}
 
 
 @pytest.mark.slow
@@ -84,7 +73,7 @@ def test_strict_reload_rebuilds_every_head_and_scores_the_same(replay_run):
 def test_joint_trains_all_three_kinds_in_every_batch(tmp_path):
     config = shrink_config("experiments/mixed/joint.yaml", tmp_path)
     cli = run_cli(["fit", "--config", str(config)])
-    assert logged_train_tasks(tmp_path) == {0: set(TASKS)}
+    assert train_losses_per_epoch(tmp_path, TASKS) == {0: set(TASKS)}
     result = json.loads((Path(cli.trainer.log_dir) / METRICS_JSON).read_text())
     assert result["metrics"] == METRICS and len(result["accuracy_matrix"]) == 1
 

@@ -1,5 +1,4 @@
 """Integration: every paradigm config of the study, shrunk to a few batches, end to end."""
-import csv
 import json
 from pathlib import Path
 
@@ -10,23 +9,11 @@ from conftest import SHARED_MEDMNIST
 from framework.callbacks.continual_eval import METRICS_CSV, METRICS_JSON, METRICS_PNG
 from framework.cli import run_cli
 from framework.paradigms import ContinualModule, JointModule, SpecializedModule
-from helpers import shrink_config
+from helpers import shrink_config, train_losses_per_epoch
 
 pytestmark = pytest.mark.skipif(not SHARED_MEDMNIST.is_dir(), reason="the paradigm configs read ../shared/data/medmnist")
 
 TASKS = ["bloodmnist", "organamnist"]
-
-
-def train_losses_per_epoch(run_dir: Path):
-    """{epoch: set of tasks with a logged training loss} from the CSV logger."""
-    (metrics,) = list(run_dir.rglob("metrics.csv"))
-    seen = {}
-    with open(metrics) as fh:
-        for row in csv.DictReader(fh):
-            for task in TASKS:
-                if row.get(f"train/{task}/loss"):
-                    seen.setdefault(int(row["epoch"]), set()).add(task)
-    return seen
 
 
 @pytest.mark.slow
@@ -61,7 +48,7 @@ def test_paradigm_config_runs_end_to_end(tmp_path, name, cls, rows, trained):
     assert (Path(cli.trainer.log_dir) / METRICS_PNG).stat().st_size > 1000
 
     # The paradigm, not the training step, decides which domains train when; replay adds the old one.
-    assert train_losses_per_epoch(tmp_path) == trained
+    assert train_losses_per_epoch(tmp_path, TASKS) == trained
 
     if cls is SpecializedModule:
         a, b = (module.models[t].backbone.clip.visual.conv1.weight for t in TASKS)

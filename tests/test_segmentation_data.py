@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, write_npz
 from data_modules.segmentation import (
     SegmentationDataModule,
     SegmentationDataset,
@@ -39,14 +39,7 @@ def seg_npz(tmp_path):
             "split": np.array([0] * 6 + [1] * 2 + [2] * 2, dtype=np.uint8),
             "names": np.array([f"s{i}" for i in range(10)]),
         }
-        for key, value in overrides.items():
-            if value is None:
-                arrays.pop(key)
-            else:
-                arrays[key] = value
-        path = tmp_path / name
-        np.savez(path, **arrays)
-        return path
+        return write_npz(tmp_path / name, arrays, **overrides)
 
     return _make
 

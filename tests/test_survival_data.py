@@ -8,7 +8,7 @@ import torch
 from lifelines.utils import concordance_index
 from PIL import Image
 
-from conftest import DEMO_DIR
+from conftest import DEMO_DIR, write_npz
 from data_modules.medmnist import MedMNISTDataModule
 from data_modules.survival import SemiSyntheticSurvivalDataModule, SurvivalDataModule, harrell_c_index
 
@@ -193,14 +193,7 @@ def _npz(tmp_path, name="surv.npz", n=10, **overrides):
         "event": (np.arange(n) % 2).astype(np.int64),
         "split": np.array([0] * 6 + [1] * 2 + [2] * 2)[:n],
     }
-    for key, value in overrides.items():
-        if value is None:
-            arrays.pop(key)
-        else:
-            arrays[key] = value
-    path = tmp_path / name
-    np.savez(path, **arrays)
-    return path
+    return write_npz(tmp_path / name, arrays, **overrides)
 
 
 def test_png_folder_with_split_column(tmp_path, caplog):
