@@ -233,20 +233,22 @@ def plot_matrix(result: Dict[str, Any], path: Path) -> None:
 
     matrix = np.array([[math.nan if v is None else v for v in row] for row in result["accuracy_matrix"]], dtype=float)
     tasks = result["tasks"]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(tasks), 1.2 + 0.7 * len(matrix)))
-    im = ax.imshow(np.ma.masked_invalid(matrix), vmin=0.0, vmax=1.0, cmap="viridis")
     metrics = result.get("metrics", {})
-    ax.set_xticks(range(len(tasks)), [f"{t}\n({metrics[t]})" if t in metrics else t for t in tasks], rotation=30, ha="right")
-    ax.set_yticks(range(len(matrix)), [f"after exp {e}" for e in result["experiences"]])
-    ax.set_xlabel(f"tested on ({result['split']})")
+    # one column per task, wide enough for its name; the metric goes on a second line
+    column = max(1.3, 0.075 * max(len(t) for t in tasks))
+    fig, ax = plt.subplots(figsize=(2.6 + column * len(tasks), 1.9 + 0.6 * len(matrix)))
+    im = ax.imshow(np.ma.masked_invalid(matrix), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({metrics[t]})" if t in metrics else t for t in tasks], fontsize=8)
+    ax.set_yticks(range(len(matrix)), [f"after exp {e}" for e in result["experiences"]], fontsize=8)
+    ax.set_xlabel(f"tested on ({result['split']} split)", fontsize=8)
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            text = "–" if math.isnan(matrix[i, j]) else f"{matrix[i, j]:.2f}"
+            text = "–" if math.isnan(matrix[i, j]) else f"{matrix[i, j]:.3f}"
             ax.text(j, i, text, ha="center", va="center", color="w" if not math.isnan(matrix[i, j]) and matrix[i, j] < 0.6 else "k")
     avg, fgt = result.get("average_accuracy"), result.get("forgetting")
-    label = "avg score" if isinstance(result.get("metric"), list) else "avg acc"
-    title = result["paradigm"] + (f": {label} {avg:.3f}" if avg is not None else "")
-    ax.set_title(title + (f", forgetting {fgt:.3f}" if fgt is not None else ""), fontsize=9)
+    label = "average score" if isinstance(result.get("metric"), list) else "average accuracy"
+    stats = ", ".join(x for x in (f"{label} {avg:.3f}" if avg is not None else "", f"forgetting {fgt:.3f}" if fgt is not None else "") if x)
+    ax.set_title(result["paradigm"] + (f"\n{stats}" if stats else ""), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
