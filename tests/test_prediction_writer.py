@@ -58,6 +58,9 @@ def test_multilabel_masks_keep_label_indices_and_rows_are_numbered(tmp_path):
     assert [r["index"] for r in rows] == ["0", "1", "2"] and "id" not in rows[0]
     stored = np.asarray(Image.open(tmp_path / "seg" / "masks" / "1.png"))
     assert np.array_equal(stored, model(images, "seg").argmax(1)[1].numpy())
+    # each label's share of the image, as a CSV column
+    assert float(rows[1]["area(a)"]) == pytest.approx((stored == 1).mean(), abs=1e-5)
+    assert float(rows[1]["area(b)"]) == pytest.approx((stored == 2).mean(), abs=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["cox", "mtlr"])

@@ -207,4 +207,13 @@ class SegmentationHead(TaskHead):
         return {"preds": outputs.argmax(dim=1), "target": target.long()}
 
     def predict(self, outputs: Tensor) -> Dict[str, Tensor]:
-        return {"mask": outputs.argmax(dim=1)}
+        """The label mask, and each foreground label's share of the image (``area``)."""
+        mask = outputs.argmax(dim=1)
+        labels = torch.arange(1, self.spec.num_classes, device=mask.device)
+        area = (mask.flatten(1).unsqueeze(1) == labels.view(1, -1, 1)).float().mean(dim=2)
+        return {"mask": mask, "area": area}
+
+    def column_names(self, key: str, width: int) -> List[str]:
+        if key == "area" and width == len(self.spec.label_names):
+            return [f"area({name})" for name in self.spec.label_names]
+        return super().column_names(key, width)
