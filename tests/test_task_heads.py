@@ -107,6 +107,21 @@ def test_prognosis_outputs_and_loss(loss, width, hidden_dim):
         assert survival.shape == (6, 5) and (survival.diff(dim=1) <= 1e-6).all() and ((survival >= 0) & (survival <= 1)).all()
 
 
+@pytest.mark.parametrize("loss", ["cox", "mtlr"])
+@pytest.mark.parametrize("target", [torch.tensor([[4.0, 1.0]]), torch.tensor([[4.0, 0.0], [2.0, 0.0]])], ids=["one sample", "no event"])
+def test_prognosis_loss_on_degenerate_batches(loss, target):
+    """A replayed sub-batch may hold one exemplar, or only censored ones: training goes on."""
+    head = PrognosisHead(PROG, 8, loss=loss)
+    outputs = head.net(torch.randn(len(target), 8))
+    if loss == "cox":
+        outputs = outputs[:, 0]  # one log-risk per sample, as forward() returns it
+    value = head.loss(outputs, target)
+    value.backward()
+    assert torch.isfinite(value) and value.ndim == 0
+    if loss == "cox":
+        assert value.item() == 0.0
+
+
 def test_mtlr_risk_orders_by_predicted_survival():
     head = PrognosisHead(PROG, 8, loss="mtlr")
     early = torch.tensor([[5.0, 0.0, 0.0, 0.0, 0.0]])  # mass on the first bin: dies early

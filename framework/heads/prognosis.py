@@ -96,12 +96,18 @@ class PrognosisHead(TaskHead):
         if self.loss_name == "cox":
             from torchsurv.loss.cox import neg_partial_log_likelihood
 
-            if not event.any():  # no event in this batch: the partial likelihood has no term
+            if not event.any() or len(event) < 2:
+                # no event, or one sample (e.g. a replayed exemplar): the partial likelihood has no
+                # term comparing samples, so the loss is 0 (torchsurv refuses both cases)
                 return outputs.sum() * 0.0
             return neg_partial_log_likelihood(outputs.float(), event, time, ties_method="efron")
         from pycox.models.loss import nll_mtlr
 
-        index, observed = self._discretiser.transform(time.cpu().numpy(), event.cpu().numpy().astype(np.float32))
+        # pycox's discretiser fails on a batch without any event (an empty reduction), so one dummy
+        # event at the first cut point goes in front and is dropped again
+        times = np.concatenate([[self._discretiser.cuts[0]], time.detach().cpu().numpy()])
+        events = np.concatenate([[1.0], event.cpu().numpy().astype(np.float32)])
+        index, observed = (a[1:] for a in self._discretiser.transform(times, events))
         index = torch.as_tensor(index, dtype=torch.long, device=outputs.device)
         observed = torch.as_tensor(observed, dtype=torch.float32, device=outputs.device)
         return nll_mtlr(outputs.float(), index, observed)
