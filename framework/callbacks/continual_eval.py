@@ -176,13 +176,14 @@ class ContinualEvaluation(pl.Callback):
         labels = [f"after exp {e} ({'+'.join(t)})" for e, t in zip(result["experiences"], result["experience_tasks"])]
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         mixed = isinstance(result["metric"], list)
-        average = f"average score ({', '.join(result['metric'])})" if mixed else "average accuracy"
+        average = f"average score ({', '.join(result['metric'])})" if mixed else average_label(result)
         reference = "".join(
             f"\nreference for {task}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items())
             for task, values in result.get("reference", {}).items()
         )
         print(
-            f"\nContinual evaluation ({result['paradigm']}, {result['split']} split, metric: {result['metric']})\n"
+            f"\nContinual evaluation ({result['paradigm']}, {result['split']} split, "
+            + (f"metrics: {', '.join(result['metric'])})\n" if mixed else f"metric: {result['metric']})\n")
             + format_matrix(result["accuracy_matrix"], column_labels(result), labels)
             + f"\n{average}: {fmt(result['average_accuracy'])}   forgetting: {fmt(result['forgetting'])}"
             + f"   backward transfer: {fmt(result['backward_transfer'])}"
@@ -203,6 +204,14 @@ class ContinualEvaluation(pl.Callback):
         self.rows = {int(e): row for e, row in state_dict.get("rows", {}).items()}
         self.experience_tasks = {int(e): list(t) for e, t in state_dict.get("experience_tasks", {}).items()}
         self.reference = state_dict.get("reference")
+
+
+def average_label(result: Dict[str, Any]) -> str:
+    """``average accuracy``, ``average dice`` ..., or ``average score`` when the columns mix metrics."""
+    metric = result.get("metric", "acc")
+    if isinstance(metric, list):
+        return "average score"
+    return "average accuracy" if metric == "acc" else f"average {metric}"
 
 
 def column_labels(result: Dict[str, Any]) -> List[str]:
@@ -246,7 +255,7 @@ def plot_matrix(result: Dict[str, Any], path: Path) -> None:
             text = "–" if math.isnan(matrix[i, j]) else f"{matrix[i, j]:.3f}"
             ax.text(j, i, text, ha="center", va="center", color="w" if not math.isnan(matrix[i, j]) and matrix[i, j] < 0.6 else "k")
     avg, fgt = result.get("average_accuracy"), result.get("forgetting")
-    label = "average score" if isinstance(result.get("metric"), list) else "average accuracy"
+    label = average_label(result)
     stats = ", ".join(x for x in (f"{label} {avg:.3f}" if avg is not None else "", f"forgetting {fgt:.3f}" if fgt is not None else "") if x)
     ax.set_title(result["paradigm"] + (f"\n{stats}" if stats else ""), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
