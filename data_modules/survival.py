@@ -125,24 +125,18 @@ def survival_time_bins(times: np.ndarray, events: np.ndarray, num_time_bins: int
 
 
 def harrell_c_index(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> float:
-    """Harrell's C-index of ``risk`` (higher = earlier event) via ``torchsurv``.
+    """Harrell's C-index of ``risk`` (higher = earlier event): MedCL's torchsurv-backed
+    :class:`~framework.metrics.ConcordanceIndex` over whole arrays.
 
     Ties in risk count 1/2; only pairs whose earlier time is an observed event are comparable.
     Returns ``nan`` when no event is observed.
     """
-    event = np.asarray(event).astype(bool)
-    if not event.any():
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchsurv's import warns about torch.jit.script
-        from torchsurv.metrics.cindex import ConcordanceIndex
+    from framework.metrics import ConcordanceIndex
 
-        value = ConcordanceIndex()(
-            estimate=torch.as_tensor(np.asarray(risk, dtype=np.float64)),
-            event=torch.as_tensor(event),
-            time=torch.as_tensor(np.asarray(time, dtype=np.float64)),
-        )
-    return float(value)
+    metric = ConcordanceIndex()
+    target = np.stack([np.asarray(time, dtype=np.float64), np.asarray(event, dtype=np.float64)], axis=1)
+    metric.update(torch.as_tensor(np.asarray(risk, dtype=np.float64)), torch.as_tensor(target))
+    return float(metric.compute())
 
 
 def _npy_header(archive, key: str) -> Tuple[Tuple[int, ...], np.dtype]:

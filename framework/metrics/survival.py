@@ -24,7 +24,9 @@ def split_survival_target(target: Tensor, where: str = "target") -> tuple:
     """
     if target.ndim != 2 or target.shape[1] != 2:
         raise ValueError(f"{where}: expected shape (B, 2) holding (time, event), found {tuple(target.shape)}")
-    time, event = target[:, 0].float(), target[:, 1]
+    time, event = target[:, 0], target[:, 1]
+    if not time.is_floating_point():
+        time = time.float()
     if not torch.isfinite(time).all() or (time < 0).any():
         bad = time[~torch.isfinite(time) | (time < 0)][0].item()
         raise ValueError(f"{where}: survival time expected finite and >= 0, found {bad}")
@@ -61,7 +63,7 @@ class ConcordanceIndex(Metric):
         if preds.ndim != 1 or preds.shape[0] != target.shape[0]:
             raise ValueError(f"ConcordanceIndex: preds expected shape ({target.shape[0]},) of risk scores, found {tuple(preds.shape)}")
         time, event = split_survival_target(target, "ConcordanceIndex target")
-        self.risk.append(preds.detach().float())
+        self.risk.append(preds.detach() if preds.is_floating_point() else preds.float())
         self.time.append(time)
         self.event.append(event)
 
@@ -71,4 +73,4 @@ class ConcordanceIndex(Metric):
         risk, time, event = dim_zero_cat(self.risk), dim_zero_cat(self.time), dim_zero_cat(self.event).bool()
         if risk.numel() == 0 or not event.any():
             return torch.tensor(float("nan"), device=risk.device)
-        return _TorchsurvCIndex()(risk, event, time).to(risk.device).float()
+        return _TorchsurvCIndex()(risk, event, time).to(risk.device)
