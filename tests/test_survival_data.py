@@ -289,16 +289,21 @@ BAD_TABLES = {
 }
 
 
+def assert_one_line_error(action, file_name, expected):
+    """``action`` raises a one-line ValueError naming ``file_name`` and containing every ``expected`` text."""
+    with pytest.raises(ValueError) as err:
+        action()
+    message = str(err.value)
+    assert file_name in message and "\n" not in message
+    for text in expected:
+        assert text in message, (text, message)
+
+
 @pytest.mark.parametrize("case", sorted(BAD_TABLES))
 def test_bad_table_is_named_precisely(tmp_path, case):
     lines, expected = BAD_TABLES[case]
     folder, table = _folder(tmp_path, lines=lines)
-    with pytest.raises(ValueError) as err:
-        SurvivalDataModule(str(folder), table=str(table)).setup()
-    message = str(err.value)
-    assert "survival.csv" in message and "\n" not in message
-    for text in expected:
-        assert text in message, (text, message)
+    assert_one_line_error(lambda: SurvivalDataModule(str(folder), table=str(table)).setup(), "survival.csv", expected)
 
 
 @pytest.mark.parametrize(
@@ -354,12 +359,7 @@ def test_bad_images_are_named_precisely(tmp_path, case):
 )
 def test_bad_npz_is_named_precisely(tmp_path, overrides, expected):
     path = _npz(tmp_path, **overrides)
-    with pytest.raises(ValueError) as err:
-        SurvivalDataModule(str(path)).setup()
-    message = str(err.value)
-    assert "surv.npz" in message and "\n" not in message
-    for text in expected:
-        assert text in message, (text, message)
+    assert_one_line_error(lambda: SurvivalDataModule(str(path)).setup(), "surv.npz", expected)
 
 
 @pytest.mark.parametrize(
