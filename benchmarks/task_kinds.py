@@ -186,6 +186,8 @@ def main() -> None:
         results[name] = RUNS[name]()
         path.write_text(json.dumps(results, indent=2))
         write_markdown(results, RESULTS / "task_kinds.md")
+    if args.markdown_only:
+        write_markdown(results, RESULTS / "task_kinds.md")
     print((RESULTS / "task_kinds.md").read_text())
 
 
