@@ -36,6 +36,7 @@ __all__ = [
     "read_array",
     "scale_intensities",
     "read_image",
+    "open_npz",
 ]
 
 PathLike = Union[str, Path]
@@ -199,3 +200,16 @@ def read_image(path: PathLike) -> np.ndarray:
         ValueError: if the file cannot be read or holds non-numeric or non-finite values, naming it.
     """
     return np.ascontiguousarray(scale_intensities(read_array(path), Path(path)))
+
+
+def open_npz(path: PathLike):
+    """Open an ``.npz`` archive (no pickles) for use in a ``with`` block.
+
+    Raises:
+        ValueError: ``"<path>: not a readable .npz archive (<reason>)"`` for any corrupt or
+            non-``.npz`` file (numpy and zipfile raise many types).
+    """
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:  # numpy/zipfile raise several types for corrupt files
+        raise ValueError(f"{path}: not a readable .npz archive ({err})") from None

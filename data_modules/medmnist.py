@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
+from data_modules.io import open_npz
 from data_modules.medmnist_info import MEDMNIST_INFO, official_url
 from framework.specs import TaskSpec
 
@@ -68,11 +69,7 @@ def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False, sp
     """
     if not path.is_file():
         raise FileNotFoundError(f"MedMNIST file not found: {path}")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as err:  # numpy raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
-    with archive:
+    with open_npz(path) as archive:
         expected = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
         missing = [k for k in expected if k not in archive.files]
         if missing:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.io import file_id, list_image_files, read_image
+from data_modules.io import file_id, list_image_files, open_npz, read_image
 from framework.specs import TaskSpec
 
 __all__ = ["PredictionSource"]
@@ -59,11 +59,7 @@ class PredictionSource(Dataset):
         self.same_size = len({tuple(im.shape) for im in self.images}) == 1
 
     def _load_npz(self) -> None:
-        try:
-            archive = np.load(self.path, allow_pickle=False)
-        except Exception as err:  # numpy raises several types for corrupt files
-            raise ValueError(f"{self.path}: not a readable .npz archive ({err})") from None
-        with archive:
+        with open_npz(self.path) as archive:
             key = next((k for k in _NPZ_IMAGES if k in archive.files), None)
             if key is None:
                 raise ValueError(f"{self.path}: expected an array named one of {list(_NPZ_IMAGES)}, found {sorted(archive.files)}")

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
-from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, read_array, scale_intensities
+from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_array, scale_intensities
 from framework.specs import TaskSpec
 
 __all__ = [
@@ -131,12 +131,9 @@ def load_segmentation_npz(
     if not path.is_file():
         raise FileNotFoundError(f"segmentation file not found: {path}")
     wanted = _NPZ_KEYS + ("names", "frame")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            files = list(archive.files)
-            arrays = {k: archive[k] for k in wanted if k in files}
-    except Exception as err:  # numpy/zipfile raise several types for corrupt files
-        raise ValueError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from None
+    with open_npz(path) as archive:
+        files = list(archive.files)
+        arrays = {k: archive[k] for k in wanted if k in files}
     missing = [k for k in _NPZ_KEYS if k not in arrays]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; expected keys {list(_NPZ_KEYS)}, found {sorted(files)}")

@@ -53,7 +53,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
-from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, read_image
+from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_image
 from data_modules.medmnist import load_medmnist_npz
 from data_modules.medmnist_info import MEDMNIST_INFO
 from framework.specs import TaskSpec
@@ -401,11 +401,7 @@ class SurvivalDataModule(_SurvivalDomain):
         path = self.images_path
         if not path.is_file():
             raise FileNotFoundError(f"SurvivalDataModule: .npz file not found: {path}")
-        try:
-            archive = np.load(path, allow_pickle=False)
-        except Exception as err:
-            raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
-        with archive:
+        with open_npz(path) as archive:
             missing = [k for k in ("images", "time", "event") if k not in archive.files]
             if missing:
                 raise ValueError(
@@ -529,7 +525,7 @@ class SurvivalDataModule(_SurvivalDomain):
         table = self._read_table()
         _ = self.task_spec  # fails early on a training split without events
         if self.is_npz:
-            with np.load(self.images_path, allow_pickle=False) as archive:
+            with open_npz(self.images_path) as archive:
                 images = archive["images"]
             if images.ndim == self._base_spec.spatial_dims + 1:  # no channel axis
                 images = images[:, None]
@@ -711,12 +707,8 @@ class SemiSyntheticSurvivalDataModule(_SurvivalDomain):
         """Labels of each official split and the image channels, without reading the images."""
         if not self.path.is_file():
             raise FileNotFoundError(f"SemiSyntheticSurvivalDataModule({self.flag}): file not found: {self.path}")
-        try:
-            archive = np.load(self.path, allow_pickle=False)
-        except Exception as err:
-            raise ValueError(f"{self.path}: not a readable .npz archive ({err})") from None
         labels: Dict[str, np.ndarray] = {}
-        with archive:
+        with open_npz(self.path) as archive:
             for split in SPLITS:
                 for key in (f"{split}_images", f"{split}_labels"):
                     if key not in archive.files:
