@@ -1,10 +1,11 @@
-"""The growing model: one backbone plus a dictionary of task heads."""
+"""The growing model: one backbone, per-modality adapters and a dictionary of task heads."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
+from framework.adapters import AdapterSpec, ModalityAdapters, check_lora_options
 from framework.backbone import CLIPBackbone
 from framework.heads import TaskHead, build_head
 from framework.specs import TaskSpec
@@ -13,52 +14,119 @@ __all__ = ["MedCLModel"]
 
 
 class MedCLModel(nn.Module):
-    """A CLIP backbone with UNICON-style expandable heads.
+    """A CLIP backbone with per-modality adapters and UNICON-style expandable heads.
 
     :meth:`add_task` is the only way the model grows; each task owns its head and the task is
-    selected explicitly at inference (``model(images, task="bloodmnist")``).
+    selected explicitly at inference (``model(images, task="bloodmnist")``), which also routes the
+    image tower to the task's modality adapters (see :class:`~framework.adapters.ModalityAdapters`).
+
+    A task brings adapters when its modality needs them: a patch embedding when its ``in_channels``
+    is neither 1 nor 3, and, if ``lora`` is set, a LoRA for a modality no earlier task had.
 
     Args:
         backbone: keyword arguments for :class:`~framework.backbone.CLIPBackbone`.
         head_args: per-kind keyword arguments for heads, e.g.
             ``{"classification": {"learn_class_embeddings": True}}``.
+        lora: LoRA options for new modalities (``r``, ``alpha``, ``dropout``, ``target_modules``),
+            ``None`` for no LoRA.
 
     Raises:
-        ValueError: if ``head_args`` is not a mapping of kind -> mapping.
+        ValueError: if ``head_args`` is not a mapping of kind -> mapping, or ``lora`` is invalid.
     """
 
-    def __init__(self, backbone: Optional[Mapping[str, Any]] = None, head_args: Optional[Mapping[str, Mapping[str, Any]]] = None):
+    def __init__(
+        self,
+        backbone: Optional[Mapping[str, Any]] = None,
+        head_args: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        lora: Optional[Mapping[str, Any]] = None,
+    ):
         super().__init__()
         head_args = dict(head_args or {})
         for kind, args in head_args.items():
             if not isinstance(args, Mapping):
                 raise ValueError(f"MedCLModel: head_args[{kind!r}] expected a mapping of keyword arguments, found {args!r}")
         self.head_args = head_args
+        self.lora = check_lora_options(lora, "MedCLModel")
         self.backbone = CLIPBackbone(**dict(backbone or {}))
+        self.adapters = ModalityAdapters(self.backbone)
         self.heads = nn.ModuleDict()
         self.specs: Dict[str, TaskSpec] = {}
+        #: the adapter each task brought with it (stored in checkpoints, restored before loading)
+        self.adapter_of_task: Dict[str, AdapterSpec] = {}
 
     @property
     def tasks(self) -> list:
         """Task names in the order they were added."""
         return list(self.heads.keys())
 
-    def add_task(self, spec: TaskSpec) -> TaskHead:
-        """Grow the model by one task head.
+    def add_task(self, spec: TaskSpec, adapter: Union[str, AdapterSpec, None] = "auto") -> TaskHead:
+        """Grow the model by one task head (and its modality's adapters, if it needs new ones).
+
+        Args:
+            spec: the task.
+            adapter: ``"auto"`` creates what a new modality needs (a patch embedding for an
+                ``in_channels`` other than 1/3, LoRA if ``lora`` is set); an :class:`AdapterSpec` or
+                ``None`` creates exactly that (checkpoint restore).
 
         Raises:
-            ValueError: if a task of that name already exists, or no head serves its kind.
+            ValueError: if a task of that name already exists, no head serves its kind, or the
+                task's ``in_channels`` does not fit its modality's patch embedding.
         """
         if not isinstance(spec, TaskSpec):
             raise ValueError(f"MedCLModel.add_task: expected a TaskSpec, found {type(spec).__name__}")
         if spec.name in self.heads:
             raise ValueError(f"MedCLModel.add_task: task {spec.name!r} already exists (tasks: {self.tasks})")
+        if adapter == "auto":
+            adapter = None
+            if spec.modality not in self.adapters.modalities:
+                needs_embedding = spec.in_channels not in (1, 3)
+                if needs_embedding or self.lora is not None:
+                    adapter = AdapterSpec(spec.modality, spec.in_channels if needs_embedding else 3, lora=self.lora)
+        if adapter is not None and (not isinstance(adapter, AdapterSpec) or adapter.modality != spec.modality):
+            raise ValueError(f"task '{spec.name}': adapter expected an AdapterSpec for modality {spec.modality!r}, found {adapter!r}")
+        own = self.adapters.in_channels(spec.modality)
+        if adapter is not None and adapter.needs_patch_embedding:
+            own = adapter.in_channels
+        self._check_channels(spec, own)
         head = build_head(spec, self.backbone.embed_dim, self.head_args.get(spec.kind))
         head.on_add(self.backbone)  # may build layers from the backbone's feature shapes
-        head.to(next(self.backbone.parameters()).device)
+        device = next(self.backbone.parameters()).device
+        if adapter is not None:
+            self.adapters.add(adapter)
+            self.adapters.visual.to(device)
+            self.adapter_of_task[spec.name] = adapter
+        self.adapters.register_modality(spec.modality)
+        head.to(device)
         self.heads[spec.name] = head
         self.specs[spec.name] = spec
         return head
+
+    @staticmethod
+    def _check_channels(spec: TaskSpec, own: Optional[int]) -> None:
+        if (own or 3) != spec.in_channels and not (own is None and spec.in_channels == 1):
+            embedding = f"a patch embedding for {own} channels" if own else "no patch embedding of its own (1 or 3 channels)"
+            raise ValueError(
+                f"task '{spec.name}': in_channels={spec.in_channels}, but modality {spec.modality!r} has {embedding}; "
+                f"give tasks with another channel count their own modality name"
+            )
+
+    def parameter_groups(self, select: Callable[[nn.Module], List[nn.Parameter]]) -> List[Tuple[str, List[nn.Parameter]]]:
+        """Named parameter groups in growth order: the backbone (without adapters), then for each
+        task its adapter (if it brought one) and its head.
+
+        Args:
+            select: picks a module's parameters for the optimizer (e.g. the trainable ones).
+        """
+        adapter_ids = {id(p) for p in self.adapters.all_parameters()}
+        chosen = select(self.backbone)
+        chosen_ids = {id(p) for p in chosen}
+        groups = [("backbone", [p for p in chosen if id(p) not in adapter_ids])]
+        for name, head in self.heads.items():
+            adapter = self.adapter_of_task.get(name)
+            if adapter is not None:
+                groups.append((f"adapter:{adapter.modality}", [p for p in self.adapters.parameters(adapter.modality) if id(p) in chosen_ids]))
+            groups.append((f"head:{name}", select(head)))
+        return groups
 
     def head(self, task: str) -> TaskHead:
         """The head of ``task``.
@@ -71,5 +139,7 @@ class MedCLModel(nn.Module):
         return self.heads[task]
 
     def forward(self, images: Tensor, task: str) -> Tensor:
-        """Raw outputs of ``task``'s head (logits, log-risks, mask logits)."""
-        return self.head(task)(self.backbone, images)
+        """Raw outputs of ``task``'s head (logits, log-risks, mask logits), through its modality's adapters."""
+        head = self.head(task)
+        with self.adapters.use(self.specs[task].modality):
+            return head(self.backbone, images)

@@ -151,6 +151,8 @@ class CLIPBackbone(nn.Module):
         # plain list, not registered: the same Parameter objects, kept across .to() moves
         self._text_params = [p for p in model.parameters() if id(p) not in visual_ids]
         self._text_cache: Dict[Tuple[str, ...], Tensor] = {}
+        #: channels of the active modality's own patch embedding (set by framework.adapters), or None
+        self.extra_channels: Optional[int] = None
         # Loaded weights (checkpoint restore) make cached prompt embeddings stale.
         self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_text_cache())
 
@@ -182,15 +184,24 @@ class CLIPBackbone(nn.Module):
         if images.ndim != 4:
             raise ValueError(f"CLIPBackbone: images expected shape (B, C, H, W), found {tuple(images.shape)}")
         channels = images.shape[1]
-        if channels == 1:
+        mean, std = self.pixel_mean, self.pixel_std
+        if self.extra_channels is not None:  # the active modality has its own patch embedding
+            if channels != self.extra_channels:
+                raise ValueError(
+                    f"CLIPBackbone: the active modality's patch embedding expects {self.extra_channels} channels, found {channels}"
+                )
+            # every channel is normalised like a grayscale image (the mean of the RGB statistics)
+            mean, std = mean.mean(dim=1, keepdim=True), std.mean(dim=1, keepdim=True)
+        elif channels == 1:
             images = images.expand(-1, 3, -1, -1)
         elif channels != 3:
             raise ValueError(
-                f"CLIPBackbone: images expected 1 or 3 channels, found {channels}; extra channels need a modality adapter"
+                f"CLIPBackbone: images expected 1 or 3 channels, found {channels}; other channel counts need a modality "
+                f"adapter (a task with that in_channels gives its modality a new patch embedding)"
             )
         if tuple(images.shape[-2:]) != self.image_size:
             images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
-        return (images - self.pixel_mean) / self.pixel_std
+        return (images - mean) / std
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
         """Pooled image embedding ``(B, embed_dim)``, L2-normalised by default.

@@ -135,7 +135,9 @@ class SegmentationHead(TaskHead):
         for (channels, height, _), stage in zip(shapes, stages):
             up = round(math.log2(shapes[-1][1] * 2**stage / height)) if stage else 0
             self.projections.append(_project(channels, self._channels(stage, n), up, self.norm))
-        self.image_skip = UnetrBasicBlock(2, 3, self._channels(n, n), kernel_size=3, stride=1, norm_name=self.norm, res_block=True)
+        # the skip sees the prepared image: 3 channels, or the task's own count behind a patch-embedding adapter
+        skip_channels = self.spec.in_channels if self.spec.in_channels not in (1, 3) else 3
+        self.image_skip = UnetrBasicBlock(2, skip_channels, self._channels(n, n), kernel_size=3, stride=1, norm_name=self.norm, res_block=True)
         fed = set(stages)
         self.up_blocks = nn.ModuleList()
         for stage in range(1, n + 1):

@@ -1,0 +1,83 @@
+"""Per-modality LoRA on the image tower, with peft.
+
+Each modality's LoRA is one named peft adapter injected into the image tower
+(``peft.inject_adapter_in_model``).  Routing is per forward pass: :func:`route` activates one
+modality's adapter, or none.  peft's own ``set_adapter``/``enable_adapters`` also flip
+``requires_grad`` of every adapter, which would undo MedCL's freezing policy between steps, so
+:func:`route` sets only the two routing fields of peft's tuner layers (``_active_adapter`` and
+``_disable_adapters``, the ones ``set_adapter`` itself sets).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Union
+
+from torch import nn
+
+__all__ = ["default_target_modules", "inject_lora", "lora_layers", "lora_parameters", "route"]
+
+#: peft target modules per tower family: attention and MLP of every ViT block (open_clip's
+#: ``nn.MultiheadAttention`` is supported by peft's LoRA), the 3x3 convolutions of every ResNet block.
+VIT_TARGETS = ["attn", "c_fc", "c_proj"]
+RESNET_TARGETS = r".*layer\d+\.\d+\.conv[12]"
+
+
+def default_target_modules(visual: nn.Module) -> Union[str, List[str]]:
+    """LoRA targets for an open_clip image tower: ViT blocks or timm ResNet blocks.
+
+    Raises:
+        ValueError: for a tower of another kind (pass ``lora.target_modules`` explicitly then).
+    """
+    names = [name for name, _ in visual.named_modules()]
+    if any(name.endswith("mlp.c_fc") for name in names):
+        return list(VIT_TARGETS)
+    if any(".layer1.0.conv1" in name or name.startswith("layer1.0.conv1") for name in names):
+        return RESNET_TARGETS
+    raise ValueError(
+        f"LoRA: no default target modules for an image tower of type {type(visual).__name__}; "
+        f"set model lora.target_modules (peft LoraConfig target_modules) to the module names to adapt"
+    )
+
+
+def inject_lora(visual: nn.Module, modality: str, options: Dict[str, Any]) -> None:
+    """Inject one modality's LoRA adapter (``B`` starts at zero, so the tower is unchanged).
+
+    The new adapter is left inactive; :func:`route` turns it on.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(
+        r=options["r"], lora_alpha=options["alpha"], lora_dropout=options["dropout"],
+        target_modules=options["target_modules"] or default_target_modules(visual),
+    )
+    # peft freezes the whole tower on the first injection (and flips other adapters' flags): MedCL's
+    # freezing policy owns requires_grad, so the tower's flags are put back and the new adapter trains.
+    before = {id(p): p.requires_grad for p in visual.parameters()}
+    inject_adapter_in_model(config, visual, adapter_name=modality)
+    for p in visual.parameters():
+        p.requires_grad_(before.get(id(p), True))
+    route(lora_layers(visual), None)
+
+
+def lora_layers(visual: nn.Module) -> List[nn.Module]:
+    """peft tuner layers of the tower."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in visual.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def route(layers: List[nn.Module], modality: Optional[str]) -> None:
+    """Activate ``modality``'s LoRA in every tuner layer (of :func:`lora_layers`) that has it; disable the others."""
+    for layer in layers:
+        has = modality is not None and modality in layer.lora_A
+        layer._active_adapter = [modality] if has else []
+        layer._disable_adapters = not has
+
+
+def lora_parameters(visual: nn.Module, modality: str) -> List[nn.Parameter]:
+    """Parameters of ``modality``'s LoRA adapter, in module order."""
+    params = []
+    for layer in lora_layers(visual):
+        for container in (layer.lora_A, layer.lora_B):
+            if modality in container:
+                params.extend(container[modality].parameters())
+    return params
