@@ -27,38 +27,50 @@ class DomainStream(pl.LightningDataModule):
     Validation serves every task (the model skips those it has no head for yet, which keeps the
     number of validation loaders fixed), test every task the model has a head for.
 
+    ``eval_domains`` are never trained: they re-test tasks a grown model already has (loaded with
+    ``init_from``), so old and new tasks share one accuracy matrix.
+
     ``medcl predict`` predicts every task's test split, or, with ``predict_path``, the images of a
     folder or an ``.npz`` for one task (``predict_task``; optional when the stream has one task).
 
     Args:
-        domains: the domains in stream order; in YAML each is a ``class_path`` + ``init_args``.
+        domains: the domains to train, in stream order; in YAML each is a ``class_path`` + ``init_args``.
+        eval_domains: domains of old tasks, evaluated (val/test, experience-end matrix) but never trained.
         predict_path: a folder of images or an ``.npz`` to predict on instead of the test splits.
         predict_task: the task whose head predicts ``predict_path``.
 
     Raises:
-        ValueError: if the list is empty, an item is not a :class:`DomainDataModule`, two domains
+        ValueError: if ``domains`` is empty, an item is not a :class:`DomainDataModule`, two domains
             share a task name, or ``predict_task`` is missing or unknown while ``predict_path`` is set.
     """
 
-    def __init__(self, domains: List[DomainDataModule], predict_path: Optional[str] = None, predict_task: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        domains: List[DomainDataModule],
+        eval_domains: Optional[List[DomainDataModule]] = None,
+        predict_path: Optional[str] = None,
+        predict_task: Optional[str] = None,
+    ) -> None:
         super().__init__()
         if not domains:
             raise ValueError("DomainStream: field 'domains' expected at least one domain data module, found none")
-        seen: Dict[str, int] = {}
-        for i, domain in enumerate(domains):
+        seen: Dict[str, str] = {}
+        fields = [(f"domains[{i}]", d) for i, d in enumerate(domains)] + [(f"eval_domains[{i}]", d) for i, d in enumerate(eval_domains or [])]
+        for field, domain in fields:
             if not isinstance(domain, DomainDataModule):
                 raise ValueError(
-                    f"DomainStream: field 'domains[{i}]' expected a data_modules.DomainDataModule, found {type(domain).__name__}"
+                    f"DomainStream: field '{field}' expected a data_modules.DomainDataModule, found {type(domain).__name__}"
                 )
             name = domain.task_spec.name
             if name in seen:
                 raise ValueError(
-                    f"DomainStream: task name {name!r} is used by field 'domains[{seen[name]}]' and field 'domains[{i}]'; "
+                    f"DomainStream: task name {name!r} is used by field '{seen[name]}' and field '{field}'; "
                     f"give each domain a unique task_name"
                 )
-            seen[name] = i
+            seen[name] = field
         self.domains = list(domains)
-        self._by_name = {d.task_spec.name: d for d in self.domains}
+        self.eval_domains = list(eval_domains or [])
+        self._by_name = {d.task_spec.name: d for d in self.eval_domains + self.domains}
         if predict_path is not None:
             if predict_task is None and len(self.domains) == 1:
                 predict_task = self.task_names[0]
@@ -73,20 +85,26 @@ class DomainStream(pl.LightningDataModule):
     # ------------------------------------------------------------------ description
     @property
     def task_specs(self) -> List[TaskSpec]:
+        """Specs of the domains to train."""
         return [d.task_spec for d in self.domains]
+
+    @property
+    def evaluation_specs(self) -> List[TaskSpec]:
+        """Specs of every domain evaluated: evaluation-only ones first, then the trained ones."""
+        return [d.task_spec for d in self.eval_domains + self.domains]
 
     @property
     def task_names(self) -> List[str]:
         return [d.task_spec.name for d in self.domains]
 
     def domain(self, task: str) -> DomainDataModule:
-        """The domain serving ``task``.
+        """The domain serving ``task`` (trained or evaluation-only).
 
         Raises:
             KeyError: naming the task and the stream's tasks.
         """
         if task not in self._by_name:
-            raise KeyError(f"DomainStream has no task {task!r}; tasks: {self.task_names}")
+            raise KeyError(f"DomainStream has no task {task!r}; tasks: {list(self._by_name)}")
         return self._by_name[task]
 
     def __len__(self) -> int:
@@ -94,11 +112,11 @@ class DomainStream(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        for domain in self.domains:
+        for domain in self.eval_domains + self.domains:
             domain.prepare_data()
 
     def setup(self, stage: Optional[str] = None) -> None:
-        for domain in self.domains:
+        for domain in self.eval_domains + self.domains:
             domain.setup(stage)
 
     def _module_tasks(self, method: str, *args) -> List[str]:
@@ -118,18 +136,28 @@ class DomainStream(pl.LightningDataModule):
         return CombinedLoader({t: self.domain(t).loader("train", keyed=False) for t in tasks}, mode="max_size_cycle")
 
     def val_dataloader(self) -> List[DataLoader]:
-        return [domain.loader("val") for domain in self.domains]
+        return [domain.loader("val") for domain in self.eval_domains + self.domains]
+
+    def _evaluated_tasks(self) -> List[str]:
+        """Tasks the model has heads for and the stream has data for (a warning names the others)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        fn = getattr(module, "tasks_for_evaluation", None)
+        model_tasks = fn() if callable(fn) else list(self._by_name)
+        tasks = [t for t in model_tasks if t in self._by_name]
+        no_head = [t for t in self._by_name if t not in model_tasks]
+        no_data = [t for t in model_tasks if t not in self._by_name]
+        if no_head:
+            log.warning("DomainStream: the model has no head for %s yet; testing only %s", no_head, tasks)
+        if no_data:
+            log.warning("DomainStream: no data listed for the model's task(s) %s (add them under eval_domains to test them)", no_data)
+        return tasks
 
     def test_dataloader(self) -> List[DataLoader]:
-        tasks = self._module_tasks("tasks_for_evaluation")
-        skipped = [t for t in self.task_names if t not in tasks]
-        if skipped:
-            log.warning("DomainStream: the model has no head for %s yet; testing only %s", skipped, tasks)
-        return [self.domain(t).loader("test") for t in tasks]
+        return [self.domain(t).loader("test") for t in self._evaluated_tasks()]
 
     def predict_dataloader(self) -> List[DataLoader]:
         if self.predict_path is None:
-            return [self.domain(t).loader("test") for t in self._module_tasks("tasks_for_evaluation")]
+            return [self.domain(t).loader("test") for t in self._evaluated_tasks()]
         from data_modules.prediction import PredictionSource
 
         domain = self.domain(self.predict_task)
@@ -149,5 +177,6 @@ class DomainStream(pl.LightningDataModule):
         if saved and saved != self.task_names:
             raise ValueError(
                 f"DomainStream: the checkpoint was written for the stream {saved}, but this stream is {self.task_names}; "
-                f"resume with the same domains in the same order"
+                f"--ckpt_path resumes the same run, so use the same domains in the same order. To add domains to a trained "
+                f"model, start a new run from it: --model.init_args.init_from <checkpoint>"
             )

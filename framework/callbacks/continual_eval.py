@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 METRICS_JSON = "continual_metrics.json"
 METRICS_CSV = "continual_metrics.csv"
 METRICS_PNG = "accuracy_matrix.png"
+#: experience index of the row evaluated before training a model loaded with ``init_from``
+INITIAL_ROW = -1
 
 
 class ContinualEvaluation(pl.Callback):
@@ -35,6 +37,10 @@ class ContinualEvaluation(pl.Callback):
     after every experience, logged to every configured logger against a ``continual/experience``
     axis, and printed as a table when ``fit`` ends.  The rows live in the checkpoint, so a resumed
     run keeps the rows computed before the interruption.
+
+    When the model was grown from a checkpoint (``init_from``), a first row ``-1`` ("start") holds
+    every old task's score before any training, so forgetting of old tasks is measured, not assumed.
+    Columns are the stream's evaluation-only domains, then its trained domains.
 
     Args:
         split: the split each task is evaluated on (``"test"`` or ``"val"``).
@@ -60,6 +66,11 @@ class ContinualEvaluation(pl.Callback):
         self._wandb_defined = False
 
     # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        initial = list(getattr(pl_module, "initial_tasks", []))
+        if initial and not self.rows and trainer.current_epoch == 0:
+            self.evaluate_experience(trainer, pl_module, INITIAL_ROW, initial)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         # every epoch, not only at experience start, so a run resumed mid-experience knows it too
         experience = pl_module.experience_of_epoch(trainer.current_epoch)
@@ -83,7 +94,8 @@ class ContinualEvaluation(pl.Callback):
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
             raise ValueError("ContinualEvaluation needs a datamodule with eval_dataloader(task, split) (a DomainStream)")
-        all_tasks = [s.name for s in datamodule.task_specs]
+        specs = _evaluation_specs(datamodule)
+        all_tasks = [s.name for s in specs]
         row: Dict[str, Dict[str, float]] = {}
         show = trainer.progress_bar_callback is not None and trainer.is_global_zero
         for task in tqdm(all_tasks, desc=f"evaluating after experience {experience}", disable=not show, leave=False):
@@ -93,7 +105,7 @@ class ContinualEvaluation(pl.Callback):
         self.experience_tasks[experience] = list(tasks)
         if self.reference is None:
             self.reference = reference_scores(datamodule, self.split)
-        self.result = self.build_result(all_tasks, pl_module, datamodule.task_specs)
+        self.result = self.build_result(all_tasks, pl_module, specs)
         self._write(trainer, self.result)
         self._log_row(trainer, experience, row)
         return self.result
@@ -121,6 +133,8 @@ class ContinualEvaluation(pl.Callback):
             "forgetting_per_task": summary["forgetting_per_task"],
             "backward_transfer": summary["backward_transfer"],
             "details": {str(e): self.rows[e] for e in experiences},
+            "initial_tasks": list(getattr(pl_module, "initial_tasks", [])),
+            "trainable_parameters": {str(e): c for e, c in getattr(pl_module, "trainable_counts", {}).items()},
         }
 
     def run_dir(self, trainer: pl.Trainer) -> Path:
@@ -173,7 +187,7 @@ class ContinualEvaluation(pl.Callback):
 
     @rank_zero_only
     def _print(self, result: Dict[str, Any]) -> None:
-        labels = [f"after exp {e} ({'+'.join(t)})" for e, t in zip(result["experiences"], result["experience_tasks"])]
+        labels = [row_label(e, t) for e, t in zip(result["experiences"], result["experience_tasks"])]
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         mixed = isinstance(result["metric"], list)
         average = f"average score ({', '.join(result['metric'])})" if mixed else average_label(result)
@@ -206,6 +220,17 @@ class ContinualEvaluation(pl.Callback):
         self.reference = state_dict.get("reference")
 
 
+def row_label(experience: int, tasks: Optional[List[str]] = None) -> str:
+    """``after exp 2 (kvasir_seg)``, or ``start (init_from)`` for the row before any training."""
+    if experience == INITIAL_ROW:
+        return "start (init_from)"
+    return f"after exp {experience}" + (f" ({'+'.join(tasks)})" if tasks else "")
+
+
+def _evaluation_specs(datamodule) -> list:
+    return list(getattr(datamodule, "evaluation_specs", datamodule.task_specs))
+
+
 def average_label(result: Dict[str, Any]) -> str:
     """``average accuracy``, ``average dice`` ..., or ``average score`` when the columns mix metrics."""
     metric = result.get("metric", "acc")
@@ -224,7 +249,7 @@ def reference_scores(datamodule, split: str) -> Dict[str, Dict[str, float]]:
     """Reference numbers the domains know about themselves (e.g. a semi-synthetic task's oracle
     C-index), from each domain's optional ``reference_scores(split)``."""
     out: Dict[str, Dict[str, float]] = {}
-    for spec in datamodule.task_specs:
+    for spec in _evaluation_specs(datamodule):
         domain = datamodule.domain(spec.name) if hasattr(datamodule, "domain") else datamodule
         values = domain.reference_scores(split) if hasattr(domain, "reference_scores") else {}
         if values:
@@ -248,7 +273,7 @@ def plot_matrix(result: Dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(2.6 + column * len(tasks), 1.9 + 0.6 * len(matrix)))
     im = ax.imshow(np.ma.masked_invalid(matrix), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(tasks)), [f"{t}\n({metrics[t]})" if t in metrics else t for t in tasks], fontsize=8)
-    ax.set_yticks(range(len(matrix)), [f"after exp {e}" for e in result["experiences"]], fontsize=8)
+    ax.set_yticks(range(len(matrix)), [row_label(e) for e in result["experiences"]], fontsize=8)
     ax.set_xlabel(f"tested on ({result['split']} split)", fontsize=8)
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):

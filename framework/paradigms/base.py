@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import move_data_to_device
+from pytorch_lightning.utilities import move_data_to_device, rank_zero_info
 import torch
 from torch import Tensor, nn
 
+from framework.adapters import AdapterSpec
 from framework.heads import TaskHead
 from framework.model import MedCLModel
+from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
 from framework.specs import TaskSpec
 
-__all__ = ["MedCLModule", "CHECKPOINT_KEY", "OPTIMIZER_ON_NEW_TASK"]
+__all__ = ["MedCLModule", "CHECKPOINT_KEY", "OPTIMIZER_ON_NEW_TASK", "MODEL_DEFINING_HPARAMS", "hparam_differences"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,20 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "medcl"
 CHECKPOINT_FORMAT = 1
 OPTIMIZER_ON_NEW_TASK = ("extend", "reset")
+#: hyper-parameters that decide the shape of the stored weights, with their defaults
+MODEL_DEFINING_HPARAMS = {"backbone": "medcl-vit-tiny", "image_size": None, "head_args": None}
+#: paradigms that share one model (their checkpoints load into each other with init_from)
+SHARED_MODEL_PARADIGMS = ("ContinualModule", "JointModule")
+
+
+def hparam_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> List[str]:
+    """``"field: checkpoint X, config Y"`` for every model-defining hyper-parameter that differs."""
+    out = []
+    for key, default in MODEL_DEFINING_HPARAMS.items():
+        a, b = stored.get(key, default), wanted.get(key, default)
+        if (a or None) != (b or None):
+            out.append(f"{key}: checkpoint {a!r}, config {b!r}")
+    return out
 
 
 class MedCLModule(pl.LightningModule):
@@ -49,9 +66,17 @@ class MedCLModule(pl.LightningModule):
         optimizer_on_new_task: what happens to the optimizer when a head is added during ``fit``:
             ``"extend"`` adds a parameter group for the new head and keeps the Adam state of
             everything else; ``"reset"`` rebuilds the optimizer and drops all Adam state.
+        init_from: a MedCL checkpoint to grow: its backbone, adapters and heads are rebuilt and
+            loaded strictly, then this run's data adds its tasks.  Unlike ``--ckpt_path`` (resume
+            the same run), this starts a new run from a trained model.
+        freeze: freezing policy, one of :data:`~framework.paradigms.freezing.FREEZE_POLICIES`.
+        lora: LoRA options (``r``, ``alpha``, ``dropout``, ``target_modules``) for every modality
+            that is new to the model; ``null`` for none.
 
     Raises:
-        ValueError: on invalid hyper-parameters.
+        ValueError: on invalid hyper-parameters, or an ``init_from`` file that is not a MedCL
+            checkpoint or whose model differs from this configuration.
+        FileNotFoundError: if ``init_from`` does not exist.
     """
 
     def __init__(
@@ -65,6 +90,9 @@ class MedCLModule(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer_on_new_task: Literal["extend", "reset"] = "extend",
+        init_from: Optional[str] = None,
+        freeze: str = "none",
+        lora: Optional[Dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -75,6 +103,7 @@ class MedCLModule(pl.LightningModule):
             raise ValueError(
                 f"{type(self).__name__}: optimizer_on_new_task expected one of {list(OPTIMIZER_ON_NEW_TASK)}, found {optimizer_on_new_task!r}"
             )
+        self.freezing = FreezingPolicy(freeze)
         self.save_hyperparameters()
         self.backbone_config = dict(
             model_name=backbone,
@@ -84,24 +113,41 @@ class MedCLModule(pl.LightningModule):
             freeze_text_tower=freeze_text_tower,
         )
         self.head_args = dict(head_args or {})
+        self.lora = lora
         #: specs of the tasks the model has grown heads for, in order
         self.task_specs: Dict[str, TaskSpec] = {}
-        #: specs the data offers, in stream order (set in :meth:`setup`)
+        #: specs the data offers for training, in stream order (set in :meth:`setup`)
         self.stream_specs: Dict[str, TaskSpec] = {}
+        #: tasks loaded with ``init_from``
+        self.initial_tasks: List[str] = []
+        #: experience -> trainable parameter counts (see :class:`FreezingPolicy`)
+        self.trainable_counts: Dict[int, Dict[str, int]] = {}
         self.metrics = nn.ModuleDict()
+        self.build_models()
+        if init_from is not None:
+            self.load_initial_model(init_from)
 
     # ------------------------------------------------------------------ paradigm interface
     def new_model(self) -> MedCLModel:
         """A fresh backbone with no heads, from this module's hyper-parameters."""
-        return MedCLModel(backbone=self.backbone_config, head_args=self.head_args)
+        return MedCLModel(backbone=self.backbone_config, head_args=self.head_args, lora=self.lora)
+
+    @abstractmethod
+    def build_models(self) -> None:
+        """Create the paradigm's (empty) model container(s)."""
+
+    @abstractmethod
+    def all_models(self) -> List[MedCLModel]:
+        """Every model of the paradigm (for freezing)."""
 
     @abstractmethod
     def model_for(self, task: str) -> MedCLModel:
         """The model that serves ``task``."""
 
     @abstractmethod
-    def _grow(self, spec: TaskSpec) -> None:
-        """Add a head (and, for specialised learning, a model) for ``spec``."""
+    def _grow(self, spec: TaskSpec, adapter: Union[str, AdapterSpec, None]) -> None:
+        """Add a head (and, for specialised learning, a model) for ``spec``; ``adapter`` as in
+        :meth:`MedCLModel.add_task`."""
 
     @abstractmethod
     def optimizer_groups(self) -> List[Tuple[str, List[nn.Parameter]]]:
@@ -115,8 +161,8 @@ class MedCLModule(pl.LightningModule):
         return max(int(self.trainer.max_epochs or 1), 1)
 
     # ------------------------------------------------------------------ growth
-    def add_task(self, spec: TaskSpec) -> None:
-        """Grow the model by a task; the only way new heads appear.
+    def add_task(self, spec: TaskSpec, adapter: Union[str, AdapterSpec, None] = "auto") -> None:
+        """Grow the model by a task; the only way new heads (and adapters) appear.
 
         During ``fit`` the optimizer is extended or reset according to ``optimizer_on_new_task``.
 
@@ -125,7 +171,7 @@ class MedCLModule(pl.LightningModule):
         """
         if spec.name in self.task_specs:
             raise ValueError(f"{type(self).__name__}.add_task: task {spec.name!r} already exists (tasks: {list(self.task_specs)})")
-        self._grow(spec)
+        self._grow(spec, adapter)
         self.task_specs[spec.name] = spec
         head = self.model_for(spec.name).head(spec.name)
         for stage in ("val", "test"):
@@ -173,11 +219,18 @@ class MedCLModule(pl.LightningModule):
         if dupes:
             raise ValueError(f"{type(datamodule).__name__}: task name(s) {dupes} used more than once")
         self.stream_specs = {s.name: s for s in specs}
-        for name, spec in self.task_specs.items():
-            if name in self.stream_specs and self.stream_specs[name] != spec:
+        evaluation_only = [s for s in getattr(datamodule, "evaluation_specs", specs) if s.name not in self.stream_specs]
+        for spec in evaluation_only:
+            if spec.name not in self.task_specs:
                 raise ValueError(
-                    f"task {name!r}: the model's spec {spec.to_dict()} differs from the data's {self.stream_specs[name].to_dict()}"
+                    f"{type(datamodule).__name__}: evaluation-only domain {spec.name!r} is not a task of the model "
+                    f"(tasks: {list(self.task_specs)}); eval_domains re-test tasks the model has (e.g. from init_from), "
+                    f"list a new task under domains to train it"
                 )
+        for spec in list(self.stream_specs.values()) + evaluation_only:
+            mine = self.task_specs.get(spec.name)
+            if mine is not None and mine != spec:
+                raise ValueError(f"task {spec.name!r}: the model's spec {mine.to_dict()} differs from the data's {spec.to_dict()}")
         if stage == "fit":
             self.validate_schedule()
             self.ensure_tasks(self.experiences()[0])
@@ -200,10 +253,29 @@ class MedCLModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
         experience = self.experience_of_epoch(epoch)
-        if epoch == experience * self.epochs_per_experience():
-            tasks = self.experiences()[experience]
+        tasks = self.experiences()[experience]
+        starting = epoch == experience * self.epochs_per_experience()
+        if starting:
             self.ensure_tasks(tasks)
+        # every epoch, so a run resumed mid-experience freezes what the original run froze
+        counts = self.freezing.apply(self.all_models(), tasks)
+        self.freezing.set_eval()
+        if starting or experience not in self.trainable_counts:
+            self.trainable_counts[experience] = counts
+            rank_zero_info(
+                f"experience {experience} ({'+'.join(tasks)}), freeze={self.freezing.policy!r}: "
+                f"{counts['total']:,} trainable parameters of {counts['all']:,} "
+                f"(backbone {counts['backbone']:,}, adapters {counts['adapters']:,}, heads {counts['heads']:,})"
+            )
+        if starting:
             self._dispatch("on_experience_start", experience, tasks)
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, keeping modules frozen by the freezing policy in eval mode."""
+        super().train(mode)
+        if mode and hasattr(self, "freezing"):
+            self.freezing.set_eval()
+        return self
 
     def on_train_epoch_end(self) -> None:
         epoch = self.current_epoch
@@ -222,7 +294,7 @@ class MedCLModule(pl.LightningModule):
     def _forward_task(self, task: str, sub: Mapping[str, Tensor]) -> Tuple[TaskHead, Tensor, Tensor]:
         model = self.model_for(task)
         head = model.head(task)
-        outputs = head(model.backbone, sub["image"])
+        outputs = model(sub["image"], task)
         return head, outputs, head.loss(outputs, sub["target"])
 
     def training_step(self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int) -> Tensor:
@@ -259,7 +331,7 @@ class MedCLModule(pl.LightningModule):
         for task, sub in batch.items():
             model = self.model_for(task)
             head = model.head(task)
-            predictions: Dict[str, Any] = dict(head.predict(head(model.backbone, sub["image"])))
+            predictions: Dict[str, Any] = dict(head.predict(model(sub["image"], task)))
             predictions.update({key: sub[key] for key in ("target", "id") if key in sub})
             out[task] = predictions
         return out
@@ -282,7 +354,7 @@ class MedCLModule(pl.LightningModule):
         try:
             for batch in dataloader:
                 sub = move_data_to_device(batch[task], self.device)
-                metrics.update(**head.metric_inputs(head(model.backbone, sub["image"]), sub["target"]))
+                metrics.update(**head.metric_inputs(model(sub["image"], task), sub["target"]))
             values = {k: float(v) for k, v in metrics.compute().items()}
         finally:
             self.train(was_training)
@@ -296,20 +368,28 @@ class MedCLModule(pl.LightningModule):
             raise ValueError(f"{type(self).__name__}: nothing to train (every parameter is frozen and no head exists)")
         return torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
-    @staticmethod
-    def _trainable(module: nn.Module) -> List[nn.Parameter]:
-        return [p for p in module.parameters() if p.requires_grad]
+    def _trainable(self, module: nn.Module) -> List[nn.Parameter]:
+        """Parameters the optimizer holds: trainable ones, and those only the freezing policy froze
+        (so parameter groups stay the same whatever the current experience freezes)."""
+        return [p for p in module.parameters() if p.requires_grad or self.freezing.froze(p)]
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        adapters = {}
+        for name in self.task_specs:
+            adapter = self.model_for(name).adapter_of_task.get(name)
+            if adapter is not None:
+                adapters[name] = adapter.to_dict()
         checkpoint[CHECKPOINT_KEY] = {
             "format": CHECKPOINT_FORMAT,
             "paradigm": type(self).__name__,
             "tasks": [spec.to_dict() for spec in self.task_specs.values()],
+            "adapters": adapters,  # task -> the adapter it brought, rebuilt before strict loading
+            "initial_tasks": list(self.initial_tasks),
         }
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        """Rebuild the heads stored in the checkpoint before Lightning loads the weights (strictly)."""
+        """Rebuild the heads and adapters stored in the checkpoint before Lightning loads the weights (strictly)."""
         meta = checkpoint.get(CHECKPOINT_KEY)
         if meta is None:
             raise ValueError(
@@ -329,10 +409,60 @@ class MedCLModule(pl.LightningModule):
                     f"{spec.to_dict()} vs {offered.to_dict()}"
                 )
             if spec.name not in self.task_specs:  # heads already present were added from the data, checked above
-                self.add_task(spec)
+                self.add_task(spec, adapter=self._stored_adapter(meta, spec.name))
         stored = [t.get("name") for t in meta.get("tasks", [])]
         if list(self.task_specs) != stored:
             raise ValueError(
                 f"checkpoint field '{CHECKPOINT_KEY}.tasks' holds {stored}, but this run's model has {list(self.task_specs)} "
                 f"(from the data stream); resume with the same domains in the same order"
             )
+        self.initial_tasks = list(meta.get("initial_tasks", self.initial_tasks))
+
+    @staticmethod
+    def _stored_adapter(meta: Mapping[str, Any], task: str) -> Optional[AdapterSpec]:
+        data = meta.get("adapters", {}).get(task)
+        return None if data is None else AdapterSpec.from_dict(data, source=f"checkpoint field '{CHECKPOINT_KEY}.adapters.{task}'")
+
+    # ------------------------------------------------------------------ growing a trained model
+    def load_initial_model(self, path: Union[str, Path]) -> None:
+        """Rebuild and strictly load a MedCL checkpoint's model (``init_from``); its tasks become old tasks.
+
+        Raises:
+            FileNotFoundError: if the file does not exist.
+            ValueError: if it is not a MedCL checkpoint, was written by a paradigm with another model
+                layout, or its backbone or heads differ from this configuration.
+        """
+        path = Path(path)
+        where = f"init_from {str(path)!r}"
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: checkpoint file not found (cwd {Path.cwd()})")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for non-checkpoint files
+            raise ValueError(f"{where}: not a MedCL checkpoint: torch.load could not read it ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+        if not isinstance(meta, dict) or "state_dict" not in checkpoint:
+            found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise ValueError(
+                f"{where}: not a MedCL checkpoint: expected a Lightning checkpoint with 'state_dict' and a '{CHECKPOINT_KEY}' "
+                f"entry (written by medcl fit), found {found}"
+            )
+        paradigm, mine = meta.get("paradigm"), type(self).__name__
+        if paradigm != mine and not (paradigm in SHARED_MODEL_PARADIGMS and mine in SHARED_MODEL_PARADIGMS):
+            raise ValueError(
+                f"{where}: written by {paradigm}, whose model layout differs from {mine}'s; "
+                f"grow it with {paradigm} (or any of {list(SHARED_MODEL_PARADIGMS)} for a shared-model checkpoint)"
+            )
+        problems = hparam_differences(checkpoint.get("hyper_parameters", {}), self.hparams)
+        if problems:
+            raise ValueError(f"{where}: the checkpoint's model differs from this configuration ({'; '.join(problems)}); set the config to the checkpoint's values")
+        for i, data in enumerate(meta.get("tasks", [])):
+            spec = TaskSpec.from_dict(data, source=f"{where} field '{CHECKPOINT_KEY}.tasks[{i}]'")
+            self.add_task(spec, adapter=self._stored_adapter(meta, spec.name))
+        state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("metrics.")}
+        try:
+            self.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{where}: the weights do not fit the rebuilt model: {str(err).splitlines()[0]}") from None
+        self.initial_tasks = list(self.task_specs)
+        rank_zero_info(f"{where}: loaded tasks {self.initial_tasks} and adapters {[a.modality for m in self.all_models() for a in m.adapters.specs.values()]}")

@@ -30,7 +30,6 @@ class ContinualModule(SharedModelMixin, MedCLModule):
         if isinstance(epochs_per_experience, bool) or not isinstance(epochs_per_experience, int) or epochs_per_experience < 1:
             raise ValueError(f"ContinualModule: epochs_per_experience expected an integer >= 1, found {epochs_per_experience!r}")
         super().__init__(**kwargs)
-        self.model = self.new_model()
 
     def epochs_per_experience(self) -> int:
         return int(self.hparams.epochs_per_experience)

@@ -1,10 +1,11 @@
 """Joint learning: one model, every domain in every batch."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 from torch import nn
 
+from framework.adapters import AdapterSpec
 from framework.model import MedCLModel
 from framework.paradigms.base import MedCLModule
 from framework.specs import TaskSpec
@@ -17,17 +18,21 @@ class SharedModelMixin:
 
     model: MedCLModel
 
+    def build_models(self) -> None:
+        self.model = self.new_model()
+
+    def all_models(self) -> List[MedCLModel]:
+        return [self.model]
+
     def model_for(self, task: str) -> MedCLModel:
         self.model.head(task)  # raises a KeyError naming the known tasks
         return self.model
 
-    def _grow(self, spec: TaskSpec) -> None:
-        self.model.add_task(spec)
+    def _grow(self, spec: TaskSpec, adapter: Union[str, AdapterSpec, None]) -> None:
+        self.model.add_task(spec, adapter)
 
     def optimizer_groups(self) -> List[Tuple[str, List[nn.Parameter]]]:
-        groups = [("backbone", self._trainable(self.model.backbone))]
-        groups += [(f"head:{name}", self._trainable(head)) for name, head in self.model.heads.items()]
-        return groups
+        return self.model.parameter_groups(self._trainable)
 
 
 class JointModule(SharedModelMixin, MedCLModule):
@@ -37,7 +42,3 @@ class JointModule(SharedModelMixin, MedCLModule):
     ``max_size_cycle`` mode), so one ``fit`` is one experience and the accuracy matrix has one row.
     Arguments are those of :class:`~framework.paradigms.base.MedCLModule`.
     """
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.model = self.new_model()
