@@ -1,6 +1,7 @@
 """``medcl fit|validate|test|predict --config experiments/<name>.yaml`` — a LightningCLI."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -15,7 +16,7 @@ from pytorch_lightning.cli import LightningCLI
 from framework.paradigms import MedCLModule
 from framework.paradigms.base import hparam_differences
 
-__all__ = ["MedCLCLI", "main", "run_cli", "check_class_paths"]
+__all__ = ["MedCLCLI", "main", "run_cli", "check_class_paths", "one_line_errors"]
 
 
 class MedCLCLI(LightningCLI):
@@ -160,25 +161,29 @@ def _root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def main() -> None:
-    """Entry point of the ``medcl`` console script.
-
-    Configuration and data errors are printed as one line naming the file or field; set
-    ``MEDCL_TRACEBACK=1`` to see the full traceback.
-    """
-    # like `python -m`, so a package next to the user's configs is importable by class_path
+@contextlib.contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """Run a console script's body: configuration and data errors become one line naming the file
+    or field (``MEDCL_TRACEBACK=1`` shows the traceback); the current folder is importable, as
+    with ``python -m``, so a package next to the user's configs can be named by ``class_path``."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        check_class_paths(sys.argv[1:])
-        run_cli()
+        yield
     except (ValueError, FileNotFoundError, KeyError) as err:
         if os.environ.get("MEDCL_TRACEBACK"):
             raise
         cause = _root_cause(err)
         message = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
-        print(f"medcl: error: {type(cause).__name__}: {message}\n(set MEDCL_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        print(f"{prog}: error: {type(cause).__name__}: {message}\n(set MEDCL_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def main() -> None:
+    """Entry point of the ``medcl`` console script (see :func:`one_line_errors`)."""
+    with one_line_errors("medcl"):
+        check_class_paths(sys.argv[1:])
+        run_cli()
 
 
 if __name__ == "__main__":  # pragma: no cover

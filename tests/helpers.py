@@ -43,7 +43,8 @@ def shrink_config(
         trainer["max_epochs"] = n_domains
     else:
         trainer["max_epochs"] = 1
-    for domain in config["data"]["init_args"]["domains"]:
+    data = config["data"]["init_args"]
+    for domain in data["domains"] + data.get("eval_domains", []):
         args = domain["init_args"]
         args.update(train_subset=train_subset, val_subset=eval_subset, test_subset=eval_subset, batch_size=batch_size, eval_batch_size=64)
     trainer.update(
@@ -78,3 +79,24 @@ def train_losses_per_epoch(run_dir: Path, tasks) -> Dict[int, set]:
                 if row.get(f"train/{task}/loss"):
                     seen.setdefault(int(row["epoch"]), set()).add(task)
     return seen
+
+
+def shrink_stages(paths, out_dir: Path, **kwargs) -> list:
+    """Shrink a chain of stage configs (``experiments/unicon``): each stage writes its checkpoint
+    into ``out_dir/checkpoints`` and grows the previous stage's shrunk checkpoint."""
+    out = []
+    for path in paths:
+        stage = Path(path).stem
+        shrunk = shrink_config(path, Path(out_dir) / stage, **kwargs)
+        config = yaml.safe_load(shrunk.read_text())
+        model = config["model"]["init_args"]
+        if model.get("init_from"):
+            model["init_from"] = str(Path(out_dir) / "checkpoints" / Path(model["init_from"]).name)
+        for callback in config["trainer"]["callbacks"]:
+            if callback["class_path"].endswith("ModelCheckpoint"):
+                callback["init_args"]["dirpath"] = str(Path(out_dir) / "checkpoints")
+        named = shrunk.with_name(f"{stage}.yaml")  # medcl-stages names a stage after its file
+        named.write_text(yaml.safe_dump(config, sort_keys=False))
+        shrunk.unlink()
+        out.append(named)
+    return out

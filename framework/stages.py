@@ -1,0 +1,144 @@
+"""``medcl-stages``: grow one model through several configs and print one table.
+
+Each config is an ordinary ``medcl fit`` experiment; a later stage names the previous stage's
+checkpoint in ``model.init_args.init_from`` (see ``experiments/unicon/``).  After every stage the
+runner takes the stage's last accuracy-matrix row (every task it evaluated, old and new) and
+prints one table: rows = stages, columns = every task with its metric, plus the trainable
+parameter count of the stage.  ``--alternatives`` are run after the stages and reported as extra
+rows (e.g. a baseline grown from the same checkpoint).
+
+    medcl-stages experiments/unicon/0[1-4]_*.yaml --alternatives experiments/unicon/04b_ct_only_baseline.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["run_stages", "stage_table", "format_stage_table", "main"]
+
+
+def _run_one(config: Path, extra_args: Sequence[str]) -> Dict[str, Any]:
+    from framework.callbacks import ContinualEvaluation
+    from framework.cli import run_cli
+
+    cli = run_cli(["fit", "--config", str(config), *extra_args])
+    evaluation = next((cb for cb in cli.trainer.callbacks if isinstance(cb, ContinualEvaluation)), None)
+    if evaluation is None or evaluation.result is None:
+        raise ValueError(f"{config}: the stage needs a framework.callbacks.ContinualEvaluation callback to report its scores")
+    try:  # one W&B run per stage (Lightning would otherwise reuse the open run)
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except ImportError:  # pragma: no cover
+        pass
+    return evaluation.result
+
+
+def run_stages(configs: Sequence[Path], alternatives: Sequence[Path] = (), extra_args: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """Run every config in order (then the alternatives) and return ``[{stage, alternative, result}]``.
+
+    Raises:
+        FileNotFoundError: if a config does not exist (checked before anything runs).
+    """
+    for config in [*configs, *alternatives]:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"medcl-stages: config not found: {config}")
+    runs = []
+    for config, alternative in [*((c, False) for c in configs), *((c, True) for c in alternatives)]:
+        print(f"\n=== medcl-stages: {'alternative' if alternative else 'stage'} {Path(config).stem} ===", flush=True)
+        runs.append({"stage": Path(config).stem, "alternative": alternative, "result": _run_one(Path(config), extra_args)})
+    return runs
+
+
+def stage_table(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Every task's score after every stage, and how much old tasks moved after they were learned.
+
+    Returns:
+        ``tasks``, ``metrics`` (task -> metric name), ``rows`` (``stage``, ``alternative``,
+        ``scores`` task -> score or None, ``trainable_parameters``), ``learned_in`` (task -> stage),
+        ``max_change`` (task -> largest |score - score right after its stage| over later stages).
+    """
+    tasks: List[str] = []
+    metrics: Dict[str, str] = {}
+    rows, learned_in, max_change = [], {}, {}
+    for run in runs:
+        result = run["result"]
+        last = result["accuracy_matrix"][-1]
+        scores = dict(zip(result["tasks"], last))
+        trained = result["experience_tasks"][-1]
+        counts = result.get("trainable_parameters", {})
+        trainable = counts[max(counts, key=int)]["total"] if counts else None
+        for task in result["tasks"]:
+            if task not in tasks:
+                tasks.append(task)
+            metrics.setdefault(task, result.get("metrics", {}).get(task, "score"))
+        if not run["alternative"]:
+            for task in trained:
+                learned_in.setdefault(task, (run["stage"], scores.get(task)))
+            for task, (stage, reference) in learned_in.items():
+                value = scores.get(task)
+                if stage != run["stage"] and value is not None and reference is not None:
+                    max_change[task] = max(max_change.get(task, 0.0), abs(value - reference))
+        rows.append({"stage": run["stage"], "alternative": run["alternative"], "trained": trained, "scores": scores, "trainable_parameters": trainable})
+    return {
+        "tasks": tasks,
+        "metrics": metrics,
+        "rows": rows,
+        "learned_in": {t: s for t, (s, _) in learned_in.items()},
+        "max_change": max_change,
+    }
+
+
+def format_stage_table(table: Dict[str, Any], digits: int = 3) -> str:
+    """Plain-text (also valid Markdown) table of :func:`stage_table`."""
+    headers = ["stage", *[f"{t} ({table['metrics'][t]})" for t in table["tasks"]], "trainable params"]
+    lines = []
+    for row in table["rows"]:
+        cells = [("alt: " if row["alternative"] else "") + row["stage"]]
+        for task in table["tasks"]:
+            value = row["scores"].get(task)
+            cell = "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+            cells.append(cell + (" *" if task in row["trained"] else ""))
+        cells.append("-" if row["trainable_parameters"] is None else f"{row['trainable_parameters']:,}")
+        lines.append(cells)
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |", "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    out.append("* = trained in that stage; other scores are the frozen old tasks re-tested.")
+    if table["max_change"]:
+        worst = max(table["max_change"], key=table["max_change"].get)
+        out.append(
+            "largest change of an old task after the stage that learned it: "
+            + ", ".join(f"{t} {v:.4f}" for t, v in table["max_change"].items())
+            + f" (max {table['max_change'][worst]:.4f}, {worst})"
+        )
+    return "\n".join(out)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point of ``medcl-stages``; errors are printed as one line (``MEDCL_TRACEBACK=1`` for the traceback)."""
+    from framework.cli import check_class_paths, one_line_errors
+
+    parser = argparse.ArgumentParser(prog="medcl-stages", description=__doc__.split("\n\n")[0])
+    parser.add_argument("configs", nargs="+", type=Path, help="stage configs, in order")
+    parser.add_argument("--alternatives", nargs="*", type=Path, default=[], help="configs run after the stages, reported as extra rows")
+    parser.add_argument("--output", type=Path, default=Path("runs/stages"), help="folder for stages.json and stages.md")
+    args, extra = parser.parse_known_args(argv)
+    with one_line_errors("medcl-stages"):
+        for config in [*args.configs, *args.alternatives]:
+            check_class_paths(["--config", str(config)])
+        runs = run_stages(args.configs, args.alternatives, extra)
+    table = stage_table(runs)
+    text = format_stage_table(table)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "stages.json").write_text(json.dumps({"table": table, "runs": runs}, indent=2))
+    (args.output / "stages.md").write_text(text + "\n")
+    print(f"\nmedcl-stages: every task's score after every stage ({args.output / 'stages.md'})\n{text}", flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
