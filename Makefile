@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test env clean-runs
+.PHONY: demo test unicon env clean-runs
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ env: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/medcl fit --config experiments/quickstart.yaml
+
+unicon: $(STAMP)
+	$(BIN)/medcl-stages experiments/unicon/0[1-4]_*.yaml --alternatives experiments/unicon/04b_ct_only_baseline.yaml --output runs/unicon
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

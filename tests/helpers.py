@@ -19,6 +19,16 @@ def load_config(path: Path) -> Dict[str, Any]:
     return config
 
 
+def _init_parameters(class_path: str) -> set:
+    """Constructor argument names of a ``class_path`` (user data modules may not take every subset size)."""
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return set(inspect.signature(cls.__init__).parameters)
+
+
 def shrink_config(
     path: Path,
     out_dir: Path,
@@ -45,8 +55,9 @@ def shrink_config(
         trainer["max_epochs"] = 1
     data = config["data"]["init_args"]
     for domain in data["domains"] + data.get("eval_domains", []):
-        args = domain["init_args"]
-        args.update(train_subset=train_subset, val_subset=eval_subset, test_subset=eval_subset, batch_size=batch_size, eval_batch_size=64)
+        sizes = dict(train_subset=train_subset, val_subset=eval_subset, test_subset=eval_subset, batch_size=batch_size, eval_batch_size=64)
+        accepted = _init_parameters(domain["class_path"])
+        domain["init_args"].update({k: v for k, v in sizes.items() if k in accepted})
     trainer.update(
         default_root_dir=str(out_dir),
         limit_train_batches=train_batches,

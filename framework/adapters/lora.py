@@ -15,9 +15,12 @@ from torch import nn
 
 __all__ = ["default_target_modules", "inject_lora", "lora_layers", "lora_parameters", "route"]
 
-#: peft target modules per tower family: attention and MLP of every ViT block (open_clip's
-#: ``nn.MultiheadAttention`` is supported by peft's LoRA), the 3x3 convolutions of every ResNet block.
-VIT_TARGETS = ["attn", "c_fc", "c_proj"]
+#: peft target modules per tower family: the MLP of every ViT block, the 3x3 convolutions of every
+#: ResNet block.  Not the ViT's attention: open_clip uses torch's ``nn.MultiheadAttention``, whose
+#: weights peft can only adapt by merging LoRA into them on every forward pass and unmerging after,
+#: which replaces the base Parameter objects (stale optimizer references, ``requires_grad`` reset,
+#: round-off drift in frozen weights).  :func:`inject_lora` refuses such targets.
+VIT_TARGETS = ["c_fc", "c_proj"]
 RESNET_TARGETS = r".*layer\d+\.\d+\.conv[12]"
 
 
@@ -44,11 +47,19 @@ def inject_lora(visual: nn.Module, modality: str, options: Dict[str, Any]) -> No
     The new adapter is left inactive; :func:`route` turns it on.
     """
     from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import check_target_module_exists
 
     config = LoraConfig(
         r=options["r"], lora_alpha=options["alpha"], lora_dropout=options["dropout"],
         target_modules=options["target_modules"] or default_target_modules(visual),
     )
+    attention = [name for name, m in visual.named_modules() if isinstance(m, nn.MultiheadAttention) and check_target_module_exists(config, name)]
+    if attention:
+        raise ValueError(
+            f"LoRA for modality {modality!r}: lora.target_modules matches nn.MultiheadAttention module(s) {attention[:3]}, which "
+            f"peft adapts by merging into the frozen weights on every forward pass; target Linear/Conv2d modules instead "
+            f"(default for ViTs: {VIT_TARGETS})"
+        )
     # peft freezes the whole tower on the first injection (and flips other adapters' flags): MedCL's
     # freezing policy owns requires_grad, so the tower's flags are put back and the new adapter trains.
     before = {id(p): p.requires_grad for p in visual.parameters()}

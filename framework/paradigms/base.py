@@ -67,8 +67,10 @@ class MedCLModule(pl.LightningModule):
             ``"extend"`` adds a parameter group for the new head and keeps the Adam state of
             everything else; ``"reset"`` rebuilds the optimizer and drops all Adam state.
         init_from: a MedCL checkpoint to grow: its backbone, adapters and heads are rebuilt and
-            loaded strictly, then this run's data adds its tasks.  Unlike ``--ckpt_path`` (resume
-            the same run), this starts a new run from a trained model.
+            loaded strictly (in :meth:`setup`), then this run's data adds its tasks.  Unlike
+            ``--ckpt_path`` (resume the same run), this starts a new run from a trained model.  A
+            checkpoint of the grown run holds everything, so resuming or reloading it never reads
+            the ``init_from`` file again.
         freeze: freezing policy, one of :data:`~framework.paradigms.freezing.FREEZE_POLICIES`.
         lora: LoRA options (``r``, ``alpha``, ``dropout``, ``target_modules``) for every modality
             that is new to the model; ``null`` for none.
@@ -124,8 +126,6 @@ class MedCLModule(pl.LightningModule):
         self.trainable_counts: Dict[int, Dict[str, int]] = {}
         self.metrics = nn.ModuleDict()
         self.build_models()
-        if init_from is not None:
-            self.load_initial_model(init_from)
 
     # ------------------------------------------------------------------ paradigm interface
     def new_model(self) -> MedCLModel:
@@ -205,6 +205,9 @@ class MedCLModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ data coupling
     def setup(self, stage: str) -> None:
+        restoring = self._trainer is not None and self.trainer.ckpt_path is not None
+        if self.hparams.init_from is not None and not self.task_specs and not restoring:
+            self.load_initial_model(self.hparams.init_from)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         specs = getattr(datamodule, "task_specs", None)
         if specs is None:
