@@ -109,6 +109,16 @@ def format_stage_table(table: Dict[str, Any], digits: int = 3) -> str:
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |", "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
     out.append("* = trained in that stage; other scores are the frozen old tasks re-tested.")
+    stages = [r for r in table["rows"] if not r["alternative"]]
+    for alt in (r for r in table["rows"] if r["alternative"]):
+        if stages and len(alt["trained"]) == 1 and len(stages[-1]["trained"]) == 1:
+            (mine,), (theirs,) = alt["trained"], stages[-1]["trained"]
+            a, b = alt["scores"].get(mine), stages[-1]["scores"].get(theirs)
+            if a is not None and b is not None:
+                out.append(
+                    f"{stages[-1]['stage']} vs alternative {alt['stage']}: {theirs} {table['metrics'][theirs]} {b:.4f} "
+                    f"vs {mine} {table['metrics'][mine]} {a:.4f} (difference {b - a:+.4f})"
+                )
     if table["max_change"]:
         worst = max(table["max_change"], key=table["max_change"].get)
         out.append(
@@ -124,14 +134,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     from framework.cli import check_class_paths, one_line_errors
 
     parser = argparse.ArgumentParser(prog="medcl-stages", description=__doc__.split("\n\n")[0])
-    parser.add_argument("configs", nargs="+", type=Path, help="stage configs, in order")
+    parser.add_argument("configs", nargs="*", type=Path, help="stage configs, in order")
     parser.add_argument("--alternatives", nargs="*", type=Path, default=[], help="configs run after the stages, reported as extra rows")
     parser.add_argument("--output", type=Path, default=Path("runs/stages"), help="folder for stages.json and stages.md")
+    parser.add_argument("--table-only", action="store_true", help="print the table of --output/stages.json again without running")
     args, extra = parser.parse_known_args(argv)
     with one_line_errors("medcl-stages"):
-        for config in [*args.configs, *args.alternatives]:
-            check_class_paths(["--config", str(config)])
-        runs = run_stages(args.configs, args.alternatives, extra)
+        if args.table_only:
+            saved = args.output / "stages.json"
+            if not saved.is_file():
+                raise FileNotFoundError(f"medcl-stages --table-only: no results file {saved}; run the stages first")
+            runs = json.loads(saved.read_text())["runs"]
+        else:
+            if not args.configs:
+                raise ValueError("medcl-stages: expected one or more stage configs (or --table-only), found none")
+            for config in [*args.configs, *args.alternatives]:
+                check_class_paths(["--config", str(config)])
+            runs = run_stages(args.configs, args.alternatives, extra)
     table = stage_table(runs)
     text = format_stage_table(table)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,10 @@ def test_unicon_staircase_grows_one_model_and_keeps_old_tasks(tmp_path):
     assert set(table["max_change"]) == {"organamnist", "organa_survival_semisynthetic", "kvasir_seg"}
     assert max(table["max_change"].values()) <= 0.005
     assert (tmp_path / "out" / "stages.md").read_text().count("\n| ") == 5  # one table line per row
+    assert "04_new_modality vs alternative 04b_ct_only_baseline: ct_pet_lesion_semisynthetic dice" in (tmp_path / "out" / "stages.md").read_text()
+    before = (tmp_path / "out" / "stages.md").read_text()
+    stages_main(["--table-only", "--output", str(tmp_path / "out")])  # re-renders the saved results
+    assert (tmp_path / "out" / "stages.md").read_text() == before
     # stage 2 trains only the Cox head; stage 4 a new patch embedding, its LoRA and its decoder
     ckpts = tmp_path / "checkpoints"
     stage2 = ContinualModule.load_from_checkpoint(ckpts / "02_prognosis.ckpt", strict=True, map_location="cpu")

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities import move_data_to_device, rank_zero_info
 import torch
 from torch import Tensor, nn
 
-from framework.adapters import AdapterSpec
+from framework.adapters import AdapterSpec, check_lora_options
 from framework.heads import TaskHead
 from framework.model import MedCLModel
 from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
@@ -115,7 +115,9 @@ class MedCLModule(pl.LightningModule):
             freeze_text_tower=freeze_text_tower,
         )
         self.head_args = dict(head_args or {})
-        self.lora = lora
+        self.lora = check_lora_options(lora, f"{type(self).__name__}")
+        if init_from is not None and (not isinstance(init_from, (str, Path)) or not str(init_from)):
+            raise ValueError(f"{type(self).__name__}: init_from expected null or a checkpoint path, found {init_from!r}")
         #: specs of the tasks the model has grown heads for, in order
         self.task_specs: Dict[str, TaskSpec] = {}
         #: specs the data offers for training, in stream order (set in :meth:`setup`)
