@@ -331,9 +331,21 @@ EXPECTED = {
     "none": (True, True, True, True, True),
     "backbone": (False, True, True, True, True),
     "old_heads": (True, True, True, False, True),
-    "backbone+old_heads": (False, True, True, False, True),
+    "backbone+old_heads": (False, False, True, False, True),  # the ct adapter serves the old task
     "adapters_only": (False, False, True, False, True),
 }
+
+
+@pytest.mark.parametrize("policy, shared_adapter_trains", [("backbone+old_heads", False), ("adapters_only", True), ("backbone", True)])
+def test_an_adapter_shared_with_old_tasks_trains_only_where_the_policy_allows_it(policy, shared_adapter_trains):
+    """A new task of a modality an old task already uses: backbone+old_heads keeps the old task exact."""
+    model = make_model(VIT)
+    model.add_task(cls_task("old", "ct"))
+    model.add_task(cls_task("new_ct", "ct"))
+    assert set(model.adapter_of_task) == {"old"}  # the second ct task shares the ct adapter
+    counts = FreezingPolicy(policy).apply([model], ["new_ct"])
+    assert all(p.requires_grad == shared_adapter_trains for p in model.adapters.parameters("ct"))
+    assert (counts["adapters"] > 0) == shared_adapter_trains
 
 
 def grown_vit():

@@ -15,9 +15,11 @@ from framework.model import MedCLModel
 __all__ = ["FREEZE_POLICIES", "FreezingPolicy"]
 
 #: ``none``: everything trains; ``backbone``: the shared backbone is frozen (adapters and heads
-#: train); ``old_heads``: heads of tasks not trained in this experience are frozen;
-#: ``backbone+old_heads``: both; ``adapters_only``: only the adapters of this experience's
-#: modalities and this experience's heads train.
+#: train); ``old_heads``: heads of tasks not trained in this experience ("old tasks") are frozen;
+#: ``backbone+old_heads``: the backbone, old heads and every adapter an old task uses are frozen,
+#: so old tasks compute exactly what they did (only new modalities' adapters and this experience's
+#: heads train); ``adapters_only``: the adapters of this experience's modalities and its heads
+#: train, even where old tasks share the modality (its old tasks may then move).
 FREEZE_POLICIES = ("none", "backbone", "old_heads", "backbone+old_heads", "adapters_only")
 
 
@@ -64,6 +66,7 @@ class FreezingPolicy:
         freeze_old_heads = self.policy in ("old_heads", "backbone+old_heads", "adapters_only")
         for model in models:
             current_modalities = {model.specs[t].modality for t in current if t in model.specs}
+            old_modalities = {spec.modality for name, spec in model.specs.items() if name not in current}
             adapter_params = {m: model.adapters.parameters(m) for m in model.adapters.specs}
             adapter_ids = {id(p) for params in adapter_params.values() for p in params}
             base = [p for p in model.backbone.parameters() if id(p) not in adapter_ids]
@@ -71,7 +74,12 @@ class FreezingPolicy:
             if freeze_backbone:
                 self.frozen_modules.append(model.backbone.clip.visual)
             for modality, params in adapter_params.items():
-                train = self.policy != "adapters_only" or modality in current_modalities
+                if self.policy == "adapters_only":
+                    train = modality in current_modalities
+                elif self.policy == "backbone+old_heads":
+                    train = modality not in old_modalities
+                else:
+                    train = True
                 self._set(params, train, counts, "adapters")
             for name, head in model.heads.items():
                 train = not (freeze_old_heads and name not in current)
