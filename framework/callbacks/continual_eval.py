@@ -98,7 +98,7 @@ class ContinualEvaluation(pl.Callback):
         all_tasks = [s.name for s in specs]
         row: Dict[str, Dict[str, float]] = {}
         show = trainer.progress_bar_callback is not None and trainer.is_global_zero
-        for task in tqdm(all_tasks, desc=f"evaluating after experience {experience}", disable=not show, leave=False):
+        for task in tqdm(all_tasks, desc=f"evaluating {row_label(experience)}", disable=not show, leave=False):
             if task in pl_module.task_specs:
                 row[task] = pl_module.evaluate(task, datamodule.eval_dataloader(task, self.split))
         self.rows[experience] = row
