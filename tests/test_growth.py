@@ -198,3 +198,16 @@ def test_unicon_staircase_grows_one_model_and_keeps_old_tasks(tmp_path):
     x = torch.rand(2, 2, 28, 28)
     again.eval(), stage4.eval()
     assert torch.equal(again.model(x, "ct_pet_lesion_semisynthetic"), stage4.model(x, "ct_pet_lesion_semisynthetic"))
+
+
+@needs_shared
+def test_a_joint_batch_holding_several_modalities_trains_each_modality_adapter(tmp_path):
+    """experiments/mixed/joint.yaml with LoRA: every batch holds CT and endoscopy sub-batches, each
+    routed through its own modality's LoRA (which starts at zero and moves only through its own tasks)."""
+    config = shrink_config("experiments/mixed/joint.yaml", tmp_path)
+    cli = run_cli(["fit", "--config", str(config), "--model.init_args.lora", "{r: 4, alpha: 8}"])
+    model = cli.model.model
+    assert set(model.adapters.specs) == {"ct", "endoscopy"}
+    for modality in ("ct", "endoscopy"):
+        lora_b = [p for name, p in model.adapters.visual.named_parameters() if f"lora_B.{modality}." in name]
+        assert lora_b and all(p.abs().sum() > 0 for p in lora_b), modality
