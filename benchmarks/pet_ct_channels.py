@@ -11,7 +11,9 @@ Writes ``benchmarks/results/pet_ct_channels.{json,md}``.
 
     make unicon                                   # once: writes runs/unicon/checkpoints/03_segmentation.ckpt
     python benchmarks/pet_ct_channels.py          # 0.08 and 0.25 contrast, seed 0 (~10 min on 2 CPU cores)
-    python benchmarks/pet_ct_channels.py --contrasts 0.08 0.25 --seeds 0 1 2
+    python benchmarks/pet_ct_channels.py --contrasts 0.25 --seeds 1 --keep   # add rows to the results file
+
+``seed`` sets the lesion draw, the training subset and the training seed.
 """
 from __future__ import annotations
 
@@ -79,12 +81,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contrasts", type=float, nargs="+", default=[0.08, 0.25])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--keep", action="store_true", help="keep the other rows of an earlier results file")
     parser.add_argument("--init-from", type=Path, default=REPO / "runs/unicon/checkpoints/03_segmentation.ckpt")
     args = parser.parse_args()
     if not args.init_from.is_file():
         sys.exit(f"pet_ct_channels.py: {args.init_from} not found; run `make unicon` first (it writes the stage-3 checkpoint)")
     os.chdir(REPO)  # the configs use repository-relative data paths
     results = {"init_from": str(args.init_from), "rows": []}
+    saved = RESULTS / "pet_ct_channels.json"
+    if args.keep and saved.is_file():  # add to earlier rows; a re-run (contrast, seed) replaces its row
+        results["rows"] = [r for r in json.loads(saved.read_text())["rows"] if (r["contrast"], r["seed"]) not in
+                           {(c, s) for c in args.contrasts for s in args.seeds}]
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for contrast in args.contrasts:
@@ -94,6 +101,7 @@ def main() -> None:
                     row[label] = run(config, contrast, seed, args.init_from, Path(tmp))
                     print(f"contrast {contrast} seed {seed} {label}: Dice {row[label]['dice']:.4f}", flush=True)
                 results["rows"].append(row)
+                results["rows"].sort(key=lambda r: (r["contrast"], r["seed"]))
                 (RESULTS / "pet_ct_channels.json").write_text(json.dumps(results, indent=2))
                 (RESULTS / "pet_ct_channels.md").write_text(markdown(results))
     print(markdown(results))
