@@ -35,6 +35,7 @@ class MedCLCLI(LightningCLI):
         Raises:
             ValueError: naming the checkpoint, the differing fields and the two ways out.
         """
+        # LightningCLI has no public hook for this step; it calls this method before instantiating classes.
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
