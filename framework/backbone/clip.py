@@ -6,6 +6,10 @@ to build a model, so every open_clip architecture works.  Two tiny architectures
 
 * ``medcl-vit-tiny``       — ViT, 4 layers, width 128, patch 4 (0.56 M image-tower parameters);
 * ``medcl-resnet18-tiny``  — timm ResNet-18 image tower (11 M parameters).
+
+Each also exists with the pretrained all-MiniLM-L6-v2 text tower (``medcl-vit-tiny-minilm``,
+``medcl-resnet18-tiny-minilm``; see :mod:`framework.backbone.minilm`), whose prompts carry
+meaning before any training.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from framework.backbone.minilm import MINILM_SUFFIX, minilm_architectures, register_minilm_configs
 
 __all__ = ["CLIPBackbone", "MODEL_CONFIG_DIR", "register_model_configs", "list_architectures"]
 
@@ -99,8 +105,10 @@ class CLIPBackbone(nn.Module):
     ) -> None:
         super().__init__()
         register_model_configs()
+        if isinstance(model_name, str) and model_name.endswith(MINILM_SUFFIX):
+            register_minilm_configs(MODEL_CONFIG_DIR)
         if not isinstance(model_name, str) or model_name not in open_clip.list_models():
-            tiny = [m for m in open_clip.list_models() if m.startswith("medcl-")]
+            tiny = sorted({m for m in open_clip.list_models() if m.startswith("medcl-")} | set(minilm_architectures()))
             raise ValueError(
                 f"CLIPBackbone: unknown open_clip architecture model_name={model_name!r}; "
                 f"MedCL's CPU-sized ones are {tiny}, see framework.backbone.list_architectures() for all"
@@ -150,6 +158,9 @@ class CLIPBackbone(nn.Module):
         visual_ids = {id(p) for p in model.visual.parameters()} | {id(model.logit_scale)}
         # plain list, not registered: the same Parameter objects, kept across .to() moves
         self._text_params = [p for p in model.parameters() if id(p) not in visual_ids]
+        if self.freeze_text_tower:  # Hugging Face text towers leave their projection out of the lock
+            for p in self._text_params:
+                p.requires_grad_(False)
         self._text_cache: Dict[Tuple[str, ...], Tensor] = {}
         #: channels of the active modality's own patch embedding (set by framework.adapters), or None
         self.extra_channels: Optional[int] = None
