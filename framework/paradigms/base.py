@@ -405,8 +405,7 @@ class MedCLModule(pl.LightningModule):
                 f"checkpoint field '{CHECKPOINT_KEY}.paradigm' is {meta.get('paradigm')!r}, but it is being loaded into "
                 f"{type(self).__name__}; load it with that class"
             )
-        for i, data in enumerate(meta.get("tasks", [])):
-            spec = TaskSpec.from_dict(data, source=f"checkpoint field '{CHECKPOINT_KEY}.tasks[{i}]'")
+        for i, spec, adapter in self._stored_tasks(meta, "checkpoint"):
             offered = self.stream_specs.get(spec.name)
             if offered is not None and offered != spec:
                 raise ValueError(
@@ -414,7 +413,7 @@ class MedCLModule(pl.LightningModule):
                     f"{spec.to_dict()} vs {offered.to_dict()}"
                 )
             if spec.name not in self.task_specs:  # heads already present were added from the data, checked above
-                self.add_task(spec, adapter=self._stored_adapter(meta, spec.name))
+                self.add_task(spec, adapter=adapter)
         stored = [t.get("name") for t in meta.get("tasks", [])]
         if list(self.task_specs) != stored:
             raise ValueError(
@@ -424,9 +423,14 @@ class MedCLModule(pl.LightningModule):
         self.initial_tasks = list(meta.get("initial_tasks", self.initial_tasks))
 
     @staticmethod
-    def _stored_adapter(meta: Mapping[str, Any], task: str) -> Optional[AdapterSpec]:
-        data = meta.get("adapters", {}).get(task)
-        return None if data is None else AdapterSpec.from_dict(data, source=f"checkpoint field '{CHECKPOINT_KEY}.adapters.{task}'")
+    def _stored_tasks(meta: Mapping[str, Any], where: str) -> Iterable[Tuple[int, TaskSpec, Optional[AdapterSpec]]]:
+        """``(index, spec, adapter it brought)`` for every task stored in a checkpoint's ``medcl`` entry."""
+        adapters = meta.get("adapters", {})
+        for i, data in enumerate(meta.get("tasks", [])):
+            spec = TaskSpec.from_dict(data, source=f"{where} field '{CHECKPOINT_KEY}.tasks[{i}]'")
+            stored = adapters.get(spec.name)
+            source = f"{where} field '{CHECKPOINT_KEY}.adapters.{spec.name}'"
+            yield i, spec, None if stored is None else AdapterSpec.from_dict(stored, source=source)
 
     # ------------------------------------------------------------------ growing a trained model
     def load_initial_model(self, path: Union[str, Path]) -> None:
@@ -461,12 +465,10 @@ class MedCLModule(pl.LightningModule):
         problems = hparam_differences(checkpoint.get("hyper_parameters", {}), self.hparams)
         if problems:
             raise ValueError(f"{where}: the checkpoint's model differs from this configuration ({'; '.join(problems)}); set the config to the checkpoint's values")
-        for i, data in enumerate(meta.get("tasks", [])):
-            spec = TaskSpec.from_dict(data, source=f"{where} field '{CHECKPOINT_KEY}.tasks[{i}]'")
-            self.add_task(spec, adapter=self._stored_adapter(meta, spec.name))
-        state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("metrics.")}
+        for _, spec, adapter in self._stored_tasks(meta, where):
+            self.add_task(spec, adapter=adapter)
         try:
-            self.load_state_dict(state, strict=True)
+            self.load_state_dict(checkpoint["state_dict"], strict=True)
         except RuntimeError as err:
             raise ValueError(f"{where}: the weights do not fit the rebuilt model: {str(err).splitlines()[0]}") from None
         self.initial_tasks = list(self.task_specs)
