@@ -37,6 +37,10 @@ class ModalityAdapters:
     def visual(self) -> nn.Module:
         return self._backbone[0].clip.visual
 
+    def __contains__(self, modality: str) -> bool:
+        """Whether ``modality`` has adapters."""
+        return modality in self.specs
+
     def register_modality(self, modality: str) -> None:
         """Record that a task of ``modality`` exists (adapted or not)."""
         if modality not in self.modalities:
