@@ -3,10 +3,11 @@ from data_modules.base import DomainDataModule
 from data_modules.medmnist import MedMNISTDataModule
 from data_modules.pet_ct import SemiSyntheticPETCTDataModule
 from data_modules.segmentation import SegmentationDataModule
+from data_modules.shifted import ShiftedCopyDataModule
 from data_modules.stream import DomainStream
 from data_modules.survival import SemiSyntheticSurvivalDataModule, SurvivalDataModule
 
 __all__ = [
     "DomainDataModule", "MedMNISTDataModule", "SegmentationDataModule", "SurvivalDataModule",
-    "SemiSyntheticSurvivalDataModule", "SemiSyntheticPETCTDataModule", "DomainStream",
+    "SemiSyntheticSurvivalDataModule", "SemiSyntheticPETCTDataModule", "ShiftedCopyDataModule", "DomainStream",
 ]

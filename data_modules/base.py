@@ -1,9 +1,13 @@
 """Base class for one imaging domain.  Adding a modality = subclassing :class:`DomainDataModule`.
 
 A domain data module describes its task with a :class:`~framework.specs.TaskSpec` and serves
-``train``/``val``/``test`` datasets whose items are ``{"image": FloatTensor[C, H, W] in [0, 1],
-"target": ...}``.  Batches reaching the model are always keyed by task name:
-``{task: {"image": ..., "target": ...}}``.
+``train``/``val``/``test`` datasets whose items are ``{"image": uint8 tensor (0..255) or float
+tensor in [0, 1], "target": ...}`` (``[C, H, W]``, or ``[C, D, H, W]`` for volumes).  Images from
+a uint8 source stay uint8 (value ``v`` means ``v / 255``) so that batches, and replay exemplars
+stored as the data provided them, take a quarter of the memory; the backbone converts them to
+float in :meth:`~framework.backbone.CLIPBackbone.prepare_images`.  Other sources (uint16, float
+NIfTI, synthetic data) are served as float32 in ``[0, 1]``.  Batches reaching the model are always
+keyed by task name: ``{task: {"image": ..., "target": ...}}``.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Every official file holds ``{train,val,test}_images`` (uint8, ``(N, H, W)`` grayscale or
 ``(N, H, W, 3)`` RGB) and ``{train,val,test}_labels`` (``(N, 1)`` class indices, or ``(N, K)``
 0/1 for the multi-label ChestMNIST).  Files are validated when loaded; anything unexpected raises
-an error naming the file and the field.
+an error naming the file and the field.  Images are served as uint8 (value ``v`` means ``v / 255``);
+the backbone converts them to float (see :mod:`data_modules.base`).
 """
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ log = logging.getLogger(__name__)
 class ArrayImageDataset(Dataset):
     """Images held in memory as uint8 ``(N, H, W[, C])`` with their targets.
 
-    Items are ``{"image": FloatTensor[C, H, W] in [0, 1], "target": LongTensor}``; with
-    ``spatial_dims=3`` the arrays are ``(N, D, H, W)`` volumes and images ``[1, D, H, W]``.
+    Items are ``{"image": ByteTensor[C, H, W] (uint8, 0..255; the backbone divides by 255),
+    "target": LongTensor}``; with ``spatial_dims=3`` the arrays are ``(N, D, H, W)`` volumes and
+    images ``[1, D, H, W]``.  Items are copies: callers may modify them in place.  (Arrays of
+    another dtype are served as float32 and must already lie in ``[0, 1]``.)
     """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, spatial_dims: int = 2) -> None:
@@ -46,7 +49,10 @@ class ArrayImageDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
         image = image.unsqueeze(0) if image.ndim == self.spatial_dims else image.movedim(-1, 0)
-        return {"image": image.float().div_(255.0), "target": self.targets[index]}
+        # copies (uint8 stays uint8), so callers may modify items without touching the stored data
+        dtype = torch.uint8 if image.dtype == torch.uint8 else torch.float32
+        image = image.to(dtype, copy=True, memory_format=torch.contiguous_format)
+        return {"image": image, "target": self.targets[index]}
 
 
 def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False, spatial_dims: int = 2) -> Dict[str, np.ndarray]:
@@ -156,7 +162,7 @@ class MedMNISTDataModule(DomainDataModule):
 
         dm = MedMNISTDataModule("bloodmnist", data_dir="../shared/data/medmnist", train_subset=2000)
         dm.setup("fit")
-        batch = next(iter(dm.loader("train")))   # {"bloodmnist": {"image": (64, 3, 28, 28), "target": (64,)}}
+        batch = next(iter(dm.loader("train")))   # {"bloodmnist": {"image": uint8 (64, 3, 28, 28), "target": (64,)}}
     """
 
     def __init__(

@@ -336,7 +336,7 @@ class SemiSyntheticPETCTDataModule(DomainDataModule):
                 i = int(index[k])
                 out_images[k], out_masks[k] = self.generate(images[split][i], split, i)
             served[split] = index
-            datasets[split] = SegmentationDataset(out_images, out_masks, spatial_dims=2, augment=self.augment and split == "train")
+            datasets[split] = SegmentationDataset(out_images, out_masks, spatial_dims=2, augment=self.augment and split == "train", serve_uint8=True)
         self._indices, self._datasets = served, datasets
 
     def source_indices(self, split: str) -> np.ndarray:

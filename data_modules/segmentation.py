@@ -8,19 +8,24 @@ every problem with the data shows up at setup time, not in the middle of an epoc
 * a folder (:func:`load_segmentation_folder`) laid out as
   ``root/{train,val,test}/{images,masks}/<id>.<ext>``, read with :mod:`data_modules.io`.
 
-Items are ``{"image": FloatTensor[C, H, W] in [0, 1], "target": LongTensor[H, W]}`` (2D) or
-``{"image": FloatTensor[C, D, H, W], "target": LongTensor[D, H, W]}`` (3D); target values lie in
-``[0, len(label_names)]`` with 0 = background.
+Items are ``{"image": Tensor[C, H, W], "target": LongTensor[H, W]}`` (2D) or
+``{"image": Tensor[C, D, H, W], "target": LongTensor[D, H, W]}`` (3D); target values lie in
+``[0, len(label_names)]`` with 0 = background.  ``image`` is uint8 (0..255, value ``v`` means
+``v / 255``; the backbone converts it) when the source is uint8, else float32 in ``[0, 1]`` (see
+:mod:`data_modules.base`).  The training augmentation (flips, 90-degree rotations) only moves
+pixels, so it works on uint8 and the training split is served uint8 too.
 
 Mask value convention (both sources): a task with one label accepts masks with values ``{0, 1}``
 or ``{0, 255}`` (255 is mapped to 1: PNG masks often store foreground as 255); a task with ``n``
 labels accepts values in ``[0, n]``.  Anything else is an error naming the file and the values.
 Float masks (e.g. NIfTI) are accepted when every value is a whole number.
 
-Intensity convention: uint8 images are divided by 255; ``.npz`` float images must already lie in
-``[0, 1]``; image files follow :mod:`data_modules.io` (uint8 / 255, uint16 / 65535, any other
-dtype min-max scaled per image to ``[0, 1]``).  Grayscale and RGB are never converted into each
-other: a channel count that differs from ``in_channels`` is an error.
+Intensity convention: uint8 images are served as uint8 (the backbone divides by 255); ``.npz``
+float images must already lie in ``[0, 1]``; image files follow :mod:`data_modules.io` (uint8 /
+255, uint16 / 65535, any other dtype min-max scaled per image to ``[0, 1]``), and a folder whose
+images are all 8-bit is served as uint8, one with any other file as float32 throughout (one dtype
+per task, so batches collate and a replay buffer holds one kind of exemplar).  Grayscale and RGB
+are never converted into each other: a channel count that differs from ``in_channels`` is an error.
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ log = logging.getLogger(__name__)
 _NPZ_KEYS = ("images", "masks", "split")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
-# One split of a source: channel-first images (uint8 = still to be divided by 255, or float32 in
+# One split of a source: channel-first images (uint8 = v / 255, served as uint8, or float32 in
 # [0, 1]), masks (uint8/int64 label maps) and sample ids.
 SplitData = Dict[str, Any]
 
@@ -107,10 +112,10 @@ def load_segmentation_npz(
     """Load and validate a segmentation ``.npz`` archive.
 
     The archive holds ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` (2D) / ``(N, D, H, W)`` or
-    ``(N, D, H, W, C)`` (3D), either uint8 (divided by 255 when served) or float with values in
-    ``[0, 1]``; ``masks`` ``(N, H, W)`` / ``(N, D, H, W)`` of integer labels; ``split`` ``(N,)`` with
-    0 = train, 1 = val, 2 = test (honoured exactly).  Sample ids come from ``names``, else
-    ``frame``, else the sample index.
+    ``(N, D, H, W, C)`` (3D), either uint8 (served as uint8; the backbone divides by 255) or float
+    with values in ``[0, 1]``; ``masks`` ``(N, H, W)`` / ``(N, D, H, W)`` of integer labels;
+    ``split`` ``(N,)`` with 0 = train, 1 = val, 2 = test (honoured exactly).  Sample ids come from
+    ``names``, else ``frame``, else the sample index.
 
     Args:
         path: the ``.npz`` file.
@@ -242,10 +247,10 @@ def load_segmentation_folder(
     Files are read with :func:`data_modules.io.read_array` (hidden files are skipped); ``<ext>`` is
     one of :data:`data_modules.io.IMAGE_SUFFIXES`.  PNG/JPEG arrays are ``(C, H, W)`` as the image is
     displayed; NIfTI arrays keep the stored axis order (a 2D image saved as ``(X, Y, 1)`` counts as
-    2D).  Scaling (:func:`data_modules.io.scale_intensities`): uint8 / 255 (kept uint8 until served),
-    uint16 / 65535, other dtypes min-max per image to ``[0, 1]``.  Grayscale is never converted to
-    RGB (or back).  Masks are never rescaled and must have one channel; float NIfTI masks are
-    accepted if their values are whole numbers.
+    2D).  Scaling (:func:`data_modules.io.scale_intensities`): uint8 / 255 (kept uint8 and served as
+    uint8 when every image of the folder is 8-bit), uint16 / 65535, other dtypes min-max per image to
+    ``[0, 1]``.  Grayscale is never converted to RGB (or back).  Masks are never rescaled and must
+    have one channel; float NIfTI masks are accepted if their values are whole numbers.
 
     Args:
         root: the dataset folder.
@@ -255,7 +260,8 @@ def load_segmentation_folder(
 
     Returns:
         ``{split: {"images": [(C, *spatial) array], "masks": [(*spatial) array], "ids": [str]}}``;
-        8-bit images stay uint8, others are float32 in ``[0, 1]``.
+        images stay uint8 if every image of the folder (all splits) is 8-bit, else all are float32
+        in ``[0, 1]``.
 
     Raises:
         FileNotFoundError: if ``root`` does not exist.
@@ -313,6 +319,10 @@ def load_segmentation_folder(
                 "%s/%s: images have different shapes %s; batches of more than one will fail to collate", root, split, shapes[:5]
             )
         out[split] = data
+    if any(im.dtype != np.uint8 for data in out.values() for im in data["images"]):
+        # one dtype per task: mixed uint8/float items would not collate (or would promote 0..255 to float)
+        for data in out.values():
+            data["images"] = [scale_intensities(im, root) if im.dtype == np.uint8 else im for im in data["images"]]
     return out
 
 
@@ -332,24 +342,35 @@ def _augmentation(spatial_dims: int, rotate: bool) -> Any:
 class SegmentationDataset(Dataset):
     """Images and masks held in memory.
 
-    Items are ``{"image": FloatTensor[C, *spatial] in [0, 1], "target": LongTensor[*spatial]}``.
-    With ``augment=True`` random flips along every spatial axis and random 90-degree rotations in the
-    (H, W) plane (only if H == W for every image) are applied to image and mask together with MONAI
-    dictionary transforms; their random state is drawn from torch's generator for every item, so
-    augmentation follows ``torch.manual_seed`` and differs between DataLoader workers.
+    Items are ``{"image": Tensor[C, *spatial], "target": LongTensor[*spatial]}``: ``image`` is uint8
+    (0..255) for uint8 images with ``serve_uint8=True``, else float32 in ``[0, 1]``; items are
+    copies, so callers may modify them in place.  With ``augment=True`` random flips along every
+    spatial axis and random 90-degree rotations in the (H, W) plane (only if H == W for every image)
+    are applied to image and mask together with MONAI dictionary transforms; their random state is
+    drawn from torch's generator for every item, so augmentation follows ``torch.manual_seed`` and
+    differs between DataLoader workers.
 
     Args:
-        images: channel-first images, uint8 (divided by 255) or float in ``[0, 1]``.
+        images: channel-first images, uint8 (``v`` means ``v / 255``) or float in ``[0, 1]``.
         masks: label maps with the images' spatial shapes.
         spatial_dims: 2 or 3.
-        augment: apply random augmentation.
+        augment: apply random augmentation (flips and rotations, which work on uint8 as on float).
+        serve_uint8: serve uint8 images as uint8, the contract of :mod:`data_modules.base`
+            (:class:`SegmentationDataModule` does).  ``False`` (the default, kept for callers that
+            still expect float items, e.g. :class:`~data_modules.pet_ct.SemiSyntheticPETCTDataModule`)
+            serves them as float32 divided by 255.
 
     Raises:
         ValueError: if the numbers of images and masks differ.
     """
 
     def __init__(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], spatial_dims: int = 2, augment: bool = False
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        spatial_dims: int = 2,
+        augment: bool = False,
+        serve_uint8: bool = False,
     ) -> None:
         if len(images) != len(masks):
             raise ValueError(f"SegmentationDataset: {len(images)} images but {len(masks)} masks")
@@ -357,6 +378,7 @@ class SegmentationDataset(Dataset):
         self.masks = masks
         self.spatial_dims = spatial_dims
         self.augment = bool(augment)
+        self.serve_uint8 = bool(serve_uint8)
         rotate = all(im.shape[-1] == im.shape[-2] for im in images)
         self.transform = _augmentation(spatial_dims, rotate) if self.augment else None
 
@@ -366,7 +388,10 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
         # copies, so callers may modify items in place without touching the stored data
-        image = image.float().div_(255.0) if image.dtype == torch.uint8 else image.to(torch.float32, copy=True)
+        if image.dtype == torch.uint8:
+            image = image.clone() if self.serve_uint8 else image.float().div_(255.0)
+        else:
+            image = image.to(torch.float32, copy=True)
         target = torch.from_numpy(np.ascontiguousarray(self.masks[index])).to(torch.long, copy=True)
         if self.transform is not None:
             self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
@@ -432,7 +457,7 @@ class SegmentationDataModule(DomainDataModule):
         dm = SegmentationDataModule(file="../shared/data/segmentation/kvasir_seg_64.npz",
                                     label_names=["polyp"], modality="endoscopy")
         dm.setup("fit")
-        batch = next(iter(dm.loader("train")))  # {"kvasir_seg_64": {"image": (16, 3, 64, 64), "target": (16, 64, 64)}}
+        batch = next(iter(dm.loader("train")))  # {"kvasir_seg_64": {"image": uint8 (16, 3, 64, 64), "target": (16, 64, 64)}}
     """
 
     def __init__(
@@ -543,7 +568,11 @@ class SegmentationDataModule(DomainDataModule):
                 else:
                     images, masks = [images[i] for i in index], [masks[i] for i in index]
             datasets[split] = SegmentationDataset(
-                images, masks, spatial_dims=spec.spatial_dims, augment=self.augment and split == "train"
+                images,
+                masks,
+                spatial_dims=spec.spatial_dims,
+                augment=self.augment and split == "train",
+                serve_uint8=True,
             )
         self._datasets = datasets
 

@@ -30,18 +30,31 @@ class DomainStream(pl.LightningDataModule):
     ``eval_domains`` are never trained: they re-test tasks a grown model already has (loaded with
     ``init_from``), so old and new tasks share one accuracy matrix.
 
+    Two more kinds of evaluation-only data serve :class:`~framework.callbacks.ContinualEvaluation`
+    (never trained, never in the Lightning val/test loops):
+
+    * ``cross_domains``: the same task from another source, keyed by the task whose head tests it,
+      e.g. ``{kvasir_seg: [<CVC-ClinicDB domain>]}``.  Each listed domain has its own name and must
+      describe the same task (kind, classes, label names, dimensions) as the task it is keyed by.
+    * ``cross_tasks``: classification tasks the model never trains, scored after every experience
+      zero-shot from their class prompts and by a linear probe on frozen features.
+
     ``medcl predict`` predicts every task's test split, or, with ``predict_path``, the images of a
     folder or an ``.npz`` for one task (``predict_task``; optional when the stream has one task).
 
     Args:
         domains: the domains to train, in stream order; in YAML each is a ``class_path`` + ``init_args``.
         eval_domains: domains of old tasks, evaluated (val/test, experience-end matrix) but never trained.
+        cross_domains: task name -> domains of the same task from other sources (evaluation only).
+        cross_tasks: classification domains never trained (zero-shot and linear-probe evaluation only).
         predict_path: a folder of images or an ``.npz`` to predict on instead of the test splits.
         predict_task: the task whose head predicts ``predict_path``.
 
     Raises:
         ValueError: if ``domains`` is empty, an item is not a :class:`DomainDataModule`, two domains
-            share a task name, or ``predict_task`` is missing or unknown while ``predict_path`` is set.
+            share a task name, ``predict_task`` is missing or unknown while ``predict_path`` is set, a
+            cross-domain set is keyed by an unknown task or describes another task, or a cross task
+            is not a classification task.
     """
 
     def __init__(
@@ -50,12 +63,21 @@ class DomainStream(pl.LightningDataModule):
         eval_domains: Optional[List[DomainDataModule]] = None,
         predict_path: Optional[str] = None,
         predict_task: Optional[str] = None,
+        cross_domains: Optional[Dict[str, List[DomainDataModule]]] = None,
+        cross_tasks: Optional[List[DomainDataModule]] = None,
     ) -> None:
         super().__init__()
         if not domains:
             raise ValueError("DomainStream: field 'domains' expected at least one domain data module, found none")
+        if cross_domains is not None and not isinstance(cross_domains, dict):
+            raise ValueError(
+                f"DomainStream: field 'cross_domains' expected a mapping task name -> list of domains, found {type(cross_domains).__name__}"
+            )
+        cross_domains = {task: list(items) for task, items in (cross_domains or {}).items()}
         seen: Dict[str, str] = {}
         fields = [(f"domains[{i}]", d) for i, d in enumerate(domains)] + [(f"eval_domains[{i}]", d) for i, d in enumerate(eval_domains or [])]
+        fields += [(f"cross_domains.{t}[{i}]", d) for t, items in cross_domains.items() for i, d in enumerate(items)]
+        fields += [(f"cross_tasks[{i}]", d) for i, d in enumerate(cross_tasks or [])]
         for field, domain in fields:
             if not isinstance(domain, DomainDataModule):
                 raise ValueError(
@@ -71,6 +93,27 @@ class DomainStream(pl.LightningDataModule):
         self.domains = list(domains)
         self.eval_domains = list(eval_domains or [])
         self._by_name = {d.task_spec.name: d for d in self.eval_domains + self.domains}
+        #: cross-domain set name -> the task whose head tests it
+        self.cross_domain_task: Dict[str, str] = {}
+        for task, items in cross_domains.items():
+            if task not in self._by_name:
+                raise ValueError(
+                    f"DomainStream: field 'cross_domains' is keyed by {task!r}, which is not a task of the stream "
+                    f"({list(self._by_name)}); key each list by the task whose head tests it"
+                )
+            wanted = self._by_name[task].task_spec
+            for i, domain in enumerate(items):
+                _check_same_task(f"cross_domains.{task}[{i}]", domain.task_spec, wanted)
+                self.cross_domain_task[domain.task_spec.name] = task
+        self.cross_domains = [d for items in cross_domains.values() for d in items]
+        self.cross_tasks = list(cross_tasks or [])
+        for i, domain in enumerate(self.cross_tasks):
+            if domain.task_spec.kind != "classification":
+                raise ValueError(
+                    f"DomainStream: field 'cross_tasks[{i}]' ({domain.task_spec.name}) expected a classification task "
+                    f"(scored zero-shot from class prompts and by a linear probe), found kind {domain.task_spec.kind!r}"
+                )
+        self._evaluation_only = {d.task_spec.name: d for d in self.cross_domains + self.cross_tasks}
         if predict_path is not None:
             if predict_task is None and len(self.domains) == 1:
                 predict_task = self.task_names[0]
@@ -97,26 +140,35 @@ class DomainStream(pl.LightningDataModule):
     def task_names(self) -> List[str]:
         return [d.task_spec.name for d in self.domains]
 
+    @property
+    def cross_task_specs(self) -> List[TaskSpec]:
+        """Specs of the never-trained tasks scored zero-shot and by a linear probe."""
+        return [d.task_spec for d in self.cross_tasks]
+
     def domain(self, task: str) -> DomainDataModule:
-        """The domain serving ``task`` (trained or evaluation-only).
+        """The domain serving ``task`` (trained, evaluation-only, cross-domain or cross-task).
 
         Raises:
             KeyError: naming the task and the stream's tasks.
         """
-        if task not in self._by_name:
-            raise KeyError(f"DomainStream has no task {task!r}; tasks: {list(self._by_name)}")
-        return self._by_name[task]
+        found = self._by_name.get(task) or self._evaluation_only.get(task)
+        if found is None:
+            raise KeyError(f"DomainStream has no task {task!r}; tasks: {list(self._by_name) + list(self._evaluation_only)}")
+        return found
 
     def __len__(self) -> int:
         return len(self.domains)
 
     # ------------------------------------------------------------------ Lightning hooks
+    def _all_domains(self) -> List[DomainDataModule]:
+        return self.eval_domains + self.domains + self.cross_domains + self.cross_tasks
+
     def prepare_data(self) -> None:
-        for domain in self.eval_domains + self.domains:
+        for domain in self._all_domains():
             domain.prepare_data()
 
     def setup(self, stage: Optional[str] = None) -> None:
-        for domain in self.eval_domains + self.domains:
+        for domain in self._all_domains():
             domain.setup(stage)
 
     def _module_tasks(self, method: str, *args) -> List[str]:
@@ -179,4 +231,15 @@ class DomainStream(pl.LightningDataModule):
                 f"DomainStream: the checkpoint was written for the stream {saved}, but this stream is {self.task_names}; "
                 f"--ckpt_path resumes the same run, so use the same domains in the same order. To add domains to a trained "
                 f"model, start a new run from it: --model.init_args.init_from <checkpoint>"
+            )
+
+
+def _check_same_task(field: str, found: TaskSpec, wanted: TaskSpec) -> None:
+    """A cross-domain set must describe the task it is keyed by (only its name and source may differ)."""
+    for attr in ("kind", "class_names", "label_names", "spatial_dims", "in_channels", "time_bins"):
+        a, b = getattr(found, attr), getattr(wanted, attr)
+        if a != b:
+            raise ValueError(
+                f"DomainStream: field '{field}' ({found.name}) has {attr}={a!r}, but the task {wanted.name!r} it is keyed by "
+                f"has {attr}={b!r}; a cross-domain set must describe the same task"
             )

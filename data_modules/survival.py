@@ -1,12 +1,15 @@
 """Survival (prognosis) domains: images with a right-censored ``(time, event)`` target.
 
-Items are ``{"image": FloatTensor[C, H, W] (or [C, D, H, W]) in [0, 1], "target": FloatTensor[2]}``
-with ``target = (time, event)``; ``event`` is 1.0 when the event was observed and 0.0 when the
-subject was censored at ``time``.  The :class:`~framework.specs.TaskSpec` (kind ``"prognosis"``)
-is available right after construction: the survival table is read lazily on first access of
-:attr:`task_spec` (cheap) and its ``time_bins`` are quantile cut points of the Kaplan-Meier curve of
-the *training* split (``pycox``'s ``LabTransDiscreteTime(num_time_bins, scheme="quantiles")``).
-Images are loaded in ``setup``.
+Items are ``{"image": Tensor[C, H, W] (or [C, D, H, W]), "target": FloatTensor[2]}`` with
+``target = (time, event)``; ``image`` is uint8 (0..255, value ``v`` means ``v / 255``; the backbone
+converts it) when the source is uint8 (``.npz`` files, 8-bit image folders, the semi-synthetic
+MedMNIST images), else float32 in ``[0, 1]`` (see :mod:`data_modules.base`); ``event`` is 1.0
+when the event was observed and 0.0 when the subject was censored at ``time``.  The
+:class:`~framework.specs.TaskSpec` (kind ``"prognosis"``) is available right after construction:
+the survival table is read lazily on first access of :attr:`task_spec` (cheap) and its
+``time_bins`` are quantile cut points of the Kaplan-Meier curve of the *training* split
+(``pycox``'s ``LabTransDiscreteTime(num_time_bins, scheme="quantiles")``).  Images are loaded in
+``setup``.
 
 Two modules:
 
@@ -53,7 +56,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
-from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_image
+from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_array, scale_intensities
 from data_modules.medmnist import load_medmnist_npz
 from data_modules.medmnist_info import MEDMNIST_INFO
 from framework.specs import TaskSpec
@@ -75,8 +78,12 @@ _SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
 class SurvivalImageDataset(Dataset):
     """Images held in memory, channels first, with their ``(time, event)`` targets.
 
+    Items are ``{"image": Tensor[C, *spatial], "target": FloatTensor[2]}``; uint8 images are served
+    as uint8 (0..255), others as float32; items are copies, so callers may modify them in place.
+
     Args:
-        images: ``(N, C, *spatial)`` array, uint8 (scaled by 1/255 on access) or float32 in [0, 1].
+        images: ``(N, C, *spatial)`` array, uint8 (``v`` means ``v / 255``, served as uint8) or
+            float32 in [0, 1].
         times: ``(N,)`` follow-up times.
         events: ``(N,)`` event indicators (1 = event observed, 0 = censored).
     """
@@ -92,7 +99,8 @@ class SurvivalImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
-        image = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+        # copies, so callers may modify items in place without touching the stored data
+        image = image.clone() if image.dtype == torch.uint8 else image.to(torch.float32, copy=True)
         return {"image": image, "target": self.targets[index]}
 
 
@@ -214,7 +222,7 @@ class SurvivalDataModule(_SurvivalDomain):
     Two layouts:
 
     * **Image folder + CSV**: ``images`` is a folder of ``<id>.png|.jpg|.jpeg|.nii|.nii.gz`` files
-      read with :func:`data_modules.io.read_image`; ``table`` is a CSV with header columns
+      read with :func:`data_modules.io.read_array`; ``table`` is a CSV with header columns
       ``id,time,event`` and an optional ``split`` column (``train``/``val``/``test``).  PNG/JPEG
       images come out as ``(C, H, W)`` with rows as in the picture; NIfTI arrays keep their stored
       voxel order (``(C, X, Y[, Z])``, no reorientation; ``(X, Y, 1)`` counts as 2D).  Image files
@@ -224,10 +232,11 @@ class SurvivalDataModule(_SurvivalDomain):
       for ``spatial_dims=3``: ``(N, D, H, W)`` or ``(N, D, H, W, C)``), ``time`` ``(N,)``, ``event``
       ``(N,)``, optional ``split`` ``(N,)`` with 0/1/2 = train/val/test, optional ``ids`` ``(N,)``.
 
-    Intensities (:mod:`data_modules.io` conventions): uint8 images are divided by 255, uint16 by
-    65535; any other dtype (float or other integer NIfTI) is min-max scaled to [0, 1] per image (a
-    constant image becomes all zeros).  Times must
-    be finite and >= 0 (any unit; ``time_bins`` are in the same unit); events are 0 (censored) or 1.
+    Intensities (:mod:`data_modules.io` conventions): uint8 images are served as uint8 (the backbone
+    divides by 255); uint16 is divided by 65535; any other dtype (float or other integer NIfTI) is
+    min-max scaled to [0, 1] per image (a constant image becomes all zeros).  A folder whose files
+    are not all 8-bit is served as float32 throughout (8-bit files divided by 255).  Times must be
+    finite and >= 0 (any unit; ``time_bins`` are in the same unit); events are 0 (censored) or 1.
     Without a split column, rows are split at random (seeded by ``split_seed``) into
     ``test_fraction`` / ``val_fraction`` / rest for training; each split keeps the file order.
 
@@ -535,11 +544,14 @@ class SurvivalDataModule(_SurvivalDomain):
                 part = table[split]
                 self._datasets[split] = SurvivalImageDataset(images[part["rows"]], part["time"], part["event"])
             return
+        loaded = {}
         for split in SPLITS:
             part = table[split]
             arrays, first = [], None
             for file in part["files"]:
-                array = self._check_image(read_image(file), file)
+                array = self._check_image(read_array(file), file)
+                if array.dtype != np.uint8:  # uint8 is served as is (the backbone divides by 255)
+                    array = scale_intensities(array, file)
                 if first is None:
                     first = (file, array.shape)
                 elif array.shape != first[1]:
@@ -548,6 +560,12 @@ class SurvivalDataModule(_SurvivalDomain):
                         f"found {tuple(array.shape[1:])}; resize images to one size"
                     )
                 arrays.append(array)
+            loaded[split] = arrays
+        # one dtype per task (batches collate, replay holds one kind): any non-8-bit file makes all float
+        as_float = any(a.dtype != np.uint8 for arrays in loaded.values() for a in arrays)
+        for split in SPLITS:
+            arrays = [scale_intensities(a, self.images_path) if as_float and a.dtype == np.uint8 else a for a in loaded[split]]
+            part = table[split]
             self._datasets[split] = SurvivalImageDataset(np.stack(arrays), part["time"], part["event"])
 
     def _check_image(self, array: np.ndarray, file: Path) -> np.ndarray:
@@ -570,7 +588,7 @@ class SurvivalDataModule(_SurvivalDomain):
                 f"{file}: image channels expected {spec.in_channels} (in_channels), found {array.shape[0]} "
                 f"(shape {tuple(array.shape)})"
             )
-        return np.ascontiguousarray(array, dtype=np.float32)
+        return np.ascontiguousarray(array)
 
     def ids(self, split: str) -> List[str]:
         """Ids of the samples of ``split``, in dataset order."""

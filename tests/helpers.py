@@ -54,10 +54,15 @@ def shrink_config(
     else:
         trainer["max_epochs"] = 1
     data = config["data"]["init_args"]
-    for domain in data["domains"] + data.get("eval_domains", []):
+    domains = data["domains"] + data.get("eval_domains", []) + data.get("cross_tasks", [])
+    domains += [d for items in (data.get("cross_domains") or {}).values() for d in items]
+    while domains:
+        domain = domains.pop()
         sizes = dict(train_subset=train_subset, val_subset=eval_subset, test_subset=eval_subset, batch_size=batch_size, eval_batch_size=64)
         accepted = _init_parameters(domain["class_path"])
         domain["init_args"].update({k: v for k, v in sizes.items() if k in accepted})
+        if isinstance(domain["init_args"].get("domain"), dict):  # a wrapper such as ShiftedCopyDataModule
+            domains.append(domain["init_args"]["domain"])
     trainer.update(
         default_root_dir=str(out_dir),
         limit_train_batches=train_batches,

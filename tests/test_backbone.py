@@ -119,3 +119,53 @@ def test_tag_that_cannot_download_explains_local_file(monkeypatch):
     monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
     with pytest.raises(RuntimeError, match="pass the local file: pretrained=/path/to"):
         CLIPBackbone("RN50", pretrained="openai")
+
+
+# ---------------------------------------------------------------- uint8 images (served as-is by uint8 datasets)
+def _uint8_and_float(*shape):
+    images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    return images, images.float() / 255
+
+
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 28), (3, 40)])
+def test_uint8_images_equal_float_images_divided_by_255(backbone, channels, size):
+    backbone.eval()
+    as_uint8, as_float = _uint8_and_float(2, channels, size, size)
+    assert torch.equal(backbone.prepare_images(as_uint8), backbone.prepare_images(as_float))
+    assert torch.allclose(backbone.encode_image(as_uint8), backbone.encode_image(as_float))
+    for a, b in zip(backbone.forward_intermediates(as_uint8, indices=2), backbone.forward_intermediates(as_float, indices=2)):
+        assert torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("size", [28, 56])  # 56 px: the sliding-window path of encode_volume
+def test_uint8_volumes_equal_float_volumes(size):
+    backbone = CLIPBackbone("medcl-vit-tiny").eval()
+    as_uint8, as_float = _uint8_and_float(1, 1, 3, size, size)
+    assert torch.allclose(backbone.encode_image(as_uint8), backbone.encode_image(as_float))
+
+
+def test_uint8_images_take_the_model_float_dtype():
+    backbone = CLIPBackbone("medcl-vit-tiny").to(torch.bfloat16).eval()
+    as_uint8, as_float = _uint8_and_float(2, 1, 28, 28)
+    prepared = backbone.prepare_images(as_uint8)
+    assert prepared.dtype == torch.bfloat16
+    assert torch.equal(backbone.encode_image(as_uint8), backbone.encode_image(as_float.to(torch.bfloat16)))
+
+
+@pytest.mark.parametrize("arch, channels, spatial_dims", [
+    ("medcl-vit-tiny", 3, 2), ("medcl-resnet18-tiny", 1, 2), ("medcl-vit-tiny", 2, 2), ("medcl-vit-tiny", 1, 3),
+])
+def test_uint8_segmentation_logits_equal_float(arch, channels, spatial_dims):
+    """Every image path of the heads (skip connection, adapters' patch embedding, volumes) accepts uint8."""
+    from framework.model import MedCLModel
+    from framework.specs import TaskSpec
+
+    torch.manual_seed(0)
+    model = MedCLModel({"model_name": arch})
+    model.add_task(TaskSpec(name="seg", kind="segmentation", label_names=["a"], in_channels=channels, spatial_dims=spatial_dims))
+    model.add_task(TaskSpec(name="cls", kind="classification", class_names=["x", "y"], in_channels=channels, spatial_dims=spatial_dims))
+    model.eval()
+    as_uint8, as_float = _uint8_and_float(2, channels, *([4] if spatial_dims == 3 else []), 28, 28)
+    with torch.no_grad():
+        for task in ("seg", "cls"):
+            assert torch.allclose(model(as_uint8, task), model(as_float, task))

@@ -30,9 +30,13 @@ def test_checkpoint_stores_task_specs_and_buffer(quickstart_run):
     assert [t["name"] for t in ckpt["medcl"]["tasks"]] == TASKS
     assert ckpt["medcl"]["paradigm"] == "ContinualModule"
     (replay_key,) = [k for k in ckpt["callbacks"] if k.startswith("ReplayCallback")]
-    buffer = ckpt["callbacks"][replay_key]["buffer"]
+    state = ckpt["callbacks"][replay_key]
+    assert state["world_size"] == 1 and len(state["ranks"]) == 1
+    buffer = state["ranks"][0]
     assert set(buffer["tasks"]) == set(TASKS)
-    assert len(buffer["order"]) == 2 * 2 * 16  # 2 experiences x 2 batches x 16 samples, under the 300 budget
+    stored = sum(len(t["target"]) for t in buffer["tasks"].values())
+    assert stored == 2 * 2 * 16  # 2 experiences x 2 batches x 16 samples, under the 300 budget
+    assert all(t["image"].dtype == torch.uint8 for t in buffer["tasks"].values())  # stored as the data provides them
 
 
 def test_strict_reload_re_evaluates_to_the_same_accuracy(quickstart_run):
@@ -93,8 +97,9 @@ def test_resume_mid_stream_restores_buffer_heads_and_matrix(quickstart_run, tmp_
     assert probe.start_epoch == 1  # experience 0 is not trained again
     assert probe.tasks == ["bloodmnist"]  # grown head rebuilt from the checkpoint, OrganA not yet
     (replay_key,) = [k for k in ckpt["callbacks"] if k.startswith("ReplayCallback")]
-    saved = ckpt["callbacks"][replay_key]["buffer"]
-    assert probe.buffer["order"] == saved["order"]
+    saved = ckpt["callbacks"][replay_key]["ranks"][0]
+    assert set(probe.buffer["tasks"]) == set(saved["tasks"]) == {"bloodmnist"}
+    assert torch.equal(probe.buffer["tasks"]["bloodmnist"]["target"], saved["tasks"]["bloodmnist"]["target"])
     assert torch.equal(probe.buffer["tasks"]["bloodmnist"]["image"], saved["tasks"]["bloodmnist"]["image"])
     assert torch.equal(probe.head_weight, ckpt["state_dict"]["model.heads.bloodmnist.class_embeddings"])
     assert probe.param_groups == ["backbone", "head:bloodmnist"]

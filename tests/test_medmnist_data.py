@@ -18,8 +18,8 @@ def test_demo_files_load_with_official_label_names(flag, channels, n_classes):
     batch = next(iter(dm.loader("train")))
     assert set(batch) == {flag}
     image, target = batch[flag]["image"], batch[flag]["target"]
-    assert image.shape == (16, channels, 28, 28) and image.dtype == torch.float32
-    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert image.shape == (16, channels, 28, 28) and image.dtype == torch.uint8  # the backbone divides by 255
+    assert int(image.max()) > 1
     assert target.shape == (16,) and target.dtype == torch.int64 and int(target.max()) < n_classes
 
 
@@ -66,8 +66,8 @@ def test_3d_flags_load_as_volume_tasks(flag, n_train):
     dm.setup()
     assert len(dm.dataset("train")) == n_train
     item = dm.dataset("train")[0]
-    assert item["image"].shape == (1, 28, 28, 28) and item["image"].dtype == torch.float32
-    assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0 and item["image"].max() > 0
+    assert item["image"].shape == (1, 28, 28, 28) and item["image"].dtype == torch.uint8
+    assert item["image"].max() > 0
     batch = next(iter(dm.loader("test")))[flag]
     assert batch["image"].shape == (8, 1, 28, 28, 28) and batch["target"].shape == (8,)
 
@@ -168,3 +168,22 @@ def test_stream_serves_requested_tasks_keyed():
     assert set(evalb) == {"organamnist"}
     with pytest.raises(KeyError, match="no task 'chest'"):
         stream.domain("chest")
+
+
+
+@pytest.mark.parametrize("flag, rgb", [("organamnist", False), ("bloodmnist", True)])
+def test_uint8_npz_is_served_as_uint8_copies(make_npz, flag, rgb):
+    """uint8 sources stay uint8 (v means v / 255) up to the model; items are contiguous copies."""
+    path = make_npz(f"{flag}.npz", classes=8, rgb=rgb)
+    with np.load(path) as archive:
+        images = archive["train_images"]
+    dm = MedMNISTDataModule(flag, file=str(path), batch_size=4)
+    dm.setup()
+    item = dm.dataset("train")[2]
+    expected = torch.from_numpy(images[2]).permute(2, 0, 1) if rgb else torch.from_numpy(images[2]).unsqueeze(0)
+    assert item["image"].dtype == torch.uint8 and item["image"].is_contiguous()
+    assert torch.equal(item["image"], expected)
+    item["image"].zero_()  # a copy: the stored data are untouched
+    assert torch.equal(dm.dataset("train")[2]["image"], expected)
+    batch = next(iter(dm.loader("val")))[flag]
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3 if rgb else 1, 28, 28)

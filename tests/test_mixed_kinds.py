@@ -50,8 +50,9 @@ def test_continual_matrix_names_each_columns_metric(replay_run, capsys):
 def test_replay_stores_every_kinds_targets_and_replays_them(replay_run):
     (replay,) = [c for c in replay_run["cli"].trainer.callbacks if isinstance(c, ReplayCallback)]
     stored = {}
-    for task, image, target in replay.buffer.items:
-        stored.setdefault(task, (tuple(image.shape), tuple(target.shape), target.dtype))
+    for task in replay.buffer.tasks():
+        images, targets = replay.buffer.task_data(task)
+        stored[task] = (tuple(images.shape[1:]), tuple(targets.shape[1:]), targets.dtype)
     assert stored["organamnist"][1] == () and stored["organamnist"][2] == torch.int64
     assert stored["organa_survival_semisynthetic"][1] == (2,)           # (time, event)
     assert stored["kvasir_seg"][:2] == ((3, 64, 64), (64, 64))         # image and its mask

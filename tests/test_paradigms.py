@@ -40,7 +40,11 @@ def test_paradigm_config_runs_end_to_end(tmp_path, name, cls, rows, trained):
     assert all(0.0 <= v <= 1.0 for v in final)
     assert result["average_accuracy"] == pytest.approx(sum(final) / 2)
     if rows == 2:
-        assert result["accuracy_matrix"][0][1] is None  # OrganA had no head after experience 0
+        # OrganA had no trained head after experience 0: its cell is the zero-shot score (FWT), not in the average
+        assert result["learned_at"] == {"bloodmnist": 0, "organamnist": 1}
+        assert 0.0 <= result["accuracy_matrix"][0][1] <= 1.0
+        assert result["average_accuracy_per_experience"][0] == pytest.approx(result["accuracy_matrix"][0][0])
+        assert result["fwt"] == pytest.approx(result["accuracy_matrix"][0][1] - result["random_init"]["organamnist"])
         assert result["forgetting"] == pytest.approx(max(0.0, result["accuracy_matrix"][0][0]) - final[0])
     else:
         assert result["forgetting"] is None

@@ -1,9 +1,14 @@
+"""ReplayBuffer basics and ReplayCallback: batches mixed in place, herding at experience end, checkpoints."""
 from collections import Counter
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
-from framework.callbacks.replay import ClassBalancedPolicy, ReplayBuffer, ReplayCallback, ReservoirPolicy
+from framework.callbacks import ReplayCallback
+from framework.callbacks.replay import ClassBalancedPolicy, ReplayBuffer, ReservoirPolicy
 
 
 def stream(buffer, task, n, n_classes=4, channels=3, start=0):
@@ -37,7 +42,8 @@ def test_reservoir_inclusion_is_uniform_over_the_stream():
     for seed in range(40):
         buffer = ReplayBuffer(20, ReservoirPolicy(), seed=seed)
         stream(buffer, "a", 200)
-        hits.update(int(img[0, 0, 0]) // 50 for _, img, _ in buffer.items)  # 4 quarters of the stream
+        images, _ = buffer.task_data("a")
+        hits.update(int(v) // 50 for v in images[:, 0, 0, 0])  # 4 quarters of the stream
     assert all(150 <= hits[q] <= 250 for q in range(4)), hits  # expectation 200 each
 
 
@@ -71,15 +77,20 @@ def test_state_dict_round_trip_restores_items_and_randomness(policy):
     buffer = ReplayBuffer(30, policy(), seed=3)
     stream(buffer, "a", 50)
     stream(buffer, "b", 50, channels=1)
-    state = buffer.state_dict()
     restored = ReplayBuffer(30, policy(), seed=99)
-    restored.load_state_dict(state)
-    assert [(t, y.item()) for t, _, y in restored.items] == [(t, y.item()) for t, _, y in buffer.items]
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(restored.items, buffer.items))
-    # same generator state -> same future decisions
+    restored.load_state_dict(buffer.state_dict())
+
+    def contents(b):
+        return {t: [x.clone() for x in b.task_data(t)] for t in b.tasks()}
+
+    def same(x, y):
+        return x.keys() == y.keys() and all(torch.equal(p, q) for t in x for p, q in zip(x[t], y[t]))
+
+    assert same(contents(restored), contents(buffer))
+    # same generator and policy state -> same future decisions
     stream(buffer, "c", 40)
     stream(restored, "c", 40)
-    assert [(t, y.item()) for t, _, y in restored.items] == [(t, y.item()) for t, _, y in buffer.items]
+    assert same(contents(restored), contents(buffer))
 
 
 def test_state_dict_survives_weights_only_torch_load(tmp_path):
@@ -101,6 +112,7 @@ def test_loading_a_different_policy_or_capacity_is_refused():
         ReplayBuffer(11, ReservoirPolicy()).load_state_dict(buffer.state_dict())
 
 
+# ---------------------------------------------------------------------- the callback
 def test_callback_mixes_old_tasks_into_the_batch_in_place():
     cb = ReplayCallback(capacity=50, policy="reservoir", replay_batch_size=8)
     first = {"a": {"image": torch.rand(16, 3, 4, 4), "target": torch.randint(0, 3, (16,))}}
@@ -113,10 +125,52 @@ def test_callback_mixes_old_tasks_into_the_batch_in_place():
     assert len(cb.buffer) == 32
 
 
-@pytest.mark.parametrize("kwargs, fragment", [({"policy": "fifo"}, "policy expected"), ({"replay_batch_size": -1}, "replay_batch_size"), ({"capacity": 0}, "capacity")])
+def test_callback_replays_uint8_exemplars_as_uint8():
+    cb = ReplayCallback(capacity=50, replay_batch_size=4)
+    cb.on_train_batch_start(None, None, {"a": {"image": torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8), "target": torch.zeros(8, dtype=torch.long)}}, 0)
+    batch = {"b": {"image": torch.rand(8, 1, 4, 4), "target": torch.zeros(8, dtype=torch.long)}}
+    cb.on_train_batch_start(None, None, batch, 1)
+    assert batch["a"]["image"].dtype == torch.uint8 and batch["b"]["image"].dtype == torch.float32
+
+
+def test_callback_replay_ratio_scales_with_the_current_batch():
+    cb = ReplayCallback(capacity=100, replay_batch_size=None, replay_ratio=0.5)
+    cb.on_train_batch_start(None, None, {"a": {"image": torch.rand(40, 3, 2, 2), "target": torch.zeros(40, dtype=torch.long)}}, 0)
+    for size, expected in ((16, 8), (10, 5), (3, 2)):
+        batch = {"b": {"image": torch.rand(size, 3, 2, 2), "target": torch.zeros(size, dtype=torch.long)}}
+        cb.on_train_batch_start(None, None, batch, 1)
+        assert len(batch["a"]["target"]) == expected
+
+
+def test_callback_task_balance_gives_old_tasks_equal_shares():
+    cb = ReplayCallback(capacity=200, replay_batch_size=10, balance="task")
+    for task, n in (("a", 90), ("b", 10)):
+        cb.buffer.add_batch(task, torch.rand(n, 3, 2, 2), torch.zeros(n, dtype=torch.long))
+    batch = {"c": {"image": torch.rand(4, 3, 2, 2), "target": torch.zeros(4, dtype=torch.long)}}
+    cb.on_train_batch_start(None, None, batch, 0)
+    assert len(batch["a"]["target"]) == len(batch["b"]["target"]) == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"policy": "fifo"}, "policy expected"),
+        ({"replay_batch_size": -1}, "replay_batch_size expected an integer >= 0, found -1"),
+        ({"capacity": 0}, "capacity expected a positive integer, found 0"),
+        ({"max_mb": 10.0}, "exactly one budget"),
+        ({"capacity": None, "max_mb": -1.0}, "max_mb expected a positive number"),
+        ({"replay_ratio": 0.5}, "exactly one of replay_batch_size and replay_ratio"),
+        ({"replay_batch_size": None, "replay_ratio": -0.5}, "replay_ratio expected a finite number >= 0"),
+        ({"balance": "class"}, "balance expected one of"),
+        ({"task_quota": {"a": 0}}, r"task_quota\['a'\] expected a positive integer, found 0"),
+        ({"task_quota": [1]}, "task_quota expected a mapping"),
+        ({"herding_candidates": 0}, "herding_candidates expected a positive integer, found 0"),
+    ],
+)
 def test_callback_argument_validation(kwargs, fragment):
-    with pytest.raises(ValueError, match=fragment):
+    with pytest.raises(ValueError, match=fragment) as err:
         ReplayCallback(**kwargs)
+    assert str(err.value).startswith("ReplayCallback:")
 
 
 def test_resume_with_another_budget_fails_loudly():
@@ -126,3 +180,165 @@ def test_resume_with_another_budget_fails_loudly():
     assert ReplayCallback(capacity=50).state_key == cb.state_key  # Lightning hands the state over ...
     with pytest.raises(ValueError, match="checkpoint field 'capacity' is 20, this buffer has 50"):
         ReplayCallback(capacity=50).load_state_dict(state)  # ... and the mismatch is refused
+    with pytest.raises(ValueError, match="checkpoint field 'policy' is 'reservoir', this buffer uses 'herding'"):
+        ReplayCallback(capacity=20, policy="herding").load_state_dict(state)
+
+
+def test_callback_checkpoint_round_trip_through_weights_only_load(tmp_path):
+    cb = ReplayCallback(capacity=20, policy="class_balanced", seed=1)
+    stream(cb.buffer, "a", 30)
+    torch.save(cb.state_dict(), tmp_path / "cb.pt")
+    state = torch.load(tmp_path / "cb.pt", weights_only=True)
+    assert state["world_size"] == 1 and len(state["ranks"]) == 1
+    other = ReplayCallback(capacity=20, policy="class_balanced", seed=7)
+    other.load_state_dict(state)
+    assert torch.equal(other.buffer.task_data("a")[0], cb.buffer.task_data("a")[0])
+    assert torch.equal(other.buffer.sample(5)["a"]["image"], cb.buffer.sample(5)["a"]["image"])
+
+
+def test_old_checkpoint_format_is_refused_clearly():
+    old = {"buffer": {"capacity": 20, "policy": "ReservoirPolicy", "order": [], "tasks": {}}, "replay_batch_size": 32}
+    with pytest.raises(ValueError, match="replay buffer format is from an older MedCL"):
+        ReplayCallback(capacity=20).load_state_dict(old)
+
+
+def _fake_distributed(monkeypatch, world_size, rank, others):
+    """Pretend to be ``rank`` of ``world_size`` processes; ``others`` gives the other ranks' buffer states."""
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: world_size)
+    monkeypatch.setattr(dist, "get_rank", lambda: rank)
+
+    def all_gather_object(out, obj):
+        for r in range(world_size):
+            out[r] = obj if r == rank else others[r]
+
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+
+
+def test_ddp_checkpoint_gathers_every_rank_and_each_rank_restores_its_own(monkeypatch):
+    rank0, rank1 = ReplayCallback(capacity=20, seed=0), ReplayCallback(capacity=20, seed=1)
+    stream(rank0.buffer, "a", 30, start=0)
+    stream(rank1.buffer, "a", 30, start=1000)  # another data shard
+    _fake_distributed(monkeypatch, 2, 1, {0: rank0.buffer.state_dict()})
+    state = rank1.state_dict()
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    restored = ReplayCallback(capacity=20)
+    restored.load_state_dict(state)  # as rank 1
+    assert torch.equal(restored.buffer.task_data("a")[0], rank1.buffer.task_data("a")[0])
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    restored.load_state_dict(state)  # as rank 0
+    assert torch.equal(restored.buffer.task_data("a")[0], rank0.buffer.task_data("a")[0])
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    with pytest.raises(ValueError, match="checkpoint field 'world_size' is 2, this run has world_size 4"):
+        restored.load_state_dict(state)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    with pytest.raises(ValueError, match="'world_size' is 2, this run has world_size 1"):
+        ReplayCallback(capacity=20).load_state_dict(state)
+
+
+# ---------------------------------------------------------------------- herding at experience end
+class _Adapters:
+    def __init__(self):
+        self.active = []
+
+    @contextmanager
+    def use(self, modality):
+        self.active.append(modality)
+        yield
+
+
+class _Backbone:
+    def encode_image(self, images, normalize=True):
+        assert not torch.is_grad_enabled()
+        feats = images.float().flatten(1)[:, :4]
+        return torch.nn.functional.normalize(feats, dim=1) if normalize else feats
+
+
+class _Module:
+    def __init__(self):
+        self.model = SimpleNamespace(backbone=_Backbone(), adapters=_Adapters())
+        self.task_specs = {"a": SimpleNamespace(modality="rgb"), "b": SimpleNamespace(modality="ct")}
+        self.device = torch.device("cpu")
+        self.training = True
+        self.modes = []
+
+    def model_for(self, task):
+        return self.model
+
+    def eval(self):
+        self.modes.append("eval")
+        self.training = False
+
+    def train(self, mode=True):
+        self.modes.append(f"train({mode})")
+        self.training = mode
+
+
+class _Domain:
+    def __init__(self, images, targets):
+        self.items = [{"image": i, "target": t} for i, t in zip(images, targets)]
+
+    def loader(self, split, keyed=True, shuffle=None):
+        assert (split, keyed, shuffle) == ("train", False, False)
+        return DataLoader(self.items, batch_size=7)
+
+
+def test_herding_callback_encodes_each_experience_and_keeps_per_class_quotas():
+    gen = torch.Generator().manual_seed(0)
+    data = {
+        "a": (torch.randint(0, 256, (60, 3, 2, 2), dtype=torch.uint8, generator=gen), torch.arange(60) % 3),
+        "b": (torch.randint(0, 256, (40, 1, 2, 2), dtype=torch.uint8, generator=gen), torch.arange(40) % 2),
+    }
+    domains = {t: _Domain(*d) for t, d in data.items()}
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(domain=domains.__getitem__), progress_bar_callback=None, is_global_zero=True)
+    module = _Module()
+    cb = ReplayCallback(capacity=30, policy="herding", herding_candidates=1000)
+    batch = {"a": {"image": data["a"][0][:8], "target": data["a"][1][:8]}}
+    cb.on_train_batch_start(trainer, module, batch, 0)
+    assert len(cb.buffer) == 0  # herding stores nothing during an experience
+    cb.on_experience_end(trainer, module, 0, ["a"])
+    assert cb.buffer.class_counts("a") == {0: 10, 1: 10, 2: 10}
+    assert module.training and module.modes == ["eval", "train(True)"] and module.model.adapters.active == ["rgb"]
+    assert cb.buffer.task_data("a")[0].dtype == torch.uint8
+    cb.on_experience_end(trainer, module, 1, ["b"])  # 5 groups: quota 6 each
+    assert cb.buffer.class_counts("a") == {0: 6, 1: 6, 2: 6} and cb.buffer.class_counts("b") == {0: 6, 1: 6}
+    assert module.model.adapters.active == ["rgb", "ct"]
+
+
+def test_herding_candidates_are_a_seeded_subset():
+    images, targets = torch.arange(50, dtype=torch.float32).view(50, 1, 1, 1).expand(50, 3, 2, 2).clone(), torch.zeros(50, dtype=torch.long)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(domain=lambda t: _Domain(images, targets)), progress_bar_callback=None)
+    cb = ReplayCallback(capacity=30, policy="herding", herding_candidates=12, seed=5)
+    first = cb.featurise(trainer, _Module(), 0, "a")
+    again = cb.featurise(trainer, _Module(), 0, "a")
+    assert len(first[0]) == 12 and torch.equal(first[0], again[0])
+    cb.on_experience_end(trainer, _Module(), 0, ["a"])
+    assert len(cb.buffer) == 12  # at most the candidates
+
+
+def test_herding_end_to_end_with_lightning_checkpoint_and_resume(tmp_path):
+    """Shrunk quickstart with policy=herding: exemplars chosen at each experience end, saved, restored."""
+    import yaml
+
+    from framework.cli import run_cli
+    from helpers import shrink_config
+
+    config = shrink_config("experiments/quickstart.yaml", tmp_path, train_subset=48, eval_subset=20)
+    data = yaml.safe_load(config.read_text())
+    (replay,) = [c for c in data["trainer"]["callbacks"] if c["class_path"].endswith("ReplayCallback")]
+    replay["init_args"] = {"capacity": 40, "policy": "herding", "replay_batch_size": 8, "herding_candidates": 32}
+    config.write_text(yaml.safe_dump(data))
+    cli = run_cli(["fit", "--config", str(config)])
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, ReplayCallback)]
+    assert set(cb.buffer.counts()) == {"bloodmnist", "organamnist"} and len(cb.buffer) <= 40
+    assert cb.buffer.task_data("bloodmnist")[0].shape[1:] == (3, 28, 28)
+    checkpoints = tmp_path / "run" / "version_0" / "checkpoints"
+    state = torch.load(checkpoints / "epoch=0.ckpt", map_location="cpu", weights_only=True)["callbacks"]["ReplayCallback"]
+    assert state["world_size"] == 1 and list(state["ranks"][0]["tasks"]) == ["bloodmnist"]
+
+    resumed = run_cli(["--config", str(config)], run=False)
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(checkpoints / "epoch=0.ckpt"))
+    (again,) = [c for c in resumed.trainer.callbacks if isinstance(c, ReplayCallback)]
+    assert again.buffer.counts() == cb.buffer.counts()

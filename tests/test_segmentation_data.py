@@ -90,11 +90,10 @@ def test_real_npz_splits_items_and_keyed_batches(file, sizes):
         raw_image, raw_mask = raw["images"][first_val], raw["masks"][first_val]
     item = dm.dataset("val")[0]
     assert set(item) == {"image", "target"}
-    assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
-    assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
+    assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.uint8  # the backbone divides by 255
     assert item["target"].shape == (64, 64) and item["target"].dtype == torch.int64
     assert set(item["target"].unique().tolist()) <= {0, 1}
-    assert torch.equal(item["image"], torch.from_numpy(raw_image).permute(2, 0, 1).float() / 255)
+    assert torch.equal(item["image"], torch.from_numpy(raw_image).permute(2, 0, 1))
     assert torch.equal(item["target"], torch.from_numpy(raw_mask).long())
     batch = next(iter(dm.loader("train")))
     assert set(batch) == {task}
@@ -132,7 +131,8 @@ def test_npz_split_honoured_and_items_raw(seg_npz):
         for split, offset in (("val", 6), ("test", 8)):
             for i in range(2):
                 item = dm.dataset(split)[i]
-                assert torch.equal(item["image"], torch.from_numpy(raw["images"][offset + i]).permute(2, 0, 1).float() / 255)
+                assert item["image"].dtype == torch.uint8 and item["image"].is_contiguous()
+                assert torch.equal(item["image"], torch.from_numpy(raw["images"][offset + i]).permute(2, 0, 1))
                 assert torch.equal(item["target"], torch.from_numpy(raw["masks"][offset + i]).long())
 
 
@@ -148,7 +148,8 @@ def test_augmentation_keeps_image_and_mask_aligned(seg_npz):
         item = train[0]
         assert item["image"].shape == (3, 16, 16) and item["target"].dtype == torch.int64
         assert type(item["image"]) is torch.Tensor and type(item["target"]) is torch.Tensor
-        assert torch.equal(item["image"][0], item["target"].float())  # red channel = mask * 255
+        assert item["image"].dtype == torch.uint8  # flips/rotations work on uint8: training items stay uint8
+        assert torch.equal(item["image"][0], (item["target"] * 255).to(torch.uint8))  # red channel = mask * 255
         changed |= not torch.equal(item["target"], original)
     assert changed, "augmentation never changed the training item"
     # deterministic under torch.manual_seed, picklable for DataLoader workers
@@ -158,7 +159,7 @@ def test_augmentation_keeps_image_and_mask_aligned(seg_npz):
     assert all(torch.equal(a, train[0]["target"]) for a in first)
     clone = pickle.loads(pickle.dumps(train))
     item = clone[1]
-    assert torch.equal(item["image"][0], item["target"].float())
+    assert torch.equal(item["image"][0], (item["target"] * 255).to(torch.uint8))
     # val/test never augment
     assert dm.dataset("val").transform is None and dm.dataset("test").transform is None
 
@@ -193,6 +194,7 @@ def test_npz_255_masks_and_float_images_accepted(seg_npz):
     dm = SegmentationDataModule(file=str(seg_npz(images=images, masks=masks)), in_channels=1, augment=False)
     dm.setup()
     item = dm.dataset("train")[0]
+    assert item["image"].dtype == torch.float32  # float sources stay float
     assert item["image"].shape == (1, 16, 16) and torch.allclose(item["image"][0], torch.from_numpy(images[0]))
     assert torch.equal(item["target"], torch.from_numpy(masks[0] // 255).long())
 
@@ -206,6 +208,8 @@ def test_npz_3d_volumes(seg_npz):
     dm.setup()
     item = dm.dataset("train")[0]
     assert item["image"].shape == (1, 4, 8, 8) and item["target"].shape == (4, 8, 8)
+    val = dm.dataset("val")[0]  # sample 6 (split 6/2/2), never augmented
+    assert val["image"].dtype == torch.uint8 and torch.equal(val["image"][0], torch.from_numpy(images[6]))
     assert int(item["target"].max()) <= 2
     batch = next(iter(dm.loader("train")))["vol"]
     assert batch["image"].shape == (2, 1, 4, 8, 8) and batch["target"].shape == (2, 4, 8, 8)
@@ -264,13 +268,14 @@ def test_png_folder_orientation_values_and_255_masks(tmp_path):
     assert dm.name == "tiny"
     dm.setup()
     item = dm.dataset("val")[0]
-    assert torch.equal(item["image"], torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    assert item["image"].dtype == torch.uint8
+    assert torch.equal(item["image"], torch.from_numpy(image).permute(2, 0, 1))
     assert torch.equal(item["target"], torch.from_numpy(mask // 255).long())
     # non-square: training augmentation must keep the shape (no 90-degree rotation)
     for _ in range(6):
         train = dm.dataset("train")[0]
         assert train["image"].shape == (3, 12, 16) and train["target"].shape == (12, 16)
-        assert torch.equal(train["image"][2], train["target"].float())
+        assert torch.equal(train["image"][2], (train["target"] * 255).to(torch.uint8))
 
 
 def test_png_folder_splits_and_batches(png_folder):
@@ -281,6 +286,7 @@ def test_png_folder_splits_and_batches(png_folder):
     dm.setup()
     batch = next(iter(dm.loader("val")))["polyps"]
     assert batch["image"].shape == (2, 3, 12, 16) and batch["target"].shape == (2, 12, 16)
+    assert batch["image"].dtype == torch.uint8
     assert set(batch["target"].unique().tolist()) <= {0, 1}
 
 
@@ -424,3 +430,39 @@ def test_dataset_rejects_unknown_split_and_count_mismatch(seg_npz):
         dm.dataset("dev")
     with pytest.raises(ValueError, match="2 images but 1 masks"):
         SegmentationDataset([np.zeros((1, 4, 4), np.uint8)] * 2, [np.zeros((4, 4), np.uint8)])
+
+
+# ------------------------------------------------------------------------------------------ uint8 contract
+def test_uint8_items_are_copies(seg_npz):
+    dm = SegmentationDataModule(file=str(seg_npz()), augment=False)
+    dm.setup()
+    item = dm.dataset("val")[0]
+    expected = item["image"].clone()
+    item["image"].zero_()
+    assert torch.equal(dm.dataset("val")[0]["image"], expected)
+
+
+def test_dataset_serves_float_unless_asked_for_uint8():
+    images, masks = [np.full((1, 4, 4), 51, np.uint8)], [np.zeros((4, 4), np.uint8)]
+    as_float = SegmentationDataset(images, masks)[0]["image"]  # the default kept for callers expecting float
+    assert as_float.dtype == torch.float32 and torch.allclose(as_float, torch.full((1, 4, 4), 0.2))
+    as_uint8 = SegmentationDataset(images, masks, serve_uint8=True)[0]["image"]
+    assert as_uint8.dtype == torch.uint8 and torch.equal(as_uint8, torch.full((1, 4, 4), 51, dtype=torch.uint8))
+
+
+def test_folder_with_any_non_8bit_image_is_float_throughout(tmp_path):
+    root = tmp_path / "mixed"
+    eight = np.full((4, 5), 51, np.uint8)
+    sixteen = np.full((4, 5), 13107, np.uint16)  # 0.2 * 65535
+    mask = np.zeros((4, 5), np.uint8)
+    for split in ("train", "val", "test"):
+        _png(root / split / "images" / "a.png", eight)
+        _png(root / split / "masks" / "a.png", mask)
+    _png(root / "train" / "images" / "b.png", sixteen)
+    _png(root / "train" / "masks" / "b.png", mask)
+    dm = SegmentationDataModule(root=str(root), in_channels=1, batch_size=2)
+    dm.setup()
+    for split in ("train", "val", "test"):
+        for item in dm.dataset(split):
+            assert item["image"].dtype == torch.float32 and torch.allclose(item["image"], torch.full((1, 4, 5), 0.2))
+    assert next(iter(dm.loader("train")))["mixed"]["image"].dtype == torch.float32

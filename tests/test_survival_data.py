@@ -46,8 +46,7 @@ def test_semisynthetic_items(semi):
     assert dm.task_spec == spec
     batch = next(iter(dm.loader("train")))[spec.name]
     image, target = batch["image"], batch["target"]
-    assert image.shape == (16, 1, 28, 28) and image.dtype == torch.float32
-    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert image.shape == (16, 1, 28, 28) and image.dtype == torch.uint8  # MedMNIST uint8, the backbone divides by 255
     assert target.shape == (16, 2) and target.dtype == torch.float32
     for split in SPLITS:
         targets = dm.dataset(split).targets
@@ -212,11 +211,12 @@ def test_png_folder_with_split_column(tmp_path, caplog):
     dm.setup()
     assert dm.ids("train") == IDS[:6] and dm.ids("val") == IDS[6:8] and dm.ids("test") == IDS[8:]
     item = dm.dataset("val")[1]  # p7
-    assert item["image"].shape == (1, 6, 8) and item["image"].dtype == torch.float32
-    assert torch.equal(item["image"][0], torch.from_numpy(_picture(7)).float() / 255)  # (H, W) as in the picture
+    assert item["image"].shape == (1, 6, 8) and item["image"].dtype == torch.uint8  # 8-bit PNGs stay uint8
+    assert torch.equal(item["image"][0], torch.from_numpy(_picture(7)))  # (H, W) as in the picture
     assert item["target"].tolist() == [12.0, 1.0]
     batch = next(iter(dm.loader("test")))["toy_prognosis"]
     assert batch["image"].shape == (2, 1, 6, 8) and batch["target"].shape == (2, 2)
+    assert batch["image"].dtype == torch.uint8
 
 
 def test_rgb_pngs(tmp_path):
@@ -224,7 +224,21 @@ def test_rgb_pngs(tmp_path):
     dm = SurvivalDataModule(str(folder), table=str(table), in_channels=3)
     dm.setup()
     image = dm.dataset("train")[2]["image"]
-    assert image.shape == (3, 6, 8) and torch.equal(image[1], torch.from_numpy(_picture(2)).float() / 255)
+    assert image.shape == (3, 6, 8) and torch.equal(image[1], torch.from_numpy(_picture(2)))
+
+
+def test_folder_with_any_non_8bit_file_is_float_throughout(tmp_path):
+    """One dtype per task: a 16-bit file makes every image float32 in [0, 1] (8-bit ones / 255)."""
+    pictures = {f"{pid}.png": _picture(i) for i, pid in enumerate(IDS)}
+    pictures[f"{IDS[0]}.png"] = _picture(0).astype(np.uint16) * 257  # the same picture in 16 bits
+    folder, table = _folder(tmp_path, pictures=pictures)
+    dm = SurvivalDataModule(str(folder), table=str(table), batch_size=2)
+    dm.setup()
+    for split in SPLITS:
+        assert all(item["image"].dtype == torch.float32 for item in dm.dataset(split))
+    expected = torch.from_numpy(_picture(0)).float() / 255
+    assert torch.allclose(dm.dataset("train")[0]["image"][0], expected)
+    assert torch.equal(dm.dataset("val")[1]["image"][0], torch.from_numpy(_picture(7)).float() / 255)
 
 
 def test_random_split_is_seeded(tmp_path):
@@ -248,6 +262,7 @@ def test_nifti_volumes_are_min_max_scaled(tmp_path):
     dm = SurvivalDataModule(str(folder), table=str(table), spatial_dims=3)
     dm.setup()
     image = dm.dataset("train")[0]["image"]
+    assert image.dtype == torch.float32  # float NIfTI: float32 in [0, 1]
     assert image.shape == (1, 4, 5, 3) and image.min() == 0.0 and image.max() == 1.0
     assert dm.task_spec.spatial_dims == 3
 
@@ -258,7 +273,10 @@ def test_npz_variant(tmp_path):
     assert [len(dm.dataset(s)) for s in SPLITS] == [6, 2, 2]
     assert dm.ids("val") == ["6", "7"]
     item = dm.dataset("test")[0]
-    assert item["image"].shape == (1, 6, 8) and torch.equal(item["image"][0], torch.from_numpy(_picture(8)).float() / 255)
+    assert item["image"].shape == (1, 6, 8) and item["image"].dtype == torch.uint8
+    assert torch.equal(item["image"][0], torch.from_numpy(_picture(8)))
+    item["image"].zero_()  # items are copies: the stored data are untouched
+    assert torch.equal(dm.dataset("test")[0]["image"][0], torch.from_numpy(_picture(8)))
     assert item["target"].tolist() == [9.0, 0.0]
     rgb = SurvivalDataModule(str(_npz(tmp_path, "rgb.npz", images=np.stack([_picture(i, channels=3) for i in range(10)]))), in_channels=3)
     rgb.setup()

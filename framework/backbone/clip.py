@@ -66,9 +66,10 @@ def _looks_like_path(value: str) -> bool:
 class CLIPBackbone(nn.Module):
     """An open_clip model with a MedCL-friendly interface.
 
-    Images are expected as float tensors in ``[0, 1]`` with shape ``(B, C, H, W)``; the backbone
-    repeats grayscale to three channels, resizes to the architecture's image size and applies the
-    model's own normalisation, so data modules never need to know which backbone is used.
+    Images are expected as uint8 tensors (``v`` means ``v / 255``) or float tensors in ``[0, 1]``
+    with shape ``(B, C, H, W)``; the backbone converts uint8 to float, repeats grayscale to three
+    channels, resizes to the architecture's image size and applies the model's own normalisation,
+    so data modules never need to know which backbone is used.
 
     Args:
         model_name: any open_clip architecture name (see :func:`list_architectures`).
@@ -187,13 +188,19 @@ class CLIPBackbone(nn.Module):
 
     # ------------------------------------------------------------------ image side
     def prepare_images(self, images: Tensor) -> Tensor:
-        """Validate, expand to RGB, resize and normalise ``[0, 1]`` images for the image tower.
+        """Validate, expand to RGB, resize and normalise images for the image tower.
+
+        ``images`` are uint8 (value ``v`` means ``v / 255``, as datasets serve uint8 sources) or
+        float in ``[0, 1]``; uint8 batches are converted to the model's float dtype and divided by
+        255 first, so a uint8 batch and the same batch as ``float / 255`` give identical outputs.
 
         Raises:
             ValueError: on a wrong rank or channel count.
         """
         if images.ndim != 4:
             raise ValueError(f"CLIPBackbone: images expected shape (B, C, H, W), found {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            images = images.to(self.pixel_mean.dtype).div_(255.0)
         channels = images.shape[1]
         mean, std = self.pixel_mean, self.pixel_std
         if self.extra_channels is not None:  # the active modality has its own patch embedding
@@ -247,6 +254,9 @@ class CLIPBackbone(nn.Module):
         if h > self.image_size[0] or w > self.image_size[1]:
             from monai.inferers import sliding_window_inference
 
+            if volumes.dtype == torch.uint8:  # MONAI accumulates windows in the input's dtype
+                volumes = volumes.to(self.pixel_mean.dtype).div_(255.0)
+
             # one embedding per slice and window: the stitched map is (B, E, D, ~H/h, ~W/w)
             maps = sliding_window_inference(
                 volumes, roi_size=(d, *self.image_size), sw_batch_size=4, overlap=0.0,
@@ -266,7 +276,7 @@ class CLIPBackbone(nn.Module):
         """Feature maps from several depths of the image tower, for dense heads.
 
         Args:
-            images: ``(B, C, H, W)`` in ``[0, 1]``, or already passed through :meth:`prepare_images`.
+            images: ``(B, C, H, W)`` uint8 or float in ``[0, 1]``, or already passed through :meth:`prepare_images`.
             indices: open_clip semantics: an int takes the last *n* blocks, a sequence selects
                 block indices, ``None`` takes all.
             prepared: ``images`` come from :meth:`prepare_images` (skip preparing them again).

@@ -1,72 +1,113 @@
-"""After each experience, test every domain and keep the accuracy matrix."""
+"""After each experience, test every domain: the in-domain matrix, forward transfer against a
+random-init reference, cross-domain sets and never-trained (cross-task) tasks."""
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
+from framework.callbacks.continual_report import (
+    INITIAL_ROW, SECONDARY_METRICS, column_labels, format_report, plot_curves, plot_matrix, row_label, write_csv,
+)
 from framework.heads import HEAD_REGISTRY
-from framework.metrics.continual import format_matrix, summarize
+from framework.metrics.continual import summarize
+from framework.metrics.evaluation import PROBE_DEFAULTS, can_route, evaluate_head, fresh_head, linear_probe, supports_zero_shot
 
-__all__ = ["ContinualEvaluation", "METRICS_JSON", "METRICS_CSV", "METRICS_PNG"]
+__all__ = ["ContinualEvaluation", "METRICS_JSON", "METRICS_CSV", "METRICS_PNG", "CURVES_PNG", "plot_matrix", "row_label"]
 
 log = logging.getLogger(__name__)
 
 METRICS_JSON = "continual_metrics.json"
 METRICS_CSV = "continual_metrics.csv"
 METRICS_PNG = "accuracy_matrix.png"
-#: experience index of the row evaluated before training a model loaded with ``init_from``
-INITIAL_ROW = -1
+CURVES_PNG = "task_curves.png"
 
 
 class ContinualEvaluation(pl.Callback):
-    """Evaluate every task of the stream at the end of each experience.
+    """The continual-learning evaluation protocol, run at the end of each experience.
 
-    Produces the accuracy matrix ``R[i][j]`` (row = after experience ``i``, column = task ``j``;
-    ``null`` while task ``j`` has no head), average accuracy, forgetting and backward transfer.
-    They are written to ``<run dir>/continual_metrics.{json,csv}`` and ``accuracy_matrix.png``
-    after every experience, logged to every configured logger against a ``continual/experience``
-    axis, and printed as a table when ``fit`` ends.  The rows live in the checkpoint, so a resumed
-    run keeps the rows computed before the interruption.
+    * **In-domain**: the matrix ``R[i][j]`` (row = after experience ``i``, column = task ``j``),
+      average accuracy over the tasks learned so far, forgetting, backward transfer (BWT) and
+      forward transfer (FWT).  A task whose head predicts from class prompts (classification) is
+      also scored *before* it is trained, zero-shot (shown in parentheses; never in the averages);
+      FWT = mean over tasks ``j`` of ``R[learned_j - 1][j] - b_j``, where ``b_j`` is the score of a
+      random-init reference model (the configured backbone before any training, with the same
+      untrained head), evaluated once when training starts.  Heads that do not predict from
+      prompts (segmentation, prognosis) have no before-training cells and no FWT.
+    * **Cross-domain**: the stream's ``cross_domains`` (the same task from another source) are
+      tested with the head of the task they are keyed by.
+    * **Cross-task**: the stream's ``cross_tasks`` (classification tasks never trained) are scored
+      zero-shot from their class prompts and by a linear probe on frozen image features
+      (scikit-learn logistic regression on ``probe_samples_per_class`` seeded training images per
+      class; the same images after every experience).
+    * Secondary metrics (AUC and balanced accuracy for classification) come from each head's
+      torchmetrics collection.
+
+    Everything is written to ``<run dir>/continual_metrics.{json,csv}``, ``accuracy_matrix.png``
+    (heat map) and ``task_curves.png`` after every experience, logged to every logger against a
+    ``continual/experience`` axis (W&B also gets the tables and both images), and printed when
+    ``fit`` ends.  The rows live in the checkpoint, so a resumed run keeps them.  Under DDP every
+    rank evaluates its share of each test set and the metrics are synchronised (no sample twice).
 
     When the model was grown from a checkpoint (``init_from``), a first row ``-1`` ("start") holds
-    every old task's score before any training, so forgetting of old tasks is measured, not assumed.
-    Columns are the stream's evaluation-only domains, then its trained domains.
+    every old task's score before any training.  Columns are the stream's evaluation-only domains,
+    then its trained domains.
 
     Args:
         split: the split each task is evaluated on (``"test"`` or ``"val"``).
         output_dir: where files go; defaults to the trainer's log dir.
+        forward_transfer: score untrained zero-shot tasks and the random-init reference (FWT).
+        probe_samples_per_class: linear-probe training images per class (its fixed budget); 0 turns the probe off.
+        seed: seed of the reference model, untrained heads and the probe's training images.
 
     Raises:
-        ValueError: on an unknown split.
+        ValueError: on an unknown split or a negative probe budget.
     """
 
-    def __init__(self, split: str = "test", output_dir: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        split: str = "test",
+        output_dir: Optional[str] = None,
+        forward_transfer: bool = True,
+        probe_samples_per_class: int = PROBE_DEFAULTS["samples_per_class"],
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if split not in ("val", "test"):
             raise ValueError(f"ContinualEvaluation: split expected 'val' or 'test', found {split!r}")
+        if isinstance(probe_samples_per_class, bool) or not isinstance(probe_samples_per_class, int) or probe_samples_per_class < 0:
+            raise ValueError(f"ContinualEvaluation: probe_samples_per_class expected an integer >= 0, found {probe_samples_per_class!r}")
         self.split = split
         self.output_dir = output_dir
+        self.forward_transfer = bool(forward_transfer)
+        self.probe_samples_per_class = probe_samples_per_class
+        self.seed = int(seed)
         #: experience index -> task -> metric dict
         self.rows: Dict[int, Dict[str, Dict[str, float]]] = {}
+        #: experience index -> {"cross_domain": {name: metrics}, "cross_task": {name: {"zero_shot": .., "linear_probe": ..}}}
+        self.cross_rows: Dict[int, Dict[str, Dict[str, Any]]] = {}
         self.experience_tasks: Dict[int, List[str]] = {}
+        #: the random-init reference: {"tasks": {task: metrics}, "cross_domain": {...}, "cross_task": {...}}
+        self.random_init: Optional[Dict[str, Dict[str, Any]]] = None
         self.result: Optional[Dict[str, Any]] = None
         #: task -> reference numbers from the data (e.g. a semi-synthetic task's oracle C-index)
         self.reference: Optional[Dict[str, Dict[str, float]]] = None
         self._current: Optional[Tuple[int, List[str]]] = None  # (experience, tasks) being trained
         self._wandb_defined = False
+        self._run_dir: Optional[Path] = None
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if self.random_init is None:
+            self.random_init = self.evaluate_random_init(trainer, pl_module)
         initial = list(getattr(pl_module, "initial_tasks", []))
         if initial and not self.rows and trainer.current_epoch == 0:
             self.evaluate_experience(trainer, pl_module, INITIAL_ROW, initial)
@@ -87,36 +128,150 @@ class ContinualEvaluation(pl.Callback):
             self.evaluate_experience(trainer, pl_module, *current)
         if self.result is not None:
             self._print(self.result)
-            self._log_final(trainer)
 
     # ------------------------------------------------------------------ work
-    def evaluate_experience(self, trainer: pl.Trainer, pl_module, experience: int, tasks: List[str]) -> Dict[str, Any]:
+    def _datamodule(self, trainer: pl.Trainer):
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
             raise ValueError("ContinualEvaluation needs a datamodule with eval_dataloader(task, split) (a DomainStream)")
-        specs = _evaluation_specs(datamodule)
-        all_tasks = [s.name for s in specs]
-        row: Dict[str, Dict[str, float]] = {}
+        return datamodule
+
+    def _progress(self, trainer: pl.Trainer, items: List[Any], desc: str):
         show = trainer.progress_bar_callback is not None and trainer.is_global_zero
-        for task in tqdm(all_tasks, desc=f"evaluating {row_label(experience)}", disable=not show, leave=False):
-            if task in pl_module.task_specs:
-                row[task] = pl_module.evaluate(task, datamodule.eval_dataloader(task, self.split))
+        return tqdm(items, desc=desc, disable=not show, leave=False)
+
+    def _untrained(self, model, spec, pl_module, loader, key: str) -> Optional[Dict[str, float]]:
+        """``spec``'s untrained (zero-shot) head on ``model``, or None where that means nothing."""
+        if not (supports_zero_shot(spec) and can_route(model, spec)):
+            return None
+        head = fresh_head(model, spec, getattr(pl_module, "head_args", {}).get(spec.kind), seed=self.seed)
+        return evaluate_head(model, head, loader, key, pl_module.device)
+
+    def _cross_task(self, model, spec, pl_module, datamodule) -> Dict[str, Optional[Dict[str, float]]]:
+        domain = datamodule.domain(spec.name)
+        out: Dict[str, Optional[Dict[str, float]]] = {"zero_shot": self._untrained(model, spec, pl_module, domain.loader(self.split), spec.name)}
+        out["linear_probe"] = None
+        if self.probe_samples_per_class and can_route(model, spec):
+            out["linear_probe"] = linear_probe(
+                model, spec, domain.loader("train", keyed=False, shuffle=False), domain.loader(self.split, keyed=False),
+                pl_module.device, samples_per_class=self.probe_samples_per_class, seed=self.seed,
+            )
+        return out
+
+    @staticmethod
+    def _shared_model(pl_module):
+        models = pl_module.all_models() if hasattr(pl_module, "all_models") else []
+        return models[0] if len(models) == 1 else None
+
+    def _eval_mode(self, pl_module):
+        was_training = pl_module.training
+        pl_module.eval()
+        return was_training
+
+    @torch.no_grad()
+    def evaluate_random_init(self, trainer: pl.Trainer, pl_module) -> Dict[str, Dict[str, Any]]:
+        """Score the random-init reference once: the configured model before any training (random
+        weights, or the ``pretrained`` file if one is set) with untrained heads, on every zero-shot
+        task, cross-domain set and cross task.  Built under a fixed seed without touching the
+        global random state, so adding this callback does not change training."""
+        out: Dict[str, Dict[str, Any]] = {"tasks": {}, "cross_domain": {}, "cross_task": {}}
+        datamodule = self._datamodule(trainer)
+        cross_tasks = list(getattr(datamodule, "cross_task_specs", []))
+        specs = [s for s in _evaluation_specs(datamodule) if supports_zero_shot(s)]
+        cross_domains = [n for n, t in getattr(datamodule, "cross_domain_task", {}).items() if supports_zero_shot(datamodule.domain(t).task_spec)]
+        if not self.forward_transfer or not (specs or cross_domains or cross_tasks):
+            return out
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = pl_module.new_model().to(pl_module.device).eval()
+        for spec in self._progress(trainer, specs, "evaluating the random-init reference"):
+            out["tasks"][spec.name] = self._untrained(model, spec, pl_module, datamodule.eval_dataloader(spec.name, self.split), spec.name)
+        for name in cross_domains:
+            spec = datamodule.domain(datamodule.cross_domain_task[name]).task_spec
+            out["cross_domain"][name] = self._untrained(model, spec, pl_module, datamodule.eval_dataloader(name, self.split), name)
+        for spec in cross_tasks:
+            out["cross_task"][spec.name] = self._cross_task(model, spec, pl_module, datamodule)
+        return out
+
+    def evaluate_experience(self, trainer: pl.Trainer, pl_module, experience: int, tasks: List[str]) -> Dict[str, Any]:
+        datamodule = self._datamodule(trainer)
+        specs = _evaluation_specs(datamodule)
+        shared = self._shared_model(pl_module)
+        row: Dict[str, Dict[str, float]] = {}
+        cross: Dict[str, Dict[str, Any]] = {"cross_domain": {}, "cross_task": {}}
+        was_training = self._eval_mode(pl_module)
+        try:
+            for spec in self._progress(trainer, specs, f"evaluating {row_label(experience)}"):
+                loader = datamodule.eval_dataloader(spec.name, self.split)
+                if spec.name in pl_module.task_specs:
+                    row[spec.name] = pl_module.evaluate(spec.name, loader)
+                elif self.forward_transfer and shared is not None:
+                    scores = self._untrained(shared, spec, pl_module, loader, spec.name)
+                    if scores is not None:
+                        row[spec.name] = scores
+            for name, task in getattr(datamodule, "cross_domain_task", {}).items():
+                loader = datamodule.eval_dataloader(name, self.split)
+                if task in pl_module.task_specs:
+                    cross["cross_domain"][name] = pl_module.evaluate(task, loader, key=name)
+                elif self.forward_transfer and shared is not None:
+                    cross["cross_domain"][name] = self._untrained(shared, datamodule.domain(task).task_spec, pl_module, loader, name)
+            if shared is not None:
+                for spec in getattr(datamodule, "cross_task_specs", []):
+                    cross["cross_task"][spec.name] = self._cross_task(shared, spec, pl_module, datamodule)
+            elif getattr(datamodule, "cross_task_specs", []):
+                log.warning("cross tasks need one shared model; %s has one model per task, so they are skipped", type(pl_module).__name__)
+        finally:
+            pl_module.train(was_training)
         self.rows[experience] = row
+        self.cross_rows[experience] = cross
         self.experience_tasks[experience] = list(tasks)
         if self.reference is None:
             self.reference = reference_scores(datamodule, self.split)
-        self.result = self.build_result(all_tasks, pl_module, specs)
-        self._write(trainer, self.result)
-        self._log_row(trainer, experience, row)
+        self.result = self.build_result([s.name for s in specs], pl_module, specs, datamodule)
+        # trainer.log_dir broadcasts from rank 0 under DDP: every rank must ask, not only the writer
+        self._run_dir = self.run_dir(trainer)
+        self._write(self._run_dir, self.result)
+        self._log_row(trainer, experience)
         return self.result
 
-    def build_result(self, all_tasks: List[str], pl_module, specs) -> Dict[str, Any]:
+    def build_result(self, all_tasks: List[str], pl_module, specs, datamodule=None) -> Dict[str, Any]:
         experiences = sorted(self.rows)
-        matrix = [[self.rows[e][t]["score"] if t in self.rows[e] else None for t in all_tasks] for e in experiences]
-        summary = summarize(matrix, all_tasks, [self.experience_tasks[e] for e in experiences])
+        score = lambda values: None if values is None else values.get("score")  # noqa: E731
+        matrix = [[score(self.rows[e].get(t)) for t in all_tasks] for e in experiences]
+        reference = (self.random_init or {}).get("tasks", {})
+        random_init = {t: score(v) for t, v in reference.items() if score(v) is not None}
+        summary = summarize(matrix, all_tasks, [self.experience_tasks[e] for e in experiences], random_init=random_init)
         # each column's metric is its head's score: accuracy, C-index, Dice ...
         metrics = {spec.name: HEAD_REGISTRY[spec.kind].score_name for spec in specs}
         score_names = sorted(set(metrics.values()))
+        secondary = {}
+        for metric in SECONDARY_METRICS:
+            values = [[(self.rows[e].get(t) or {}).get(metric) for t in all_tasks] for e in experiences]
+            if any(v is not None for row in values for v in row):
+                secondary[metric] = values
+        cross_domain = {}
+        for name, task in getattr(datamodule, "cross_domain_task", {}).items():
+            spec = datamodule.domain(task).task_spec
+            per_row = [self.cross_rows.get(e, {}).get("cross_domain", {}).get(name) for e in experiences]
+            cross_domain[name] = {
+                "task": task,
+                "metric": HEAD_REGISTRY[spec.kind].score_name,
+                "scores": [score(v) for v in per_row],
+                "details": per_row,
+                "random_init": score((self.random_init or {}).get("cross_domain", {}).get(name)),
+            }
+        cross_task = {}
+        for spec in getattr(datamodule, "cross_task_specs", []):
+            per_row = [self.cross_rows.get(e, {}).get("cross_task", {}).get(spec.name) or {} for e in experiences]
+            ref = (self.random_init or {}).get("cross_task", {}).get(spec.name) or {}
+            cross_task[spec.name] = {
+                "metric": "acc",
+                "zero_shot": [score(v.get("zero_shot")) for v in per_row],
+                "linear_probe": [score(v.get("linear_probe")) for v in per_row],
+                "zero_shot_details": [v.get("zero_shot") for v in per_row],
+                "linear_probe_details": [v.get("linear_probe") for v in per_row],
+                "random_init": {k: score(ref.get(k)) for k in ("zero_shot", "linear_probe")},
+            }
         return {
             "paradigm": type(pl_module).__name__,
             "split": self.split,
@@ -126,12 +281,24 @@ class ContinualEvaluation(pl.Callback):
             "tasks": all_tasks,
             "experiences": experiences,
             "experience_tasks": [self.experience_tasks[e] for e in experiences],
+            "learned_at": summary["learned_at"],
             "accuracy_matrix": matrix,
             "average_accuracy": summary["average_accuracy"],
             "average_accuracy_per_experience": summary["average_accuracy_per_experience"],
             "forgetting": summary["forgetting"],
             "forgetting_per_task": summary["forgetting_per_task"],
+            "bwt": summary["backward_transfer"],
             "backward_transfer": summary["backward_transfer"],
+            "fwt": summary["forward_transfer"],
+            "fwt_per_task": summary["forward_transfer_per_task"],
+            "random_init": random_init,
+            "secondary": secondary,
+            "cross_domain": cross_domain,
+            "cross_task": cross_task,
+            "linear_probe_budget": (
+                {"samples_per_class": self.probe_samples_per_class, "classifier": "sklearn LogisticRegression", **{k: v for k, v in PROBE_DEFAULTS.items() if k != "samples_per_class"}}
+                if cross_task and self.probe_samples_per_class else None
+            ),
             "details": {str(e): self.rows[e] for e in experiences},
             "initial_tasks": list(getattr(pl_module, "initial_tasks", [])),
             "trainable_parameters": {str(e): c for e, c in getattr(pl_module, "trainable_counts", {}).items()},
@@ -141,29 +308,32 @@ class ContinualEvaluation(pl.Callback):
         return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
 
     @rank_zero_only
-    def _write(self, trainer: pl.Trainer, result: Dict[str, Any]) -> None:
-        out = self.run_dir(trainer)
+    def _write(self, out: Path, result: Dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / (METRICS_JSON + ".tmp")
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, out / METRICS_JSON)  # never leave a half-written file behind
-        with open(out / METRICS_CSV, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["experience", "trained_tasks", *column_labels(result), "average_accuracy"])
-            for e, tasks, row, avg in zip(result["experiences"], result["experience_tasks"], result["accuracy_matrix"], result["average_accuracy_per_experience"]):
-                writer.writerow([e, "+".join(tasks), *["" if v is None else f"{v:.6f}" for v in row], "" if avg is None else f"{avg:.6f}"])
-        try:
-            plot_matrix(result, out / METRICS_PNG)
-        except Exception as err:  # a plot must never kill a training run
-            log.warning("could not draw %s: %s", METRICS_PNG, err)
+        write_csv(result, out / METRICS_CSV)
+        for name, draw in ((METRICS_PNG, plot_matrix), (CURVES_PNG, plot_curves)):
+            try:
+                draw(result, out / name)
+            except Exception as err:  # a plot must never kill a training run
+                log.warning("could not draw %s: %s", name, err)
 
-    def _log_row(self, trainer: pl.Trainer, experience: int, row: Dict[str, Dict[str, float]]) -> None:
+    def _log_row(self, trainer: pl.Trainer, experience: int) -> None:
+        result = self.result or {}
         metrics: Dict[str, float] = {"continual/experience": experience}
-        for task, values in row.items():
+        for task, values in self.rows[experience].items():
             for name, value in values.items():
                 metrics[f"continual/{task}/{name}"] = value
-        result = self.result or {}
-        for key in ("average_accuracy", "forgetting", "backward_transfer"):
+        for name, entry in result.get("cross_domain", {}).items():
+            if entry["scores"][-1] is not None:
+                metrics[f"continual/cross_domain/{name}/{entry['metric']}"] = entry["scores"][-1]
+        for name, entry in result.get("cross_task", {}).items():
+            for kind in ("zero_shot", "linear_probe"):
+                if entry[kind][-1] is not None:
+                    metrics[f"continual/cross_task/{name}/{kind}"] = entry[kind][-1]
+        for key in ("average_accuracy", "forgetting", "bwt", "fwt"):
             if result.get(key) is not None:
                 metrics[f"continual/{key}"] = result[key]
         for logger in trainer.loggers:
@@ -173,76 +343,54 @@ class ContinualEvaluation(pl.Callback):
                 logger.experiment.define_metric("continual/*", step_metric="continual/experience")
                 self._wandb_defined = True
             logger.log_metrics(metrics, step=trainer.global_step)
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                self._log_wandb_media(logger, trainer, experience)
             logger.save()
 
-    def _log_final(self, trainer: pl.Trainer) -> None:
+    def _log_wandb_media(self, logger: WandbLogger, trainer: pl.Trainer, experience: int) -> None:
+        """The matrix as a table and both images, against the experience axis."""
+        import wandb
+
         result = self.result
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                rows = [[e, *r] for e, r in zip(result["experiences"], result["accuracy_matrix"])]
-                logger.log_table(key="continual/accuracy_matrix", columns=["experience", *column_labels(result)], data=rows)
-                png = self.run_dir(trainer) / METRICS_PNG
-                if png.is_file():
-                    logger.log_image(key="continual/accuracy_matrix_plot", images=[str(png)])
+        rows = [[row_label(e), *r] for e, r in zip(result["experiences"], result["accuracy_matrix"])]
+        payload: Dict[str, Any] = {
+            "continual/experience": experience,
+            "continual/accuracy_matrix": wandb.Table(columns=["row", *column_labels(result)], data=rows),
+        }
+        if result["cross_task"]:
+            columns = ["row", *[f"{n}:{k}" for n in result["cross_task"] for k in ("zero_shot", "linear_probe")]]
+            data = [[row_label(e), *[entry[k][i] for entry in result["cross_task"].values() for k in ("zero_shot", "linear_probe")]] for i, e in enumerate(result["experiences"])]
+            payload["continual/cross_task"] = wandb.Table(columns=columns, data=data)
+        for key, name in (("continual/heatmap", METRICS_PNG), ("continual/task_curves", CURVES_PNG)):
+            png = self._run_dir / name if self._run_dir is not None else None
+            if png is not None and png.is_file():
+                payload[key] = wandb.Image(str(png))
+        logger.experiment.log(payload)
 
     @rank_zero_only
     def _print(self, result: Dict[str, Any]) -> None:
-        labels = [row_label(e, t) for e, t in zip(result["experiences"], result["experience_tasks"])]
-        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        mixed = isinstance(result["metric"], list)
-        average = f"average score ({', '.join(result['metric'])})" if mixed else average_label(result)
-        reference = "".join(
-            f"\nreference for {task}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items())
-            for task, values in result.get("reference", {}).items()
-        )
-        print(
-            f"\nContinual evaluation ({result['paradigm']}, {result['split']} split, "
-            + (f"metrics: {', '.join(result['metric'])})\n" if mixed else f"metric: {result['metric']})\n")
-            + format_matrix(result["accuracy_matrix"], column_labels(result), labels)
-            + f"\n{average}: {fmt(result['average_accuracy'])}   forgetting: {fmt(result['forgetting'])}"
-            + f"   backward transfer: {fmt(result['backward_transfer'])}"
-            + reference
-            + "\n",
-            flush=True,
-        )
+        print(format_report(result), flush=True)
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {
             "reference": self.reference,
             "rows": {str(e): row for e, row in self.rows.items()},
+            "cross_rows": {str(e): row for e, row in self.cross_rows.items()},
             "experience_tasks": {str(e): t for e, t in self.experience_tasks.items()},
+            "random_init": self.random_init,
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.rows = {int(e): row for e, row in state_dict.get("rows", {}).items()}
+        self.cross_rows = {int(e): row for e, row in state_dict.get("cross_rows", {}).items()}
         self.experience_tasks = {int(e): list(t) for e, t in state_dict.get("experience_tasks", {}).items()}
         self.reference = state_dict.get("reference")
-
-
-def row_label(experience: int, tasks: Optional[List[str]] = None) -> str:
-    """``after exp 2 (kvasir_seg)``, or ``start (init_from)`` for the row before any training."""
-    if experience == INITIAL_ROW:
-        return "start (init_from)"
-    return f"after exp {experience}" + (f" ({'+'.join(tasks)})" if tasks else "")
+        self.random_init = state_dict.get("random_init")
 
 
 def _evaluation_specs(datamodule) -> list:
     return list(getattr(datamodule, "evaluation_specs", datamodule.task_specs))
-
-
-def average_label(result: Dict[str, Any]) -> str:
-    """``average accuracy``, ``average dice`` ..., or ``average score`` when the columns mix metrics."""
-    metric = result.get("metric", "acc")
-    if isinstance(metric, list):
-        return "average score"
-    return "average accuracy" if metric == "acc" else f"average {metric}"
-
-
-def column_labels(result: Dict[str, Any]) -> List[str]:
-    """Column headers naming each task's metric, e.g. ``kvasir_seg (dice)``."""
-    metrics = result.get("metrics", {})
-    return [f"{task} ({metrics[task]})" if task in metrics else task for task in result["tasks"]]
 
 
 def reference_scores(datamodule, split: str) -> Dict[str, Dict[str, float]]:
@@ -255,35 +403,3 @@ def reference_scores(datamodule, split: str) -> Dict[str, Dict[str, float]]:
         if values:
             out[spec.name] = {k: float(v) for k, v in values.items()}
     return out
-
-
-def plot_matrix(result: Dict[str, Any], path: Path) -> None:
-    """Heat map of the accuracy matrix with the numbers written in each cell."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    matrix = np.array([[math.nan if v is None else v for v in row] for row in result["accuracy_matrix"]], dtype=float)
-    tasks = result["tasks"]
-    metrics = result.get("metrics", {})
-    # one column per task, wide enough for its name; the metric goes on a second line
-    column = max(1.3, 0.075 * max(len(t) for t in tasks))
-    fig, ax = plt.subplots(figsize=(2.6 + column * len(tasks), 1.9 + 0.6 * len(matrix)))
-    im = ax.imshow(np.ma.masked_invalid(matrix), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(tasks)), [f"{t}\n({metrics[t]})" if t in metrics else t for t in tasks], fontsize=8)
-    ax.set_yticks(range(len(matrix)), [row_label(e) for e in result["experiences"]], fontsize=8)
-    ax.set_xlabel(f"tested on ({result['split']} split)", fontsize=8)
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            text = "–" if math.isnan(matrix[i, j]) else f"{matrix[i, j]:.3f}"
-            ax.text(j, i, text, ha="center", va="center", color="w" if not math.isnan(matrix[i, j]) and matrix[i, j] < 0.6 else "k")
-    avg, fgt = result.get("average_accuracy"), result.get("forgetting")
-    label = average_label(result)
-    stats = ", ".join(x for x in (f"{label} {avg:.3f}" if avg is not None else "", f"forgetting {fgt:.3f}" if fgt is not None else "") if x)
-    ax.set_title(result["paradigm"] + (f"\n{stats}" if stats else ""), fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,253 +1,123 @@
-"""Rehearsal: a replay buffer with pluggable storage policies and the callback that uses it.
+"""Rehearsal callback: mixes stored exemplars of earlier tasks into every training batch.
 
-Storage policy (which samples to keep) is separated from the replay mechanism (how they are mixed
-into batches), as in Avalanche.  The callback fills the buffer from every training batch and adds
-keys for earlier tasks to the batch dict *in place* (a Lightning callback cannot replace a batch).
+Storage policy (which samples to keep, :mod:`framework.replay`) is separated from the replay
+mechanism (how they are mixed into batches), as in Avalanche.  The callback fills the buffer from
+every training batch and adds keys for earlier tasks to the batch dict *in place* (a Lightning
+callback cannot replace a batch).  With the ``herding`` policy the buffer is filled at the end of
+each experience instead, from backbone features of the experience's training data (iCaRL).
 """
 from __future__ import annotations
 
-import logging
-from abc import ABC, abstractmethod
-from collections import defaultdict
-from typing import Any, Dict, Hashable, List, Mapping, MutableMapping, Optional, Tuple
+import math
+import zlib
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 
-__all__ = ["ReplayBuffer", "StoragePolicy", "ReservoirPolicy", "ClassBalancedPolicy", "ReplayCallback"]
+from framework.replay import (
+    BALANCE_MODES, POLICIES, ClassBalancedPolicy, HerdingPolicy, ReplayBuffer, ReservoirPolicy, StoragePolicy,
+)
 
-log = logging.getLogger(__name__)
-
-Sample = Tuple[str, Tensor, Tensor]  # (task, image, target)
-
-
-class StoragePolicy(ABC):
-    """Decides which incoming samples a :class:`ReplayBuffer` keeps and which they replace."""
-
-    @abstractmethod
-    def add(self, buffer: "ReplayBuffer", task: str, image: Tensor, target: Tensor) -> None:
-        """Offer one sample to ``buffer``."""
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
+__all__ = ["ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy", "ClassBalancedPolicy", "HerdingPolicy", "POLICIES"]
 
 
-class ReservoirPolicy(StoragePolicy):
-    """Reservoir sampling (Vitter's algorithm R) over the whole stream.
-
-    Every sample seen so far has the same probability ``capacity / seen`` of being in the buffer,
-    so tasks are represented in proportion to their training-set sizes.
-    """
-
-    def __init__(self) -> None:
-        self.seen = 0
-
-    def add(self, buffer: "ReplayBuffer", task: str, image: Tensor, target: Tensor) -> None:
-        self.seen += 1
-        if len(buffer) < buffer.capacity:
-            buffer.items.append((task, image, target))
-            return
-        slot = int(torch.randint(0, self.seen, (1,), generator=buffer.generator))
-        if slot < buffer.capacity:
-            buffer.items[slot] = (task, image, target)
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"seen": self.seen}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.seen = int(state.get("seen", 0))
-
-
-class ClassBalancedPolicy(StoragePolicy):
-    """Equal share of the budget for every (task, class) group seen so far.
-
-    When a new group appears the largest groups give up random samples; within a group, samples
-    are kept by reservoir sampling.  Targets that are not a single class index (masks, survival
-    times) count as one group per task.  The policy keeps an index group -> buffer slots so each
-    insertion costs O(number of groups), not O(capacity).
-    """
-
-    def __init__(self) -> None:
-        self.seen: Dict[Hashable, int] = defaultdict(int)
-        self.members: Dict[Hashable, List[int]] = {}
-
-    @staticmethod
-    def group_of(task: str, target: Tensor) -> Hashable:
-        return (task, int(target)) if target.numel() == 1 else (task, None)
-
-    def add(self, buffer: "ReplayBuffer", task: str, image: Tensor, target: Tensor) -> None:
-        group = self.group_of(task, target)
-        self.seen[group] += 1
-        if len(buffer) < buffer.capacity:
-            buffer.items.append((task, image, target))
-            self.members.setdefault(group, []).append(len(buffer) - 1)
-            return
-        own = self.members.setdefault(group, [])
-        quota = buffer.capacity // len(self.members)
-        if len(own) < quota:
-            # make room: evict a random sample of the currently largest group
-            largest = max(self.members, key=lambda g: len(self.members[g]))
-            victims = self.members[largest]
-            k = int(torch.randint(0, len(victims), (1,), generator=buffer.generator))
-            slot = victims[k]
-            victims[k] = victims[-1]
-            victims.pop()
-            buffer.items[slot] = (task, image, target)
-            own.append(slot)
-            return
-        # group already at quota: reservoir sampling within the group
-        j = int(torch.randint(0, self.seen[group], (1,), generator=buffer.generator))
-        if j < len(own):
-            buffer.items[own[j]] = (task, image, target)
-        elif not own:
-            del self.members[group]
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {
-            "seen": [[t, c, n] for (t, c), n in self.seen.items()],
-            "members": [[t, c, slots] for (t, c), slots in self.members.items()],
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.seen = defaultdict(int, {(t, c): int(n) for t, c, n in state.get("seen", [])})
-        self.members = {(t, c): [int(i) for i in slots] for t, c, slots in state.get("members", [])}
-
-
-class ReplayBuffer:
-    """A fixed budget of stored ``(task, image, target)`` exemplars on the CPU.
-
-    Args:
-        capacity: maximum number of stored samples, across all tasks.
-        policy: storage policy; :class:`ReservoirPolicy` by default.
-        seed: seed of the buffer's own random generator (insertion and sampling).
-
-    Raises:
-        ValueError: if ``capacity`` < 1.
-    """
-
-    def __init__(self, capacity: int, policy: Optional[StoragePolicy] = None, seed: int = 0) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"ReplayBuffer: capacity expected a positive integer, found {capacity!r}")
-        self.capacity = capacity
-        self.policy = policy if policy is not None else ReservoirPolicy()
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self.items: List[Sample] = []
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add_batch(self, task: str, images: Tensor, targets: Tensor) -> None:
-        """Offer every sample of a batch (copied to the CPU) to the storage policy."""
-        images = images.detach().to("cpu", copy=True)
-        targets = targets.detach().to("cpu", copy=True)
-        for image, target in zip(images, targets):
-            self.policy.add(self, task, image, target)
-
-    def counts(self) -> Dict[str, int]:
-        """Stored samples per task."""
-        out: Dict[str, int] = defaultdict(int)
-        for task, _, _ in self.items:
-            out[task] += 1
-        return dict(out)
-
-    def class_counts(self, task: str) -> Dict[int, int]:
-        out: Dict[int, int] = defaultdict(int)
-        for t, _, y in self.items:
-            if t == task and y.numel() == 1:
-                out[int(y)] += 1
-        return dict(out)
-
-    def sample(self, n: int, exclude: Tuple[str, ...] = ()) -> Dict[str, Dict[str, Tensor]]:
-        """Draw up to ``n`` stored samples uniformly, skipping tasks in ``exclude``.
-
-        Returns:
-            ``{task: {"image": (k, C, H, W), "target": (k, ...)}}`` for the tasks drawn.
-        """
-        pool = [i for i, (task, _, _) in enumerate(self.items) if task not in exclude]
-        if not pool or n <= 0:
-            return {}
-        take = torch.randperm(len(pool), generator=self.generator)[: min(n, len(pool))]
-        grouped: Dict[str, List[Sample]] = defaultdict(list)
-        for k in take.tolist():
-            task, image, target = self.items[pool[k]]
-            grouped[task].append((task, image, target))
-        return {
-            task: {"image": torch.stack([s[1] for s in samples]), "target": torch.stack([s[2] for s in samples])}
-            for task, samples in grouped.items()
-        }
-
-    def state_dict(self) -> Dict[str, Any]:
-        """Tensors grouped per task (compact, loadable with ``torch.load(weights_only=True)``)."""
-        per_task: Dict[str, Dict[str, List[Tensor]]] = {}
-        order: List[List[Any]] = []
-        for task, image, target in self.items:
-            entry = per_task.setdefault(task, {"image": [], "target": []})
-            order.append([task, len(entry["image"])])
-            entry["image"].append(image)
-            entry["target"].append(target)
-        return {
-            "capacity": self.capacity,
-            "policy": type(self.policy).__name__,
-            "policy_state": self.policy.state_dict(),
-            "generator": self.generator.get_state(),
-            "order": order,
-            "tasks": {t: {"image": torch.stack(v["image"]), "target": torch.stack(v["target"])} for t, v in per_task.items()},
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict`.
-
-        Raises:
-            ValueError: if the stored policy or capacity differs from this buffer's.
-        """
-        if state.get("policy") != type(self.policy).__name__:
-            raise ValueError(
-                f"ReplayBuffer: checkpoint field 'policy' is {state.get('policy')!r}, this buffer uses {type(self.policy).__name__}"
-            )
-        if int(state.get("capacity", -1)) != self.capacity:
-            raise ValueError(f"ReplayBuffer: checkpoint field 'capacity' is {state.get('capacity')}, this buffer has {self.capacity}")
-        tasks = state.get("tasks", {})
-        self.items = [(task, tasks[task]["image"][k], tasks[task]["target"][k]) for task, k in state.get("order", [])]
-        self.policy.load_state_dict(state.get("policy_state", {}))
-        self.generator.set_state(state["generator"])
-
-
-POLICIES = {"reservoir": ReservoirPolicy, "class_balanced": ClassBalancedPolicy}
+def _world() -> Tuple[int, int]:
+    """``(world_size, rank)`` of the default process group, ``(1, 0)`` without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 class ReplayCallback(pl.Callback):
     """Rehearsal for continual learning (paradigm d).
 
-    Before each training step the current batch is offered to the buffer, then ``replay_batch_size``
-    stored exemplars of *other* tasks are added to the batch dict under their task keys, so the
-    shared ``training_step`` also computes their losses.  The buffer travels in the checkpoint.
+    Before each training step, exemplars of tasks *not* in the current batch are drawn from the
+    buffer, the current batch is offered to the buffer, and the drawn exemplars are added to the
+    batch dict under their task keys (on the batch's device, in their stored dtype), so the shared
+    ``training_step`` also computes their losses.  The buffer travels in the checkpoint.
 
-    In multi-GPU runs every rank fills its own buffer and the checkpoint keeps rank 0's, which
-    every rank restores on resume.
+    With ``policy="herding"`` nothing is stored during an experience; at its end the callback
+    encodes the experience's training data with the task's backbone (``encode_image(...,
+    normalize=True)``, eval mode, no gradients) and the policy keeps the herding-ordered exemplars
+    of every class.  When a task's training set is larger than ``herding_candidates``, a random
+    subset of that size is encoded: the first ``herding_candidates`` indices of a permutation drawn
+    from a generator seeded with ``seed``, the experience and the task name (the same on every rank).
+
+    In multi-GPU (DDP) runs every rank fills its own buffer from its data shard; a checkpoint holds
+    every rank's buffer and each rank restores its own (resuming needs the same world size).
 
     Args:
-        capacity: buffer budget in samples (all tasks together).
-        policy: ``"reservoir"`` or ``"class_balanced"``.
-        replay_batch_size: exemplars mixed into each training batch.
-        seed: seed of the buffer's random generator.
+        capacity: buffer budget in samples (all tasks together); or
+        max_mb: buffer budget in megabytes of stored image + target data (set ``capacity: null``).
+        policy: ``"reservoir"``, ``"class_balanced"`` or ``"herding"`` (see :mod:`framework.replay.policies`).
+        replay_batch_size: exemplars mixed into each training batch; or
+        replay_ratio: exemplars per current sample (0.5: half the current batch size; set
+            ``replay_batch_size: null``).
+        balance: ``"uniform"`` (every stored sample of an old task equally likely) or ``"task"``
+            (old tasks get equal shares of each replay batch).
+        task_quota: optional maximum samples per named task.
+        herding_candidates: most training samples per task encoded for herding.
+        seed: seed of the buffer's generator and of the herding subset.
 
     Raises:
-        ValueError: on an unknown policy or a negative ``replay_batch_size``.
+        ValueError: naming the argument, the expectation and what was found, on an invalid value
+            or on both or neither of ``capacity``/``max_mb`` or ``replay_batch_size``/``replay_ratio``.
     """
 
-    def __init__(self, capacity: int = 500, policy: str = "reservoir", replay_batch_size: int = 32, seed: int = 0) -> None:
+    def __init__(
+        self,
+        capacity: Optional[int] = 500,
+        max_mb: Optional[float] = None,
+        policy: str = "reservoir",
+        replay_batch_size: Optional[int] = 32,
+        replay_ratio: Optional[float] = None,
+        balance: str = "uniform",
+        task_quota: Optional[Dict[str, int]] = None,
+        herding_candidates: int = 2000,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
+        name = "ReplayCallback"
+        if (capacity is None) == (max_mb is None):
+            raise ValueError(
+                f"{name}: expected exactly one budget, capacity (samples) or max_mb (megabytes; set capacity: null), "
+                f"found capacity={capacity!r}, max_mb={max_mb!r}"
+            )
         if policy not in POLICIES:
-            raise ValueError(f"ReplayCallback: policy expected one of {sorted(POLICIES)}, found {policy!r}")
-        if isinstance(replay_batch_size, bool) or not isinstance(replay_batch_size, int) or replay_batch_size < 0:
-            raise ValueError(f"ReplayCallback: replay_batch_size expected an integer >= 0, found {replay_batch_size!r}")
+            raise ValueError(f"{name}: policy expected one of {sorted(POLICIES)}, found {policy!r}")
+        if (replay_batch_size is None) == (replay_ratio is None):
+            raise ValueError(
+                f"{name}: expected exactly one of replay_batch_size and replay_ratio (set replay_batch_size: null to use a ratio), "
+                f"found replay_batch_size={replay_batch_size!r}, replay_ratio={replay_ratio!r}"
+            )
+        if replay_batch_size is not None and (isinstance(replay_batch_size, bool) or not isinstance(replay_batch_size, int) or replay_batch_size < 0):
+            raise ValueError(f"{name}: replay_batch_size expected an integer >= 0, found {replay_batch_size!r}")
+        if replay_ratio is not None and (
+            isinstance(replay_ratio, bool) or not isinstance(replay_ratio, (int, float)) or not math.isfinite(replay_ratio) or replay_ratio < 0
+        ):
+            raise ValueError(f"{name}: replay_ratio expected a finite number >= 0 (exemplars per current sample), found {replay_ratio!r}")
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"{name}: balance expected one of {list(BALANCE_MODES)}, found {balance!r}")
+        if isinstance(herding_candidates, bool) or not isinstance(herding_candidates, int) or herding_candidates < 1:
+            raise ValueError(f"{name}: herding_candidates expected a positive integer, found {herding_candidates!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"{name}: seed expected an integer, found {seed!r}")
+        ReplayBuffer.check_task_quota(task_quota, name)
+        try:
+            self.buffer = ReplayBuffer(capacity, policy, seed=seed, max_mb=max_mb, task_quota=task_quota)
+        except ValueError as err:
+            raise ValueError(str(err).replace("ReplayBuffer:", f"{name}:", 1)) from None
         self.policy_name = policy
         self.replay_batch_size = replay_batch_size
-        self.buffer = ReplayBuffer(capacity, POLICIES[policy](), seed=seed)
+        self.replay_ratio = None if replay_ratio is None else float(replay_ratio)
+        self.balance = balance
+        self.herding_candidates = herding_candidates
+        self.seed = seed
 
     @property
     def state_key(self) -> str:
@@ -255,23 +125,131 @@ class ReplayCallback(pl.Callback):
         # load_state_dict, not silently start from an empty buffer under a new key.
         return "ReplayCallback"
 
+    def replay_size(self, current: int) -> int:
+        """Exemplars to draw for a batch of ``current`` samples."""
+        if self.replay_ratio is not None:
+            return int(math.floor(self.replay_ratio * current + 0.5))
+        return self.replay_batch_size
+
+    # ------------------------------------------------------------------ training
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: MutableMapping[str, Any], batch_idx: int) -> None:
         if not isinstance(batch, MutableMapping):
             raise TypeError(f"ReplayCallback expects dict batches keyed by task, found {type(batch).__name__}")
+        if not batch:
+            return
         current = tuple(batch.keys())
-        replay = self.buffer.sample(self.replay_batch_size, exclude=current)
-        for task, sub in batch.items():
+        size = sum(len(sub["target"]) for sub in batch.values())
+        replay = self.buffer.sample(self.replay_size(size), exclude=current, balance=self.balance)
+        for task, sub in list(batch.items()):
             self.buffer.add_batch(task, sub["image"], sub["target"])
         device = next(iter(batch.values()))["image"].device
         for task, sub in replay.items():
-            batch[task] = {k: v.to(device) for k, v in sub.items()}
+            batch[task] = {k: v.to(device, non_blocking=True) for k, v in sub.items()}
 
     def on_experience_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, experience: int, tasks: List[str]) -> None:
-        counts = self.buffer.counts()
-        log.info("replay buffer after experience %d: %d/%d samples %s", experience, len(self.buffer), self.buffer.capacity, counts)
+        if isinstance(self.buffer.policy, HerdingPolicy):
+            candidates = {task: self.featurise(trainer, pl_module, experience, task) for task in tasks}
+            self.buffer.policy.select(self.buffer, candidates)
+        if getattr(trainer, "is_global_zero", True):
+            rank_zero_info(
+                f"replay buffer after experience {experience} ({self.policy_name}): {len(self.buffer)}/{self.buffer.capacity} samples "
+                f"{self.buffer.counts()}, {self.buffer.nbytes() / 2**20:.2f} MiB stored, {self.buffer.allocated_bytes() / 2**20:.2f} MiB allocated"
+            )
 
+    def candidate_loader(self, trainer: pl.Trainer, experience: int, task: str) -> DataLoader:
+        """The (unshuffled) training loader of ``task``, restricted to ``herding_candidates`` samples.
+
+        Raises:
+            ValueError: if the trainer's datamodule cannot serve ``task``'s training data.
+        """
+        datamodule = getattr(trainer, "datamodule", None)
+        if hasattr(datamodule, "domain"):
+            domain = datamodule.domain(task)
+        elif getattr(datamodule, "name", None) == task and hasattr(datamodule, "loader"):
+            domain = datamodule
+        else:
+            raise ValueError(
+                f"ReplayCallback(policy='herding'): needs a datamodule with domain(task).loader(...) (a data_modules.DomainStream) "
+                f"to encode task {task!r}'s training data, found {type(datamodule).__name__}"
+            )
+        loader = domain.loader("train", keyed=False, shuffle=False)
+        n = len(loader.dataset)
+        if n <= self.herding_candidates:
+            return loader
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + experience * 7919 + zlib.crc32(task.encode()))
+        index = torch.randperm(n, generator=generator)[: self.herding_candidates].sort().values.tolist()
+        return DataLoader(
+            Subset(loader.dataset, index), batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+        )
+
+    def featurise(self, trainer: pl.Trainer, pl_module: pl.LightningModule, experience: int, task: str) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(images, targets, features)`` of ``task``'s herding candidates (CPU; images in their dtype).
+
+        Features are ``model_for(task).backbone.encode_image(images, normalize=True)`` through the
+        task's modality adapters, in eval mode without gradients (the training mode is restored).
+        """
+        loader = self.candidate_loader(trainer, experience, task)
+        model = pl_module.model_for(task)
+        modality = pl_module.task_specs[task].modality
+        device = pl_module.device
+        batches = loader
+        if getattr(trainer, "progress_bar_callback", None) is not None and getattr(trainer, "is_global_zero", True):
+            from tqdm.auto import tqdm
+
+            batches = tqdm(loader, desc=f"herding {task}", leave=False)
+        images: List[Tensor] = []
+        targets: List[Tensor] = []
+        features: List[Tensor] = []
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), model.adapters.use(modality):
+                for batch in batches:
+                    image, target = batch["image"], batch["target"]
+                    features.append(model.backbone.encode_image(image.to(device), normalize=True).float().cpu())
+                    images.append(image.cpu())
+                    targets.append(target.cpu())
+        finally:
+            pl_module.train(was_training)
+        if not images:
+            raise ValueError(f"ReplayCallback(policy='herding'): task {task!r} has no training samples to choose exemplars from")
+        return torch.cat(images), torch.cat(targets), torch.cat(features)
+
+    # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
-        return {"buffer": self.buffer.state_dict(), "replay_batch_size": self.replay_batch_size}
+        """``{"world_size": W, "ranks": [buffer state of rank 0, ..., rank W-1]}``.
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state_dict["buffer"])
+        Lightning calls this on every rank but writes rank 0's result, so with several processes
+        every rank's buffer is gathered here (a collective call: every rank takes part).
+        """
+        mine = self.buffer.state_dict()
+        world_size, _ = _world()
+        if world_size > 1:
+            ranks: List[Any] = [None] * world_size
+            torch.distributed.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
+        return {"world_size": world_size, "ranks": ranks, "policy": self.policy_name}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore this rank's buffer.
+
+        Raises:
+            ValueError: on a checkpoint written by an older MedCL, a different world size, or a
+                buffer whose policy or budget differs (see :meth:`ReplayBuffer.load_state_dict`).
+        """
+        if "buffer" in state_dict or "ranks" not in state_dict:
+            raise ValueError(
+                "ReplayCallback: the checkpoint's replay buffer format is from an older MedCL (expected 'world_size' and 'ranks' "
+                f"entries, found {sorted(state_dict)}); it cannot be resumed with this version: start a new run "
+                "(init_from loads the model weights without the buffer)"
+            )
+        world_size, rank = _world()
+        stored = state_dict.get("world_size")
+        if stored != world_size or len(state_dict["ranks"]) != world_size:
+            raise ValueError(
+                f"ReplayCallback: checkpoint field 'world_size' is {stored}, this run has world_size {world_size}; every rank keeps "
+                f"its own replay buffer, so resume with {stored} processes"
+            )
+        self.buffer.load_state_dict(state_dict["ranks"][rank])

@@ -4,12 +4,22 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Dict, List
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from framework.specs import TaskSpec
 
-__all__ = ["TaskHead"]
+__all__ = ["TaskHead", "soft_kl_divergence"]
+
+
+def soft_kl_divergence(outputs: Tensor, teacher_outputs: Tensor, temperature: float, dim: int = 1) -> Tensor:
+    """Hinton et al. (2015) distillation: ``KL(softmax(teacher/T) || softmax(student/T)) * T^2``
+    over ``dim``, averaged over every other position (samples, pixels, voxels)."""
+    t = float(temperature)
+    log_student = F.log_softmax(outputs.float() / t, dim=dim)
+    log_teacher = F.log_softmax(teacher_outputs.detach().float() / t, dim=dim)
+    return (log_teacher.exp() * (log_teacher - log_student)).sum(dim=dim).mean() * t * t
 
 
 class TaskHead(nn.Module, ABC):
@@ -25,6 +35,9 @@ class TaskHead(nn.Module, ABC):
 
     #: key of the metric (in :meth:`make_metrics`) reported in the continual-learning matrix
     score_name: str = "acc"
+    #: an untrained head predicts from the text tower's prompt embeddings (CLIP zero-shot), so the
+    #: task can be scored before it is trained (forward transfer, cross-task zero-shot)
+    zero_shot: bool = False
 
     def __init__(self, spec: TaskSpec, embed_dim: int) -> None:
         super().__init__()
@@ -74,6 +87,26 @@ class TaskHead(nn.Module, ABC):
         :meth:`column_names`), larger ones (masks) as image files, by
         :class:`~framework.callbacks.PredictionWriter`.
         """
+
+    def distillation_loss(self, outputs: Tensor, teacher_outputs: Tensor, temperature: float = 1.0) -> Tensor:
+        """Scalar knowledge-distillation loss pulling this head's raw ``outputs`` towards a frozen
+        teacher's ``teacher_outputs`` for the same images (used by LwF); 0 when they are equal.
+
+        Default: mean squared error between the raw outputs (``temperature`` unused); heads whose
+        outputs are logits override it with a temperature-softened divergence.
+
+        Raises:
+            ValueError: if the two outputs differ in shape.
+        """
+        self._check_distillation(outputs, teacher_outputs)
+        return F.mse_loss(outputs.float(), teacher_outputs.detach().float())
+
+    def _check_distillation(self, outputs: Tensor, teacher_outputs: Tensor) -> None:
+        if outputs.shape != teacher_outputs.shape:
+            raise ValueError(
+                f"task '{self.spec.name}': distillation expected student and teacher outputs of one shape, "
+                f"found {tuple(outputs.shape)} and {tuple(teacher_outputs.shape)}"
+            )
 
     def describe_target(self, target: Tensor) -> Dict[str, Tensor]:
         """Known targets as named per-sample columns for prediction files (masks: none)."""

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MultilabelAccuracy, MultilabelAUROC
 
-from framework.heads.base import TaskHead
+from framework.heads.base import TaskHead, soft_kl_divergence
 from framework.heads.registry import register_head
 from framework.specs import TaskSpec
 
@@ -38,6 +38,7 @@ class ClassificationHead(TaskHead):
     """
 
     score_name = "acc"
+    zero_shot = True
 
     def __init__(
         self,
@@ -103,6 +104,11 @@ class ClassificationHead(TaskHead):
             }
         )
 
+    def distillation_loss(self, outputs: Tensor, teacher_outputs: Tensor, temperature: float = 1.0) -> Tensor:
+        """Hinton distillation: ``KL(softmax(teacher/T) || softmax(student/T)) * T^2`` over classes, batch mean."""
+        self._check_distillation(outputs, teacher_outputs)
+        return soft_kl_divergence(outputs, teacher_outputs, temperature, dim=1)
+
     def predict(self, outputs: Tensor) -> Dict[str, Tensor]:
         probabilities = outputs.float().softmax(dim=1)
         return {"prediction": probabilities.argmax(dim=1), "probabilities": probabilities}
@@ -135,6 +141,16 @@ class MultilabelHead(ClassificationHead):
 
     def metric_inputs(self, outputs: Tensor, target: Tensor):
         return {"preds": outputs.sigmoid(), "target": target.long()}
+
+    def distillation_loss(self, outputs: Tensor, teacher_outputs: Tensor, temperature: float = 1.0) -> Tensor:
+        """BCE of ``student/T`` against the soft targets ``sigmoid(teacher/T)``, minus the teacher's own
+        BCE (its entropy, a constant) so it is the per-label binary KL: 0 for equal outputs; ``* T^2``."""
+        self._check_distillation(outputs, teacher_outputs)
+        t = float(temperature)
+        teacher = teacher_outputs.detach().float() / t
+        soft = teacher.sigmoid()
+        bce = F.binary_cross_entropy_with_logits(outputs.float() / t, soft)
+        return (bce - F.binary_cross_entropy_with_logits(teacher, soft)) * t * t
 
     def predict(self, outputs: Tensor) -> Dict[str, Tensor]:
         probabilities = outputs.float().sigmoid()

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from framework.heads.base import TaskHead
+from framework.heads.base import TaskHead, soft_kl_divergence
 from framework.heads.registry import register_head
 from framework.metrics.survival import ConcordanceIndex, split_survival_target
 from framework.specs import TaskSpec
@@ -126,6 +126,19 @@ class PrognosisHead(TaskHead):
         if self.loss_name == "cox":
             return outputs.float()
         return -(self.survival(outputs) * self.bin_widths).sum(dim=1)
+
+    def distillation_loss(self, outputs: Tensor, teacher_outputs: Tensor, temperature: float = 1.0) -> Tensor:
+        """``cox``: MSE between log-risks (``temperature`` unused); ``mtlr``: Hinton KL * T^2 between the
+        event-time distributions over the K+1 bins (softmax of pycox's cumulative MTLR logits)."""
+        self._check_distillation(outputs, teacher_outputs)
+        if self.loss_name == "cox":
+            return super().distillation_loss(outputs, teacher_outputs, temperature)
+        from pycox.models.utils import cumsum_reverse, pad_col
+
+        def bin_logits(x: Tensor) -> Tensor:
+            return pad_col(cumsum_reverse(x.float(), dim=1))
+
+        return soft_kl_divergence(bin_logits(outputs), bin_logits(teacher_outputs.detach()), temperature, dim=1)
 
     def make_metrics(self) -> MetricCollection:
         return MetricCollection({"c_index": ConcordanceIndex()})

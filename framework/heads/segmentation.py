@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
-from framework.heads.base import TaskHead
+from framework.heads.base import TaskHead, soft_kl_divergence
 from framework.heads.registry import register_head
 from framework.specs import TaskSpec
 
@@ -194,6 +194,11 @@ class SegmentationHead(TaskHead):
     def loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         self._check_target(outputs, target)
         return self.criterion(outputs.float(), target.unsqueeze(1).long())
+
+    def distillation_loss(self, outputs: Tensor, teacher_outputs: Tensor, temperature: float = 1.0) -> Tensor:
+        """Per-pixel (per-voxel) Hinton KL over the label channel, ``* T^2``, averaged over samples and pixels."""
+        self._check_distillation(outputs, teacher_outputs)
+        return soft_kl_divergence(outputs, teacher_outputs, temperature, dim=1)
 
     def make_metrics(self) -> MetricCollection:
         k = self.spec.num_classes

@@ -3,12 +3,15 @@
 ``R[i][j]`` is the score on task ``j`` after training experience ``i`` (``NaN`` while task ``j``
 has no head yet).  torchmetrics has no continual-learning summaries and Avalanche's are bound to
 its own strategy objects, so these few lines are written here, following Lopez-Paz & Ranzato
-(2017, GEM) for backward transfer and Chaudhry et al. (2018) for forgetting.
+(2017, GEM) for backward and forward transfer and Chaudhry et al. (2018) for forgetting.
+
+A cell of a task *before* the experience that trains it may hold a score too (a zero-shot head
+scored from its class prompts): it feeds forward transfer, never the averages, forgetting or BWT.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -30,21 +33,31 @@ class ContinualSummary(dict):
     """Dict with ``average_accuracy``, ``forgetting``, ``backward_transfer`` and per-task values."""
 
 
-def summarize(matrix: Sequence[Sequence[Optional[float]]], tasks: Sequence[str], experience_tasks: Optional[Sequence[Sequence[str]]] = None) -> ContinualSummary:
+def summarize(
+    matrix: Sequence[Sequence[Optional[float]]],
+    tasks: Sequence[str],
+    experience_tasks: Optional[Sequence[Sequence[str]]] = None,
+    random_init: Optional[Mapping[str, Optional[float]]] = None,
+) -> ContinualSummary:
     """Summaries of an accuracy matrix.
 
     Args:
         matrix: rows = after experience ``i``, columns = tasks (``None``/NaN = not evaluated).
         tasks: column names.
         experience_tasks: tasks trained in each experience (defaults to one task per experience,
-            in column order).  A task's "learned at" row is the experience that trained it.
+            in column order).  A task's "learned at" row is the first experience that trained it.
+        random_init: task -> score of the random-init reference model ``b_j`` (for forward transfer).
 
     Returns:
-        ``average_accuracy``: mean of the last row over evaluated tasks;
-        ``average_accuracy_per_experience``: the same for every row;
+        ``learned_at``: task -> row that trained it (``None`` for a task never trained here);
+        ``average_accuracy_per_experience``: mean of row ``i`` over the tasks learned in rows
+        ``<= i`` (a grown model's old tasks are "learned" in its start row);
+        ``average_accuracy``: its last value;
         ``forgetting``: mean over tasks learned before the last experience of
-        ``max_{i < last} R[i][j] - R[last][j]`` (``None`` if there is no such task);
-        ``forgetting_per_task``; ``backward_transfer``: mean of ``R[last][j] - R[learned_j][j]``.
+        ``max_{learned <= i < last} R[i][j] - R[last][j]`` (``None`` if there is no such task);
+        ``forgetting_per_task``; ``backward_transfer``: mean of ``R[last][j] - R[learned_j][j]``;
+        ``forward_transfer``: mean over tasks learned after the first row of
+        ``R[learned_j - 1][j] - b_j`` where both are known (``None`` otherwise), and ``forward_transfer_per_task``.
 
     Raises:
         ValueError: if the matrix is ragged or its width differs from ``len(tasks)``.
@@ -54,7 +67,7 @@ def summarize(matrix: Sequence[Sequence[Optional[float]]], tasks: Sequence[str],
         raise ValueError(f"accuracy matrix has {R.shape[1]} columns but {len(tasks)} task names")
     if experience_tasks is None:
         experience_tasks = [[t] for t in tasks[: len(R)]]
-    learned_at = {}
+    learned_at: Dict[str, int] = {}
     for i, names in enumerate(experience_tasks):
         for name in names:
             learned_at.setdefault(name, i)
@@ -63,8 +76,12 @@ def summarize(matrix: Sequence[Sequence[Optional[float]]], tasks: Sequence[str],
         values = [v for v in values if not math.isnan(v)]
         return float(np.mean(values)) if values else None
 
+    def learned_by(i: int, name: str) -> bool:
+        return name in learned_at and learned_at[name] <= i
+
     out = ContinualSummary(tasks=list(tasks))
-    out["average_accuracy_per_experience"] = [mean(list(row)) for row in R]
+    out["learned_at"] = {name: learned_at.get(name) for name in tasks}
+    out["average_accuracy_per_experience"] = [mean([v for v, name in zip(row, tasks) if learned_by(i, name)]) for i, row in enumerate(R)]
     out["average_accuracy"] = out["average_accuracy_per_experience"][-1] if len(R) else None
     last = len(R) - 1
     forgetting: Dict[str, Optional[float]] = {}
@@ -81,18 +98,39 @@ def summarize(matrix: Sequence[Sequence[Optional[float]]], tasks: Sequence[str],
     out["forgetting_per_task"] = forgetting
     out["forgetting"] = mean([v for v in forgetting.values() if v is not None])
     out["backward_transfer"] = mean(bwt)
+    fwt: Dict[str, Optional[float]] = {}
+    for j, name in enumerate(tasks):
+        start, b = learned_at.get(name), (random_init or {}).get(name)
+        before = R[start - 1, j] if start is not None and start >= 1 else math.nan
+        fwt[name] = None if b is None or math.isnan(before) else float(before - b)
+    out["forward_transfer_per_task"] = fwt
+    out["forward_transfer"] = mean([v for v in fwt.values() if v is not None])
     return out
 
 
-def format_matrix(matrix: Sequence[Sequence[Optional[float]]], tasks: Sequence[str], row_labels: Optional[Sequence[str]] = None, digits: int = 3) -> str:
-    """Plain-text table of the accuracy matrix (rows: after experience i; columns: tasks)."""
+def format_matrix(
+    matrix: Sequence[Sequence[Optional[float]]],
+    tasks: Sequence[str],
+    row_labels: Optional[Sequence[str]] = None,
+    digits: int = 3,
+    pending: Optional[Sequence[Sequence[bool]]] = None,
+) -> str:
+    """Plain-text table of the accuracy matrix (rows: after experience i; columns: tasks).
+
+    ``pending[i][j]`` marks a cell scored before its task was trained; it is shown in parentheses.
+    """
     R = _as_matrix(matrix)
     row_labels = list(row_labels or [f"after exp {i}" for i in range(len(R))])
-    widths = [max(len(t), digits + 3) for t in tasks]
+    widths = [max(len(t), digits + 5) for t in tasks]
     first = max([len(r) for r in row_labels] + [len("trained \\ tested")])
     lines = ["trained \\ tested".ljust(first) + " | " + " | ".join(t.rjust(w) for t, w in zip(tasks, widths))]
     lines.append("-" * len(lines[0]))
-    for label, row in zip(row_labels, R):
-        cells = ["-".rjust(w) if math.isnan(v) else f"{v:.{digits}f}".rjust(w) for v, w in zip(row, widths)]
+    for i, (label, row) in enumerate(zip(row_labels, R)):
+        cells = []
+        for j, (v, w) in enumerate(zip(row, widths)):
+            text = "-" if math.isnan(v) else f"{v:.{digits}f}"
+            if pending is not None and pending[i][j] and not math.isnan(v):
+                text = f"({text})"
+            cells.append(text.rjust(w))
         lines.append(label.ljust(first) + " | " + " | ".join(cells))
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 from framework.paradigms.base import MedCLModule
 from framework.paradigms.continual import ContinualModule
 from framework.paradigms.joint import JointModule
+from framework.paradigms.regularizers import EWC, REGULARIZERS, LwF, Regularizer
 from framework.paradigms.specialized import SpecializedModule
 
-__all__ = ["MedCLModule", "SpecializedModule", "JointModule", "ContinualModule"]
+__all__ = ["MedCLModule", "SpecializedModule", "JointModule", "ContinualModule", "Regularizer", "EWC", "LwF", "REGULARIZERS"]

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import move_data_to_device, rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 
 from framework.adapters import AdapterSpec, check_lora_options
 from framework.heads import TaskHead
+from framework.metrics.evaluation import evaluate_head
 from framework.model import MedCLModel
 from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
 from framework.specs import TaskSpec
@@ -239,6 +240,33 @@ class MedCLModule(pl.LightningModule):
         if stage == "fit":
             self.validate_schedule()
             self.ensure_tasks(self.experiences()[0])
+            self._prepare_ddp()
+
+    def _prepare_ddp(self) -> None:
+        """Under DDP, grow every stream task's head now and let DDP find unused parameters.
+
+        DDP registers the parameters it synchronises once, when it wraps the module (after this
+        hook), so a head grown later would train separately on each rank.  Heads of later
+        experiences stay frozen until their experience (:meth:`future_tasks`).  A MedCL training
+        step leaves parameters unused by design (heads of tasks not in the batch, adapters of other
+        modalities), so DDP must look for them.
+        """
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, DDPStrategy) or self.trainer.world_size < 2:
+            return
+        for tasks in self.experiences():
+            self.ensure_tasks(tasks)
+        if not strategy._ddp_kwargs.get("find_unused_parameters"):
+            # Lightning exposes no public setter once the strategy exists; the kwargs are read when DDP wraps the module
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+            rank_zero_info("DDP: find_unused_parameters=True (heads of tasks not in a batch get no gradient)")
+
+    def future_tasks(self, experience: int) -> List[str]:
+        """Tasks with a head that are first trained after ``experience`` (only under DDP, see :meth:`_prepare_ddp`)."""
+        earlier = {t for tasks in self.experiences()[: experience + 1] for t in tasks}
+        return [t for tasks in self.experiences()[experience + 1 :] for t in tasks if t not in earlier and t in self.task_specs]
 
     def validate_schedule(self) -> None:
         """Check trainer settings against the paradigm's schedule (override to add checks)."""
@@ -263,7 +291,7 @@ class MedCLModule(pl.LightningModule):
         if starting:
             self.ensure_tasks(tasks)
         # every epoch, so a run resumed mid-experience freezes what the original run froze
-        counts = self.freezing.apply(self.all_models(), tasks)
+        counts = self.freezing.apply(self.all_models(), tasks, self.future_tasks(experience))
         self.freezing.set_eval()
         if starting or experience not in self.trainable_counts:
             self.trainable_counts[experience] = counts
@@ -282,11 +310,14 @@ class MedCLModule(pl.LightningModule):
             self.freezing.set_eval()
         return self
 
+    def is_last_epoch_of_experience(self, epoch: int) -> bool:
+        """Whether ``epoch`` ends its experience (or the run)."""
+        return (epoch + 1) % self.epochs_per_experience() == 0 or epoch + 1 >= (self.trainer.max_epochs or 0)
+
     def on_train_epoch_end(self) -> None:
         epoch = self.current_epoch
         experience = self.experience_of_epoch(epoch)
-        last_epoch = (epoch + 1) % self.epochs_per_experience() == 0 or epoch + 1 >= (self.trainer.max_epochs or 0)
-        if last_epoch:
+        if self.is_last_epoch_of_experience(epoch):
             self._dispatch("on_experience_end", experience, self.experiences()[experience])
 
     def _dispatch(self, hook: str, experience: int, tasks: Sequence[str]) -> None:
@@ -310,8 +341,16 @@ class MedCLModule(pl.LightningModule):
             total = loss if total is None else total + loss
         if total is None:
             raise ValueError("training_step received an empty batch dict")
+        reg = self.regularization_loss(batch)
+        if reg is not None:
+            self.log("train/regularization", reg, batch_size=1, on_step=False, on_epoch=True)
+            total = total + reg
         self.log("train/loss", total, prog_bar=True, batch_size=1)
         return total
+
+    def regularization_loss(self, batch: Mapping[str, Mapping[str, Tensor]]) -> Optional[Tensor]:
+        """A penalty added to the training loss (e.g. EWC, LwF); ``None`` (none) by default."""
+        return None
 
     def _eval_step(self, batch: Mapping[str, Mapping[str, Tensor]], stage: str) -> None:
         for task, sub in batch.items():
@@ -341,30 +380,28 @@ class MedCLModule(pl.LightningModule):
             out[task] = predictions
         return out
 
-    @torch.no_grad()
-    def evaluate(self, task: str, dataloader: Iterable[Mapping[str, Mapping[str, Tensor]]]) -> Dict[str, float]:
-        """Evaluate one task on a keyed dataloader outside the Lightning loops.
+    def evaluate(self, task: str, dataloader: Iterable[Mapping[str, Mapping[str, Tensor]]], key: Optional[str] = None) -> Dict[str, float]:
+        """Evaluate one task's head on a keyed dataloader outside the Lightning loops.
 
         Lightning cannot run ``trainer.test`` inside ``fit``; this is the experience-end
-        evaluation loop, with the head's own torchmetrics collection.
+        evaluation loop, with the head's own torchmetrics collection (see
+        :func:`~framework.metrics.evaluation.evaluate_head`: DDP ranks share the data, no sample twice).
+
+        Args:
+            task: the task whose head is evaluated.
+            dataloader: batches ``{key: {"image", "target"}}``.
+            key: the batch key holding the data (default ``task``; another name for a cross-domain set).
 
         Returns:
             metric name -> value (the head's :meth:`make_metrics`, plus ``score`` = the primary metric).
         """
         model = self.model_for(task)
-        head = model.head(task)
-        metrics = head.make_metrics().to(self.device)
         was_training = self.training
         self.eval()
         try:
-            for batch in dataloader:
-                sub = move_data_to_device(batch[task], self.device)
-                metrics.update(**head.metric_inputs(model(sub["image"], task), sub["target"]))
-            values = {k: float(v) for k, v in metrics.compute().items()}
+            return evaluate_head(model, model.head(task), dataloader, key or task, self.device)
         finally:
             self.train(was_training)
-        values["score"] = values[head.score_name]
-        return values
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

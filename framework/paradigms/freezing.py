@@ -51,14 +51,17 @@ class FreezingPolicy:
         """Whether this policy (not the model's configuration) froze ``param``."""
         return id(param) in self._frozen
 
-    def apply(self, models: Iterable[MedCLModel], current_tasks: Iterable[str]) -> Dict[str, int]:
+    def apply(self, models: Iterable[MedCLModel], current_tasks: Iterable[str], future_tasks: Iterable[str] = ()) -> Dict[str, int]:
         """Freeze and unfreeze for an experience training ``current_tasks``.
+
+        ``future_tasks`` have heads already (DDP grows every head before training) but are trained
+        later: their heads stay frozen and their modalities do not count as old.
 
         Returns:
             trainable parameter counts: ``total``, ``backbone``, ``adapters``, ``heads``, and ``all``
             (every parameter of the models).
         """
-        current = set(current_tasks)
+        current, future = set(current_tasks), set(future_tasks)
         counts = dict(total=0, backbone=0, adapters=0, heads=0, all=0)
         self._frozen.clear()
         self.frozen_modules = []
@@ -66,7 +69,7 @@ class FreezingPolicy:
         freeze_old_heads = self.policy in ("old_heads", "backbone+old_heads", "adapters_only")
         for model in models:
             current_modalities = {model.specs[t].modality for t in current if t in model.specs}
-            old_modalities = {spec.modality for name, spec in model.specs.items() if name not in current}
+            old_modalities = {spec.modality for name, spec in model.specs.items() if name not in current | future}
             adapter_params = {m: model.adapters.parameters(m) for m in model.adapters.specs}
             adapter_ids = {id(p) for params in adapter_params.values() for p in params}
             base = [p for p in model.backbone.parameters() if id(p) not in adapter_ids]
@@ -82,7 +85,7 @@ class FreezingPolicy:
                     train = True
                 self._set(params, train, counts, "adapters")
             for name, head in model.heads.items():
-                train = not (freeze_old_heads and name not in current)
+                train = name not in future and not (freeze_old_heads and name not in current)
                 self._set(list(head.parameters()), train, counts, "heads")
                 if not train:
                     self.frozen_modules.append(head)

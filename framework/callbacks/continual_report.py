@@ -1,0 +1,229 @@
+"""How a continual evaluation result is shown: tables, CSV rows, the heat map and per-task curves.
+
+Pure functions of the result dict that :class:`~framework.callbacks.ContinualEvaluation` writes to
+``continual_metrics.json``, so they can be re-run on a saved result.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from framework.metrics.continual import format_matrix
+
+__all__ = [
+    "INITIAL_ROW", "row_label", "average_label", "column_labels", "pending_mask", "format_report",
+    "write_csv", "plot_matrix", "plot_curves", "SECONDARY_METRICS",
+]
+
+#: experience index of the row evaluated before training a model loaded with ``init_from``
+INITIAL_ROW = -1
+#: metrics shown beside the primary score when a head reports them (MedMNIST reports ACC and AUC)
+SECONDARY_METRICS = ("auroc", "balanced_acc")
+
+
+def row_label(experience: int, tasks: Optional[List[str]] = None) -> str:
+    """``after exp 2 (kvasir_seg)``, or ``start (init_from)`` for the row before any training."""
+    if experience == INITIAL_ROW:
+        return "start (init_from)"
+    return f"after exp {experience}" + (f" ({'+'.join(tasks)})" if tasks else "")
+
+
+def average_label(result: Dict[str, Any]) -> str:
+    """``average accuracy``, ``average dice`` ..., or ``average score`` when the columns mix metrics."""
+    metric = result.get("metric", "acc")
+    if isinstance(metric, list):
+        return "average score"
+    return "average accuracy" if metric == "acc" else f"average {metric}"
+
+
+def column_labels(result: Dict[str, Any]) -> List[str]:
+    """Column headers naming each task's metric, e.g. ``kvasir_seg (dice)``."""
+    metrics = result.get("metrics", {})
+    return [f"{task} ({metrics[task]})" if task in metrics else task for task in result["tasks"]]
+
+
+def pending_mask(result: Dict[str, Any]) -> List[List[bool]]:
+    """``mask[i][j]``: row ``i`` scored task ``j`` before training it, or a task never trained (a zero-shot cell)."""
+    learned = result.get("learned_at")
+    if learned is None:  # a result written before MedCL recorded it
+        return [[False] * len(result["tasks"]) for _ in result["accuracy_matrix"]]
+    return [
+        [learned.get(task) is None or i < learned[task] for task in result["tasks"]]
+        for i in range(len(result["accuracy_matrix"]))
+    ]
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def format_report(result: Dict[str, Any]) -> str:
+    """The printed report: the matrix, the summary line, secondary metrics, cross-domain and cross-task tables."""
+    labels = [row_label(e, t) for e, t in zip(result["experiences"], result["experience_tasks"])]
+    mixed = isinstance(result["metric"], list)
+    parts = [
+        f"\nContinual evaluation ({result['paradigm']}, {result['split']} split, "
+        + (f"metrics: {', '.join(result['metric'])})" if mixed else f"metric: {result['metric']})"),
+        format_matrix(result["accuracy_matrix"], column_labels(result), labels, pending=pending_mask(result)),
+    ]
+    if any(any(row) for row in pending_mask(result)):
+        parts.append("(in parentheses: scored zero-shot from class prompts before the task was trained)")
+    parts.append(
+        f"{average_label(result)}: {_fmt(result['average_accuracy'])}   forgetting: {_fmt(result['forgetting'])}"
+        f"   BWT: {_fmt(result['bwt'])}   FWT: {_fmt(result['fwt'])}"
+        + ("" if result.get("random_init") else "   (FWT needs zero-shot tasks and the random-init reference)")
+    )
+    secondary = result.get("secondary", {})
+    if secondary:
+        names = [m for m in SECONDARY_METRICS if m in secondary]
+        last = len(result["accuracy_matrix"]) - 1
+        rows = [[task, *[secondary[m][last][j] for m in names]] for j, task in enumerate(result["tasks"]) if any(secondary[m][last][j] is not None for m in names)]
+        if rows:
+            parts.append(f"\nSecondary metrics, {labels[-1]}:")
+            parts.append(_table(["task", *names], [[r[0], *map(_fmt, r[1:])] for r in rows]))
+    for task, values in result.get("reference", {}).items():
+        parts.append(f"reference for {task}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items()))
+    cross_domain = result.get("cross_domain", {})
+    if cross_domain:
+        parts.append("\nCross-domain (evaluation-only sources of a trained task; score of that task's head):")
+        header = ["row", *[f"{name} <- {entry['task']} ({entry['metric']})" for name, entry in cross_domain.items()]]
+        body = [[label, *[_fmt(entry["scores"][i]) for entry in cross_domain.values()]] for i, label in enumerate(labels)]
+        body.append(["random init", *[_fmt(entry.get("random_init")) for entry in cross_domain.values()]])
+        parts.append(_table(header, body))
+    cross_task = result.get("cross_task", {})
+    if cross_task:
+        budget = result.get("linear_probe_budget") or {}
+        parts.append(
+            "\nCross-task (never-trained tasks; accuracy zero-shot from class prompts | linear probe on frozen features"
+            + (f", {budget.get('samples_per_class')} training images per class" if budget else "")
+            + "):"
+        )
+        header = ["row", *[f"{name} {kind}" for name in cross_task for kind in ("zero-shot", "probe")]]
+        body = [[label, *[_fmt(entry[k][i]) for entry in cross_task.values() for k in ("zero_shot", "linear_probe")]] for i, label in enumerate(labels)]
+        body.append(["random init", *[_fmt((entry.get("random_init") or {}).get(k)) for entry in cross_task.values() for k in ("zero_shot", "linear_probe")]])
+        parts.append(_table(header, body))
+    return "\n".join(parts) + "\n"
+
+
+def _table(header: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [" | ".join(str(h).ljust(w) for h, w in zip(header, widths))]
+    lines.append("-" * len(lines[0]))
+    lines += [" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def csv_columns(result: Dict[str, Any]) -> List[str]:
+    """Header of ``continual_metrics.csv``."""
+    columns = ["experience", "trained_tasks", *column_labels(result), "average_accuracy"]
+    for metric in SECONDARY_METRICS:
+        if metric in result.get("secondary", {}):
+            columns += [f"{task}:{metric}" for task in result["tasks"]]
+    columns += [f"cross_domain:{name}" for name in result.get("cross_domain", {})]
+    columns += [f"cross_task:{name}:{kind}" for name in result.get("cross_task", {}) for kind in ("zero_shot", "linear_probe")]
+    return columns
+
+
+def write_csv(result: Dict[str, Any], path: Path) -> None:
+    """One row per evaluated experience: the scores, the average, secondary metrics, cross-domain
+    and cross-task scores; a last ``random_init`` row holds the reference model's numbers."""
+    cell = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6f}"  # noqa: E731
+    secondary = result.get("secondary", {})
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(csv_columns(result))
+        rows = zip(result["experiences"], result["experience_tasks"], result["accuracy_matrix"], result["average_accuracy_per_experience"])
+        for i, (e, tasks, row, avg) in enumerate(rows):
+            line = [e, "+".join(tasks), *map(cell, row), cell(avg)]
+            for metric in SECONDARY_METRICS:
+                if metric in secondary:
+                    line += map(cell, secondary[metric][i])
+            line += [cell(entry["scores"][i]) for entry in result.get("cross_domain", {}).values()]
+            line += [cell(entry[k][i]) for entry in result.get("cross_task", {}).values() for k in ("zero_shot", "linear_probe")]
+            writer.writerow(line)
+        if result.get("random_init") or result.get("cross_domain") or result.get("cross_task"):
+            reference = result.get("random_init") or {}
+            line = ["random_init", "", *[cell(reference.get(t)) for t in result["tasks"]], ""]
+            for metric in SECONDARY_METRICS:
+                if metric in secondary:
+                    line += [""] * len(result["tasks"])
+            line += [cell(entry.get("random_init")) for entry in result.get("cross_domain", {}).values()]
+            line += [cell((entry.get("random_init") or {}).get(k)) for entry in result.get("cross_task", {}).values() for k in ("zero_shot", "linear_probe")]
+            writer.writerow(line)
+
+
+def plot_matrix(result: Dict[str, Any], path: Path) -> None:
+    """Heat map of the accuracy matrix with the numbers in each cell; zero-shot cells (before the
+    task was trained) are hatched and their numbers in parentheses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    matrix = np.array([[math.nan if v is None else v for v in row] for row in result["accuracy_matrix"]], dtype=float)
+    pending = np.array(pending_mask(result), dtype=bool).reshape(matrix.shape)
+    tasks = result["tasks"]
+    metrics = result.get("metrics", {})
+    column = max(1.3, 0.075 * max(len(t) for t in tasks))
+    fig, ax = plt.subplots(figsize=(2.6 + column * len(tasks), 1.9 + 0.6 * len(matrix)))
+    im = ax.imshow(np.ma.masked_invalid(np.where(pending, np.nan, matrix)), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({metrics[t]})" if t in metrics else t for t in tasks], fontsize=8)
+    ax.set_yticks(range(len(matrix)), [row_label(e) for e in result["experiences"]], fontsize=8)
+    ax.set_xlabel(f"tested on ({result['split']} split)", fontsize=8)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            v = matrix[i, j]
+            if pending[i, j] and not math.isnan(v):
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor="0.7", lw=0))
+                ax.text(j, i, f"({v:.3f})", ha="center", va="center", color="0.35", fontsize=8)
+                continue
+            text = "–" if math.isnan(v) else f"{v:.3f}"
+            ax.text(j, i, text, ha="center", va="center", color="w" if not math.isnan(v) and v < 0.6 else "k")
+    stats = []
+    for key, label in (("average_accuracy", average_label(result)), ("forgetting", "forgetting"), ("bwt", "BWT"), ("fwt", "FWT")):
+        if result.get(key) is not None:
+            stats.append(f"{label} {result[key]:.3f}")
+    ax.set_title(result["paradigm"] + (f"\n{', '.join(stats)}" if stats else ""), fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(result: Dict[str, Any], path: Path) -> None:
+    """Per-task score after each experience: solid once trained, dotted before (zero-shot),
+    dashed for cross-domain sets, dash-dot for cross-task zero-shot and linear probe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = list(range(len(result["experiences"])))
+    labels = [row_label(e) for e in result["experiences"]]
+    pending = pending_mask(result)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(x) + 3), 3.6))
+    nan = lambda v: math.nan if v is None else v  # noqa: E731
+    for j, task in enumerate(result["tasks"]):
+        values = [nan(row[j]) for row in result["accuracy_matrix"]]
+        trained = [math.nan if pending[i][j] else v for i, v in enumerate(values)]
+        before = [v if pending[i][j] or (i > 0 and pending[i - 1][j]) else math.nan for i, v in enumerate(values)]
+        (line,) = ax.plot(x, trained, marker="o", label=f"{task} ({result['metrics'].get(task, '')})")
+        if any(not math.isnan(v) for v in before):
+            ax.plot(x, before, ls=":", marker=".", color=line.get_color())
+    for name, entry in result.get("cross_domain", {}).items():
+        ax.plot(x, [nan(v) for v in entry["scores"]], ls="--", marker="s", label=f"{name} (cross-domain)")
+    for name, entry in result.get("cross_task", {}).items():
+        ax.plot(x, [nan(v) for v in entry["zero_shot"]], ls="-.", marker="^", label=f"{name} zero-shot (cross-task)")
+        ax.plot(x, [nan(v) for v in entry["linear_probe"]], ls="-.", marker="v", label=f"{name} linear probe (cross-task)")
+    ax.set_xticks(x, labels, fontsize=7, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score", fontsize=8)
+    ax.set_title(f"{result['paradigm']}: score after each experience\n(dotted: zero-shot, before the task was trained)", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

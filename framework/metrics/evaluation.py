@@ -1,0 +1,181 @@
+"""Evaluation outside the Lightning loops: a head on a dataloader, an untrained head (zero-shot),
+a linear probe on frozen features, and the random-init reference model.
+
+Lightning cannot run ``trainer.test`` inside ``fit``, so the experience-end protocol of
+:class:`~framework.callbacks.ContinualEvaluation` runs these loops itself.  Every loop shards its
+data across DDP ranks without padding (rank ``r`` of ``W`` takes samples ``r, r + W, ...``), and the
+torchmetrics collections synchronise their states across ranks in ``compute()``, so each test
+sample is counted exactly once however many processes run.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from pytorch_lightning.utilities import move_data_to_device
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from framework.heads import HEAD_REGISTRY, TaskHead, build_head
+from framework.specs import TaskSpec
+
+__all__ = [
+    "evaluate_head",
+    "fresh_head",
+    "can_route",
+    "supports_zero_shot",
+    "shard_loader",
+    "extract_features",
+    "linear_probe",
+    "PROBE_DEFAULTS",
+]
+
+#: the fixed budget of the linear probe (see :func:`linear_probe`)
+PROBE_DEFAULTS = {"samples_per_class": 10, "max_iter": 1000, "C": 1.0}
+
+
+def _world() -> Tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def shard_loader(loader: DataLoader) -> DataLoader:
+    """``loader`` restricted to this DDP rank's share of its dataset (every ``W``-th sample from
+    the rank's index), or ``loader`` itself in a single process.  No sample is repeated or dropped."""
+    rank, world = _world()
+    if world == 1:
+        return loader
+    dataset = Subset(loader.dataset, range(rank, len(loader.dataset), world))
+    return DataLoader(dataset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+
+
+def can_route(model: nn.Module, spec: TaskSpec) -> bool:
+    """Whether ``model``'s image tower can read ``spec``'s images: its modality has adapters in the
+    model, or its images have 1 or 3 channels (the base tower)."""
+    return spec.modality in model.adapters.modalities or spec.in_channels in (1, 3)
+
+
+def _route(model: nn.Module, spec: TaskSpec) -> ContextManager:
+    if spec.modality in model.adapters.modalities:
+        return model.adapters.use(spec.modality)
+    return contextlib.nullcontext()
+
+
+def supports_zero_shot(spec: TaskSpec) -> bool:
+    """Whether an untrained head of ``spec``'s kind predicts from prompts (CLIP zero-shot)."""
+    return bool(getattr(HEAD_REGISTRY.get(spec.kind), "zero_shot", False))
+
+
+def fresh_head(model: nn.Module, spec: TaskSpec, head_args: Optional[Mapping[str, Any]] = None, seed: int = 0) -> TaskHead:
+    """An untrained head for ``spec`` on ``model``'s backbone, NOT added to the model.
+
+    Initialised under a fixed seed so every call builds the same head (the before-training cells
+    of the matrix and the random-init reference use identical heads).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = build_head(spec, model.backbone.embed_dim, head_args)
+        head.on_add(model.backbone)
+    return head.to(next(model.backbone.parameters()).device)
+
+
+@torch.no_grad()
+def evaluate_head(
+    model: nn.Module,
+    head: TaskHead,
+    loader: Iterable[Mapping[str, Mapping[str, Tensor]]],
+    key: str,
+    device: torch.device,
+) -> Dict[str, float]:
+    """The head's metric collection over a keyed loader (``batch[key]`` holds image and target).
+
+    The model is routed to the head's modality.  Returns metric name -> value plus ``score``
+    (the head's primary metric).  The caller sets eval mode.
+    """
+    metrics = head.make_metrics().to(device)
+    if isinstance(loader, DataLoader):
+        loader = shard_loader(loader)
+    with _route(model, head.spec):
+        for batch in loader:
+            sub = move_data_to_device(batch[key], device)
+            metrics.update(**head.metric_inputs(head(model.backbone, sub["image"]), sub["target"]))
+    values = {k: float(v) for k, v in metrics.compute().items()}
+    values["score"] = values[head.score_name]
+    return values
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, spec: TaskSpec, loader: Iterable[Mapping[str, Tensor]], device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
+    """L2-normalised pooled image embeddings and targets of an unkeyed loader (``{"image", "target"}``)."""
+    feats, targets = [], []
+    with _route(model, spec):
+        for batch in loader:
+            images = move_data_to_device(batch["image"], device)
+            feats.append(model.backbone.encode_image(images, normalize=True).float().cpu())
+            targets.append(batch["target"].cpu())
+    return torch.cat(feats).numpy(), torch.cat(targets).numpy()
+
+
+def probe_indices(targets: np.ndarray, samples_per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``samples_per_class`` samples of every class, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        chosen.append(rng.choice(members, size=min(samples_per_class, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def linear_probe(
+    model: nn.Module,
+    spec: TaskSpec,
+    train: Iterator,
+    test: Iterator,
+    device: torch.device,
+    samples_per_class: int = PROBE_DEFAULTS["samples_per_class"],
+    seed: int = 0,
+    max_iter: int = PROBE_DEFAULTS["max_iter"],
+    C: float = PROBE_DEFAULTS["C"],
+) -> Dict[str, float]:
+    """Linear probe on frozen features: scikit-learn's L2-regularised logistic regression (the
+    probe of the CLIP paper) fitted on ``samples_per_class`` training images per class, scored on
+    every test image.
+
+    The same seeded training images are used after every experience, so rows differ only by the
+    backbone.  Every DDP rank computes the same probe on the full data (it is small by design).
+
+    Returns:
+        ``acc``, ``balanced_acc``, ``auroc`` (one-vs-rest macro) and ``score`` (= ``acc``).
+
+    Raises:
+        ValueError: if the task is not single-label classification.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+
+    if spec.kind != "classification":
+        raise ValueError(f"linear_probe: task '{spec.name}' is of kind {spec.kind!r}; the probe serves kind 'classification'")
+    x_train, y_train = extract_features(model, spec, train, device)
+    keep = probe_indices(y_train, samples_per_class, seed)
+    x_train, y_train = x_train[keep], y_train[keep]
+    x_test, y_test = extract_features(model, spec, test, device)
+    classifier = LogisticRegression(C=C, max_iter=max_iter)
+    classifier.fit(x_train, y_train)
+    predicted = classifier.predict(x_test)
+    out = {"acc": float(accuracy_score(y_test, predicted)), "balanced_acc": float(balanced_accuracy_score(y_test, predicted))}
+    probabilities = np.zeros((len(x_test), spec.num_classes))
+    probabilities[:, classifier.classes_] = classifier.predict_proba(x_test)
+    present = np.unique(y_test)
+    if len(present) > 1:
+        scores = probabilities[:, 1] if spec.num_classes == 2 else probabilities
+        labels = None if spec.num_classes == 2 else list(range(spec.num_classes))
+        try:
+            out["auroc"] = float(roc_auc_score(y_test, scores, multi_class="ovr", labels=labels))
+        except ValueError:  # a class absent from the test set
+            out["auroc"] = float("nan")
+    out["score"] = out["acc"]
+    out["train_samples"] = float(len(keep))
+    return out
