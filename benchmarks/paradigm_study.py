@@ -12,29 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from runs import REPO, RESULTS, latest_metrics as _latest, run_config
+
 REGIMES = ["specialized", "joint", "sequential", "sequential_replay"]
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def latest_metrics(regime: str) -> Path:
-    runs = sorted((REPO / "runs" / "paradigms" / regime).glob("version_*/continual_metrics.json"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(f"no finished run for {regime!r} under runs/paradigms/{regime}/")
-    return runs[-1]
+    return _latest(REPO / "runs" / "paradigms" / regime)
 
 
 def run_regime(regime: str, extra: list) -> float:
-    cmd = [sys.executable, "-m", "framework.cli", "fit", "--config", f"experiments/paradigms/{regime}.yaml", *extra]
-    print(f"\n=== {regime}: {' '.join(cmd[2:])}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
-    return time.perf_counter() - start
+    return run_config(f"experiments/paradigms/{regime}.yaml", extra, label=regime)
 
 
 def markdown(results: dict) -> str:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from data_modules.base import DomainDataModule, keyed_collate
 from framework.specs import TaskSpec
 
-__all__ = ["DomainStream"]
+__all__ = ["DomainStream", "domain_for"]
 
 log = logging.getLogger(__name__)
 
@@ -243,3 +243,19 @@ def _check_same_task(field: str, found: TaskSpec, wanted: TaskSpec) -> None:
                 f"DomainStream: field '{field}' ({found.name}) has {attr}={a!r}, but the task {wanted.name!r} it is keyed by "
                 f"has {attr}={b!r}; a cross-domain set must describe the same task"
             )
+
+
+def domain_for(datamodule, task: str, purpose: str) -> DomainDataModule:
+    """The domain serving ``task`` in a trainer's datamodule (a stream, or a single domain).
+
+    Raises:
+        ValueError: ``"<purpose> needs ..."`` naming the task and the datamodule found.
+    """
+    if hasattr(datamodule, "domain"):
+        return datamodule.domain(task)
+    if getattr(datamodule, "name", None) == task and hasattr(datamodule, "loader"):
+        return datamodule
+    raise ValueError(
+        f"{purpose} needs task {task!r}'s training data from trainer.datamodule (a data_modules.DomainStream or "
+        f"DomainDataModule), found {type(datamodule).__name__}"
+    )

@@ -174,3 +174,28 @@ def test_cross_domain_set_is_tested_with_its_task_head(tmp_path):
     assert entry["task"] == "bloodmnist" and entry["metric"] == "acc" and len(entry["scores"]) == 4
     assert all(0.0 <= v <= 1.0 for v in entry["scores"]) and entry["random_init"] is not None
     assert "cross_domain:bloodmnist_shifted" in (Path(cli.trainer.log_dir) / METRICS_CSV).read_text().splitlines()[0]
+
+
+def _train_tiny_stream(callbacks):
+    import pytorch_lightning as pl
+
+    from framework.paradigms import ContinualModule
+
+    pl.seed_everything(0)
+    stream = DomainStream([MedMNISTDataModule(f, data_dir="data/demo/medmnist", train_subset=48, val_subset=16, test_subset=32, batch_size=16)
+                           for f in ("bloodmnist", "organamnist")])
+    module = ContinualModule(epochs_per_experience=1, head_args={"classification": {"learn_class_embeddings": True}})
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, reload_dataloaders_every_n_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks, limit_val_batches=0)
+    trainer.fit(module, datamodule=stream)
+    return module.state_dict()
+
+
+def test_the_evaluation_protocol_does_not_change_training(tmp_path):
+    """Its test loaders, the reference model and the untrained heads run on a forked generator."""
+    from framework.callbacks import ContinualEvaluation
+
+    plain = _train_tiny_stream([])
+    evaluated = _train_tiny_stream([ContinualEvaluation(output_dir=str(tmp_path))])
+    assert plain.keys() == evaluated.keys()
+    assert all(torch.equal(plain[k], evaluated[k]) for k in plain)

@@ -105,12 +105,15 @@ class ContinualEvaluation(pl.Callback):
         self._run_dir: Optional[Path] = None
 
     # ------------------------------------------------------------------ hooks
+    # Evaluation must not change training: its DataLoaders draw their base seeds from the global
+    # torch generator, so every evaluation runs on a forked generator (fork_rng).
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
-        if self.random_init is None:
-            self.random_init = self.evaluate_random_init(trainer, pl_module)
-        initial = list(getattr(pl_module, "initial_tasks", []))
-        if initial and not self.rows and trainer.current_epoch == 0:
-            self.evaluate_experience(trainer, pl_module, INITIAL_ROW, initial)
+        with torch.random.fork_rng(devices=[]):
+            if self.random_init is None:
+                self.random_init = self.evaluate_random_init(trainer, pl_module)
+            initial = list(getattr(pl_module, "initial_tasks", []))
+            if initial and not self.rows and trainer.current_epoch == 0:
+                self.evaluate_experience(trainer, pl_module, INITIAL_ROW, initial)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         # every epoch, not only at experience start, so a run resumed mid-experience knows it too
@@ -118,14 +121,16 @@ class ContinualEvaluation(pl.Callback):
         self._current = (experience, pl_module.experiences()[experience])
 
     def on_experience_end(self, trainer: pl.Trainer, pl_module, experience: int, tasks: List[str]) -> None:
-        self.evaluate_experience(trainer, pl_module, experience, tasks)
+        with torch.random.fork_rng(devices=[]):
+            self.evaluate_experience(trainer, pl_module, experience, tasks)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         # Training stopped inside an experience (max_steps, early stopping): record it as it is.
         current = self._current
         if current is not None and current[0] not in self.rows:
             log.warning("training ended inside experience %d; evaluating the model as it is", current[0])
-            self.evaluate_experience(trainer, pl_module, *current)
+            with torch.random.fork_rng(devices=[]):
+                self.evaluate_experience(trainer, pl_module, *current)
         if self.result is not None:
             self._print(self.result)
 
@@ -172,8 +177,8 @@ class ContinualEvaluation(pl.Callback):
     def evaluate_random_init(self, trainer: pl.Trainer, pl_module) -> Dict[str, Dict[str, Any]]:
         """Score the random-init reference once: the configured model before any training (random
         weights, or the ``pretrained`` file if one is set) with untrained heads, on every zero-shot
-        task, cross-domain set and cross task.  Built under a fixed seed without touching the
-        global random state, so adding this callback does not change training."""
+        task, cross-domain set and cross task.  Built under a fixed seed; the hooks run it on a forked
+        generator, so adding this callback does not change training."""
         out: Dict[str, Dict[str, Any]] = {"tasks": {}, "cross_domain": {}, "cross_task": {}}
         datamodule = self._datamodule(trainer)
         cross_tasks = list(getattr(datamodule, "cross_task_specs", []))
@@ -181,9 +186,8 @@ class ContinualEvaluation(pl.Callback):
         cross_domains = [n for n, t in getattr(datamodule, "cross_domain_task", {}).items() if supports_zero_shot(datamodule.domain(t).task_spec)]
         if not self.forward_transfer or not (specs or cross_domains or cross_tasks):
             return out
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            model = pl_module.new_model().to(pl_module.device).eval()
+        torch.manual_seed(self.seed)  # the caller forked the generator
+        model = pl_module.new_model().to(pl_module.device).eval()
         for spec in self._progress(trainer, specs, "evaluating the random-init reference"):
             out["tasks"][spec.name] = self._untrained(model, spec, pl_module, datamodule.eval_dataloader(spec.name, self.split), spec.name)
         for name in cross_domains:

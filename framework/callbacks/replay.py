@@ -18,6 +18,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from data_modules.stream import domain_for
 from framework.replay import (
     BALANCE_MODES, POLICIES, ClassBalancedPolicy, HerdingPolicy, ReplayBuffer, ReservoirPolicy, StoragePolicy,
 )
@@ -162,16 +163,7 @@ class ReplayCallback(pl.Callback):
         Raises:
             ValueError: if the trainer's datamodule cannot serve ``task``'s training data.
         """
-        datamodule = getattr(trainer, "datamodule", None)
-        if hasattr(datamodule, "domain"):
-            domain = datamodule.domain(task)
-        elif getattr(datamodule, "name", None) == task and hasattr(datamodule, "loader"):
-            domain = datamodule
-        else:
-            raise ValueError(
-                f"ReplayCallback(policy='herding'): needs a datamodule with domain(task).loader(...) (a data_modules.DomainStream) "
-                f"to encode task {task!r}'s training data, found {type(datamodule).__name__}"
-            )
+        domain = domain_for(getattr(trainer, "datamodule", None), task, "ReplayCallback(policy='herding'): encoding exemplars")
         loader = domain.loader("train", keyed=False, shuffle=False)
         n = len(loader.dataset)
         if n <= self.herding_candidates:

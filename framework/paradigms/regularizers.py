@@ -37,6 +37,7 @@ import torch
 from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor
 
+from data_modules.stream import domain_for
 from framework.adapters import AdapterSpec
 from framework.model import MedCLModel
 from framework.specs import TaskSpec
@@ -141,16 +142,7 @@ class EWC(Regularizer):
     @staticmethod
     def train_loader(trainer, task: str):
         """The unshuffled, un-keyed training loader of ``task`` (``{"image", "target"}`` batches)."""
-        datamodule = getattr(trainer, "datamodule", None)
-        if hasattr(datamodule, "domain"):
-            domain = datamodule.domain(task)
-        elif getattr(datamodule, "name", None) == task and hasattr(datamodule, "loader"):
-            domain = datamodule
-        else:
-            raise ValueError(
-                f"EWC: estimating the Fisher information of task {task!r} needs its training data from "
-                f"trainer.datamodule (a data_modules.DomainStream or DomainDataModule), found {type(datamodule).__name__}"
-            )
+        domain = domain_for(getattr(trainer, "datamodule", None), task, "EWC: estimating the Fisher information")
         return domain.loader("train", keyed=False, shuffle=False)
 
     def estimate_fisher(self, module, trainer, tasks: Sequence[str]) -> Dict[str, Tensor]:

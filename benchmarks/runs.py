@@ -1,0 +1,37 @@
+"""Shared by the benchmark scripts: run a config with ``medcl fit`` and find its latest result."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def latest_metrics(root: Path) -> Path:
+    """The newest ``continual_metrics.json`` under ``root`` (a config's ``runs/...`` folder).
+
+    Raises:
+        FileNotFoundError: naming the folder, if no run finished there.
+    """
+    runs = sorted(Path(root).glob("**/continual_metrics.json"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f"no finished run under {root}")
+    return runs[-1]
+
+
+def run_config(config: str, extra: Sequence[str] = (), label: str = "") -> float:
+    """``medcl fit --config CONFIG EXTRA...`` from the repo root; returns the wall time in seconds."""
+    cmd: List[str] = [sys.executable, "-m", "framework.cli", "fit", "--config", config, *extra]
+    print(f"\n=== {label or config}: {' '.join(cmd[2:])}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return time.perf_counter() - start
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for a results table (``n/a`` for None)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
