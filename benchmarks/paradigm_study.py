@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from framework.callbacks.continual_report import pending_mask
 from runs import REPO, RESULTS, latest_metrics as _latest, run_config
 
 REGIMES = ["specialized", "joint", "sequential", "sequential_replay"]
@@ -38,14 +39,15 @@ def markdown(results: dict) -> str:
         fgt = "n/a" if r["forgetting"] is None else f"{r['forgetting']:.3f}"
         wall = "n/a" if r.get("wall_time_s") is None else f"{r['wall_time_s']:.0f}"
         lines.append(f"| {regime} | " + " | ".join(f"{v:.3f}" for v in final) + f" | {r['average_accuracy']:.3f} | {fgt} | {wall} |")
-    lines += ["", "Accuracy matrices (row = after experience i, column = task):", ""]
+    lines += ["", "Accuracy matrices (row = after experience i, column = task; in parentheses: scored zero-shot before the task was trained):", ""]
     for regime, r in results.items():
         lines.append(f"**{regime}**")
         lines.append("")
         lines.append("| after | " + " | ".join(tasks) + " |")
         lines.append("|---|" + "---|" * len(tasks))
-        for e, row in zip(r["experience_tasks"], r["accuracy_matrix"]):
-            lines.append(f"| {'+'.join(e)} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row) + " |")
+        for e, row, pending in zip(r["experience_tasks"], r["accuracy_matrix"], pending_mask(r)):
+            cells = ["-" if v is None else (f"({v:.3f})" if p else f"{v:.3f}") for v, p in zip(row, pending)]
+            lines.append(f"| {'+'.join(e)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -86,7 +88,7 @@ def main() -> None:
     previous = {}
     if (RESULTS / "paradigm_study.json").is_file():
         previous = json.loads((RESULTS / "paradigm_study.json").read_text())
-    results = {}
+    results = {r: previous[r] for r in REGIMES if r in previous}  # regimes not re-run keep their last numbers
     for regime in args.regimes:
         wall = None if args.collect_only else run_regime(regime, args.extra)
         result = json.loads(latest_metrics(regime).read_text())
@@ -94,6 +96,7 @@ def main() -> None:
         result["wall_time_s"] = wall if wall is not None else previous.get(regime, {}).get("wall_time_s")
         result["run"] = str(latest_metrics(regime).parent.relative_to(REPO))
         results[regime] = result
+    results = {r: results[r] for r in REGIMES if r in results}
     (RESULTS / "paradigm_study.json").write_text(json.dumps(results, indent=2))
     (RESULTS / "paradigm_study.md").write_text(markdown(results))
     plot(results, RESULTS / "paradigm_study.png")
