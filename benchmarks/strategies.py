@@ -6,7 +6,7 @@ BWT, FWT, forgetting, the cross-domain score (a SHIFTED COPY of the Blood test s
 metrics (mean AUC, mean balanced accuracy) and wall-clock time, with joint training as the upper
 bound and naive fine-tuning as the lower bound.
 
-    python benchmarks/strategies.py                          # every strategy (~25 min on 2 CPU cores)
+    python benchmarks/strategies.py                          # every strategy (~15 min on 2 CPU cores)
     python benchmarks/strategies.py --strategies naive ewc
     python benchmarks/strategies.py --collect-only           # re-read the latest finished runs
 """

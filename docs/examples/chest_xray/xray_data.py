@@ -20,7 +20,8 @@ from framework.specs import TaskSpec
 
 
 class _ImageLabelDataset(Dataset):
-    """Items ``{"image": FloatTensor[1, H, W] in [0, 1], "target": LongTensor[]}`` (what every head expects)."""
+    """Items ``{"image": uint8 tensor [1, H, W], "target": LongTensor[]}``: 8-bit images stay uint8 (the
+    backbone divides by 255), so a replay buffer stores them at a quarter of float32's size."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
         self.images = torch.from_numpy(images).unsqueeze(1)  # (N, 1, H, W) uint8
@@ -30,7 +31,7 @@ class _ImageLabelDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        return {"image": self.images[index].float() / 255.0, "target": self.labels[index]}
+        return {"image": self.images[index].clone(), "target": self.labels[index]}
 
 
 class ChestXrayDataModule(DomainDataModule):
