@@ -21,7 +21,12 @@ __all__ = ["ShiftedCopyDataModule", "apply_shift"]
 
 def apply_shift(image: torch.Tensor, gamma: float, contrast: float, brightness: float, blur_sigma: float, noise_std: float, generator: torch.Generator) -> torch.Tensor:
     """``clip(contrast * (x ** gamma - m) + m + brightness) (+ blur, + noise)`` on a float image in [0, 1]
-    (``m`` = the image mean), returned as float32 in [0, 1]."""
+    (``m`` = the image mean), returned as float32 in [0, 1].
+
+    Written out rather than composed from MONAI's intensity transforms: the shift must be one fixed,
+    documented function whose noise is seeded per sample (the same copy in every evaluation), not a
+    random augmentation.
+    """
     x = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
     x = x.clamp(0, 1) ** gamma
     mean = x.mean()
