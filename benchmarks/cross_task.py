@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from runs import REPO, RESULTS, fmt, latest_metrics, run_config
+from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config
 
 CONFIG = "experiments/protocol/held_back_pneumonia.yaml"
 TOWERS = {"minilm": "medcl-vit-tiny-minilm", "random": "medcl-vit-tiny"}
@@ -56,11 +56,7 @@ def main() -> None:
                  "--trainer.logger", json.dumps([{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(root)}}])]
         wall = None if args.collect_only else run_config(CONFIG, extra, label=f"text tower: {tower}")
         path = latest_metrics(root)
-        result = json.loads(path.read_text())
-        result.pop("details", None)
-        result["wall_time_s"] = wall if wall is not None else results.get(tower, {}).get("wall_time_s")
-        result["run"] = str(path.parent.relative_to(REPO))
-        results[tower] = result
+        record(results, tower, path, wall)
         out.write_text(json.dumps(results, indent=2))
     (RESULTS / "cross_task.md").write_text(markdown(results))
     print(markdown(results))

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from framework.callbacks.continual_report import pending_mask
-from runs import REPO, RESULTS, latest_metrics as _latest, run_config
+from runs import REPO, RESULTS, latest_metrics as _latest, record, run_config
 
 REGIMES = ["specialized", "joint", "sequential", "sequential_replay"]
 
@@ -91,11 +91,7 @@ def main() -> None:
     results = {r: previous[r] for r in REGIMES if r in previous}  # regimes not re-run keep their last numbers
     for regime in args.regimes:
         wall = None if args.collect_only else run_regime(regime, args.extra)
-        result = json.loads(latest_metrics(regime).read_text())
-        result.pop("details", None)
-        result["wall_time_s"] = wall if wall is not None else previous.get(regime, {}).get("wall_time_s")
-        result["run"] = str(latest_metrics(regime).parent.relative_to(REPO))
-        results[regime] = result
+        record(results, regime, latest_metrics(regime), wall, previous)
     results = {r: results[r] for r in REGIMES if r in results}
     (RESULTS / "paradigm_study.json").write_text(json.dumps(results, indent=2))
     (RESULTS / "paradigm_study.md").write_text(markdown(results))

@@ -1,11 +1,12 @@
 """Shared by the benchmark scripts: run a config with ``medcl fit`` and find its latest result."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -30,6 +31,18 @@ def run_config(config: str, extra: Sequence[str] = (), label: str = "") -> float
     start = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     return time.perf_counter() - start
+
+
+def record(results: Dict[str, Any], name: str, metrics: Path, wall: Optional[float], previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Read a run's ``continual_metrics.json`` into ``results[name]`` (without the per-cell
+    ``details``), with its wall time (``previous[name]``'s when ``wall`` is None: ``--collect-only``)
+    and its run folder."""
+    result = json.loads(Path(metrics).read_text())
+    result.pop("details", None)
+    result["wall_time_s"] = wall if wall is not None else (previous if previous is not None else results).get(name, {}).get("wall_time_s")
+    result["run"] = str(Path(metrics).parent.relative_to(REPO))
+    results[name] = result
+    return result
 
 
 def fmt(value, digits: int = 3) -> str:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from statistics import mean
 
-from runs import REPO, RESULTS, fmt, latest_metrics, run_config
+from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config
 
 STRATEGIES = ["joint", "naive", "replay_reservoir", "replay_class_balanced", "replay_herding", "ewc", "lwf", "replay_lwf"]
 BOUNDS = {"joint": "upper bound", "naive": "lower bound"}
@@ -101,12 +101,8 @@ def main() -> None:
     for name in args.strategies:
         wall = None if args.collect_only else run_config(f"experiments/strategies/{name}.yaml", args.extra, label=name)
         path = latest_metrics(REPO / "runs" / "strategies" / name)
-        result = json.loads(path.read_text())
-        result.pop("details", None)
+        result = record(results, name, path, wall)
         result["summary"] = summary(result)
-        result["wall_time_s"] = wall if wall is not None else results.get(name, {}).get("wall_time_s")
-        result["run"] = str(path.parent.relative_to(REPO))
-        results[name] = result
         out.write_text(json.dumps(results, indent=2))  # after every strategy: an interrupted study keeps what finished
     ordered = {n: results[n] for n in STRATEGIES if n in results}
     (RESULTS / "strategies.md").write_text(markdown(ordered))

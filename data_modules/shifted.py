@@ -92,13 +92,15 @@ class ShiftedCopyDataModule(DomainDataModule):
             raise ValueError(
                 f"ShiftedCopyDataModule: field 'task_name' expected a new name (not the source's {domain.task_spec.name!r}), found {task_name!r}"
             )
-        checks = {"gamma": gamma > 0, "contrast": contrast > 0, "brightness": -1 <= brightness <= 1, "blur_sigma": blur_sigma >= 0, "noise_std": noise_std >= 0}
-        expected = {"gamma": "> 0", "contrast": "> 0", "brightness": "in [-1, 1]", "blur_sigma": ">= 0", "noise_std": ">= 0"}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"ShiftedCopyDataModule: field '{name}' expected {expected[name]}, found {locals()[name]!r}")
+        shift = {"gamma": gamma, "contrast": contrast, "brightness": brightness, "blur_sigma": blur_sigma, "noise_std": noise_std}
+        valid = {"gamma": (lambda v: v > 0, "> 0"), "contrast": (lambda v: v > 0, "> 0"), "brightness": (lambda v: -1 <= v <= 1, "in [-1, 1]"),
+                 "blur_sigma": (lambda v: v >= 0, ">= 0"), "noise_std": (lambda v: v >= 0, ">= 0")}
+        for name, value in shift.items():
+            ok, expected = valid[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise ValueError(f"ShiftedCopyDataModule: field '{name}' expected {expected}, found {value!r}")
         self.source = domain
-        self.shift = {"gamma": float(gamma), "contrast": float(contrast), "brightness": float(brightness), "blur_sigma": float(blur_sigma), "noise_std": float(noise_std)}
+        self.shift = {name: float(value) for name, value in shift.items()}
         self.seed = int(seed)
         self._spec = TaskSpec.from_dict({**domain.task_spec.to_dict(), "name": task_name})
 

@@ -88,15 +88,12 @@ class MedCLModel(nn.Module):
         if adapter is not None and adapter.needs_patch_embedding:
             own = adapter.in_channels
         self._check_channels(spec, own)
-        head = build_head(spec, self.backbone.embed_dim, self.head_args.get(spec.kind))
-        head.on_add(self.backbone)  # may build layers from the backbone's feature shapes
-        device = next(self.backbone.parameters()).device
+        head = self.new_head(spec)
         if adapter is not None:
             self.adapters.add(adapter)
-            self.adapters.visual.to(device)
+            self.adapters.visual.to(next(self.backbone.parameters()).device)
             self.adapter_of_task[spec.name] = adapter
         self.adapters.register_modality(spec.modality)
-        head.to(device)
         self.heads[spec.name] = head
         self.specs[spec.name] = spec
         return head
@@ -109,6 +106,21 @@ class MedCLModel(nn.Module):
                 f"task '{spec.name}': in_channels={spec.in_channels}, but modality {spec.modality!r} has {embedding}; "
                 f"give tasks with another channel count their own modality name"
             )
+
+    def new_head(self, spec: TaskSpec, head_args: Optional[Mapping[str, Any]] = None) -> TaskHead:
+        """An untrained head for ``spec`` on this backbone, on its device, NOT added to the model
+        (:meth:`add_task` adds one; evaluation scores untrained heads zero-shot).
+
+        Args:
+            spec: the task.
+            head_args: the head's keyword arguments (default: this model's ``head_args`` for the kind).
+
+        Raises:
+            ValueError: if no head serves the kind or it rejects the arguments.
+        """
+        head = build_head(spec, self.backbone.embed_dim, self.head_args.get(spec.kind) if head_args is None else head_args)
+        head.on_add(self.backbone)  # may build layers from the backbone's feature shapes
+        return head.to(next(self.backbone.parameters()).device)
 
     def parameter_groups(self, select: Callable[[nn.Module], List[nn.Parameter]]) -> List[Tuple[str, List[nn.Parameter]]]:
         """Named parameter groups in growth order: the backbone (without adapters), then for each

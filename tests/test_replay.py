@@ -242,6 +242,7 @@ def test_ddp_checkpoint_gathers_every_rank_and_each_rank_restores_its_own(monkey
 class _Adapters:
     def __init__(self):
         self.active = []
+        self.modalities = {"rgb", "ct"}  # as ModalityAdapters.modalities: the modalities the model's tasks have
 
     @contextmanager
     def use(self, modality):

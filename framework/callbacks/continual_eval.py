@@ -149,7 +149,7 @@ class ContinualEvaluation(pl.Callback):
         """``spec``'s untrained (zero-shot) head on ``model``, or None where that means nothing."""
         if not (supports_zero_shot(spec) and can_route(model, spec)):
             return None
-        head = fresh_head(model, spec, getattr(pl_module, "head_args", {}).get(spec.kind), seed=self.seed)
+        head = fresh_head(model, spec, seed=self.seed)  # the model's own head_args
         return evaluate_head(model, head, loader, key, pl_module.device)
 
     def _cross_task(self, model, spec, pl_module, datamodule) -> Dict[str, Optional[Dict[str, float]]]:
@@ -167,11 +167,6 @@ class ContinualEvaluation(pl.Callback):
     def _shared_model(pl_module):
         models = pl_module.all_models() if hasattr(pl_module, "all_models") else []
         return models[0] if len(models) == 1 else None
-
-    def _eval_mode(self, pl_module):
-        was_training = pl_module.training
-        pl_module.eval()
-        return was_training
 
     @torch.no_grad()
     def evaluate_random_init(self, trainer: pl.Trainer, pl_module) -> Dict[str, Dict[str, Any]]:
@@ -203,7 +198,8 @@ class ContinualEvaluation(pl.Callback):
         shared = self._shared_model(pl_module)
         row: Dict[str, Dict[str, float]] = {}
         cross: Dict[str, Dict[str, Any]] = {"cross_domain": {}, "cross_task": {}}
-        was_training = self._eval_mode(pl_module)
+        was_training = pl_module.training
+        pl_module.eval()
         try:
             for spec in self._progress(trainer, specs, f"evaluating {row_label(experience)}"):
                 loader = datamodule.eval_dataloader(spec.name, self.split)
@@ -292,7 +288,6 @@ class ContinualEvaluation(pl.Callback):
             "forgetting": summary["forgetting"],
             "forgetting_per_task": summary["forgetting_per_task"],
             "bwt": summary["backward_transfer"],
-            "backward_transfer": summary["backward_transfer"],
             "fwt": summary["forward_transfer"],
             "fwt_per_task": summary["forward_transfer_per_task"],
             "random_init": random_init,

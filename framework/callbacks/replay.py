@@ -19,19 +19,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from data_modules.stream import domain_for
+from framework.distributed import rank_and_world_size
+from framework.metrics.evaluation import extract_features
 from framework.replay import (
     BALANCE_MODES, POLICIES, ClassBalancedPolicy, HerdingPolicy, ReplayBuffer, ReservoirPolicy, StoragePolicy,
 )
 
 __all__ = ["ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy", "ClassBalancedPolicy", "HerdingPolicy", "POLICIES"]
-
-
-def _world() -> Tuple[int, int]:
-    """``(world_size, rank)`` of the default process group, ``(1, 0)`` without one."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class ReplayCallback(pl.Callback):
@@ -181,32 +175,20 @@ class ReplayCallback(pl.Callback):
         Features are ``model_for(task).backbone.encode_image(images, normalize=True)`` through the
         task's modality adapters, in eval mode without gradients (the training mode is restored).
         """
-        loader = self.candidate_loader(trainer, experience, task)
-        model = pl_module.model_for(task)
-        modality = pl_module.task_specs[task].modality
-        device = pl_module.device
-        batches = loader
+        batches = self.candidate_loader(trainer, experience, task)
         if getattr(trainer, "progress_bar_callback", None) is not None and getattr(trainer, "is_global_zero", True):
             from tqdm.auto import tqdm
 
-            batches = tqdm(loader, desc=f"herding {task}", leave=False)
-        images: List[Tensor] = []
-        targets: List[Tensor] = []
-        features: List[Tensor] = []
+            batches = tqdm(batches, desc=f"herding {task}", leave=False)
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad(), model.adapters.use(modality):
-                for batch in batches:
-                    image, target = batch["image"], batch["target"]
-                    features.append(model.backbone.encode_image(image.to(device), normalize=True).float().cpu())
-                    images.append(image.cpu())
-                    targets.append(target.cpu())
+            features, targets, images = extract_features(
+                pl_module.model_for(task), pl_module.task_specs[task], batches, pl_module.device, keep_images=True
+            )
         finally:
             pl_module.train(was_training)
-        if not images:
-            raise ValueError(f"ReplayCallback(policy='herding'): task {task!r} has no training samples to choose exemplars from")
-        return torch.cat(images), torch.cat(targets), torch.cat(features)
+        return images, targets, features
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
@@ -216,7 +198,7 @@ class ReplayCallback(pl.Callback):
         every rank's buffer is gathered here (a collective call: every rank takes part).
         """
         mine = self.buffer.state_dict()
-        world_size, _ = _world()
+        _, world_size = rank_and_world_size()
         if world_size > 1:
             ranks: List[Any] = [None] * world_size
             torch.distributed.all_gather_object(ranks, mine)
@@ -237,7 +219,7 @@ class ReplayCallback(pl.Callback):
                 f"entries, found {sorted(state_dict)}); it cannot be resumed with this version: start a new run "
                 "(init_from loads the model weights without the buffer)"
             )
-        world_size, rank = _world()
+        rank, world_size = rank_and_world_size()
         stored = state_dict.get("world_size")
         if stored != world_size or len(state_dict["ranks"]) != world_size:
             raise ValueError(

@@ -14,11 +14,13 @@ from typing import Any, ContextManager, Dict, Iterable, Iterator, Mapping, Optio
 
 import numpy as np
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from framework.heads import HEAD_REGISTRY, TaskHead, build_head
+from framework.distributed import rank_and_world_size
+from framework.heads import HEAD_REGISTRY, TaskHead
 from framework.specs import TaskSpec
 
 __all__ = [
@@ -36,20 +38,16 @@ __all__ = [
 PROBE_DEFAULTS = {"samples_per_class": 10, "max_iter": 1000, "C": 1.0}
 
 
-def _world() -> Tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def shard_loader(loader: DataLoader) -> DataLoader:
-    """``loader`` restricted to this DDP rank's share of its dataset (every ``W``-th sample from
-    the rank's index), or ``loader`` itself in a single process.  No sample is repeated or dropped."""
-    rank, world = _world()
+    """``loader`` restricted to this DDP rank's share of its dataset, or ``loader`` itself in a
+    single process.  Lightning's ``UnrepeatedDistributedSampler`` (what it uses for ``predict``)
+    gives rank ``r`` of ``W`` the samples ``r, r + W, ...``: no sample is repeated or dropped,
+    unlike the padding ``DistributedSampler``."""
+    rank, world = rank_and_world_size()
     if world == 1:
         return loader
-    dataset = Subset(loader.dataset, range(rank, len(loader.dataset), world))
-    return DataLoader(dataset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+    sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
 
 
 def can_route(model: nn.Module, spec: TaskSpec) -> bool:
@@ -70,16 +68,13 @@ def supports_zero_shot(spec: TaskSpec) -> bool:
 
 
 def fresh_head(model: nn.Module, spec: TaskSpec, head_args: Optional[Mapping[str, Any]] = None, seed: int = 0) -> TaskHead:
-    """An untrained head for ``spec`` on ``model``'s backbone, NOT added to the model.
-
-    Initialised under a fixed seed so every call builds the same head (the before-training cells
-    of the matrix and the random-init reference use identical heads).
+    """``model.new_head(spec, head_args)`` (an untrained head, NOT added to the model), built under
+    ``seed`` on a forked generator: every call builds the same head (the before-training cells of
+    the matrix and the random-init reference use identical heads) and the global state is untouched.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = build_head(spec, model.backbone.embed_dim, head_args)
-        head.on_add(model.backbone)
-    return head.to(next(model.backbone.parameters()).device)
+        return model.new_head(spec, head_args)
 
 
 @torch.no_grad()
@@ -108,15 +103,25 @@ def evaluate_head(
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, spec: TaskSpec, loader: Iterable[Mapping[str, Tensor]], device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
-    """L2-normalised pooled image embeddings and targets of an unkeyed loader (``{"image", "target"}``)."""
-    feats, targets = [], []
+def extract_features(
+    model: nn.Module, spec: TaskSpec, loader: Iterable[Mapping[str, Tensor]], device: torch.device, keep_images: bool = False
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """L2-normalised pooled image embeddings, targets and (``keep_images``) the images, on the CPU,
+    of an unkeyed loader (``{"image", "target"}``) through ``spec``'s modality.  The caller sets eval mode.
+
+    Raises:
+        ValueError: naming the task, if the loader yields nothing.
+    """
+    feats, targets, images = [], [], []
     with _route(model, spec):
         for batch in loader:
-            images = move_data_to_device(batch["image"], device)
-            feats.append(model.backbone.encode_image(images, normalize=True).float().cpu())
+            feats.append(model.backbone.encode_image(move_data_to_device(batch["image"], device), normalize=True).float().cpu())
             targets.append(batch["target"].cpu())
-    return torch.cat(feats).numpy(), torch.cat(targets).numpy()
+            if keep_images:
+                images.append(batch["image"].cpu())
+    if not feats:
+        raise ValueError(f"task '{spec.name}': no samples to encode")
+    return torch.cat(feats), torch.cat(targets), torch.cat(images) if keep_images else None
 
 
 def probe_indices(targets: np.ndarray, samples_per_class: int, seed: int) -> np.ndarray:
@@ -158,10 +163,10 @@ def linear_probe(
 
     if spec.kind != "classification":
         raise ValueError(f"linear_probe: task '{spec.name}' is of kind {spec.kind!r}; the probe serves kind 'classification'")
-    x_train, y_train = extract_features(model, spec, train, device)
+    x_train, y_train = (t.numpy() for t in extract_features(model, spec, train, device)[:2])
     keep = probe_indices(y_train, samples_per_class, seed)
     x_train, y_train = x_train[keep], y_train[keep]
-    x_test, y_test = extract_features(model, spec, test, device)
+    x_test, y_test = (t.numpy() for t in extract_features(model, spec, test, device)[:2])
     classifier = LogisticRegression(C=C, max_iter=max_iter)
     classifier.fit(x_train, y_train)
     predicted = classifier.predict(x_test)

@@ -460,13 +460,14 @@ class MedCLModule(pl.LightningModule):
         self.initial_tasks = list(meta.get("initial_tasks", self.initial_tasks))
 
     @staticmethod
-    def _stored_tasks(meta: Mapping[str, Any], where: str) -> Iterable[Tuple[int, TaskSpec, Optional[AdapterSpec]]]:
-        """``(index, spec, adapter it brought)`` for every task stored in a checkpoint's ``medcl`` entry."""
+    def _stored_tasks(meta: Mapping[str, Any], where: str, key: str = CHECKPOINT_KEY) -> Iterable[Tuple[int, TaskSpec, Optional[AdapterSpec]]]:
+        """``(index, spec, adapter it brought)`` for every task stored in a checkpoint entry with
+        ``tasks`` and ``adapters`` (the ``medcl`` entry, or ``key``, e.g. LwF's teacher)."""
         adapters = meta.get("adapters", {})
         for i, data in enumerate(meta.get("tasks", [])):
-            spec = TaskSpec.from_dict(data, source=f"{where} field '{CHECKPOINT_KEY}.tasks[{i}]'")
+            spec = TaskSpec.from_dict(data, source=f"{where} field '{key}.tasks[{i}]'")
             stored = adapters.get(spec.name)
-            source = f"{where} field '{CHECKPOINT_KEY}.adapters.{spec.name}'"
+            source = f"{where} field '{key}.adapters.{spec.name}'"
             yield i, spec, None if stored is None else AdapterSpec.from_dict(stored, source=source)
 
     # ------------------------------------------------------------------ growing a trained model

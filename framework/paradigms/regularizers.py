@@ -38,7 +38,6 @@ from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor
 
 from data_modules.stream import domain_for
-from framework.adapters import AdapterSpec
 from framework.model import MedCLModel
 from framework.specs import TaskSpec
 
@@ -316,19 +315,14 @@ class LwF(Regularizer):
         if stored is None:
             self.teacher = None
             return
-        where = f"checkpoint field '{CHECKPOINT_KEY}.{self.name}.teacher"
+        key = f"{CHECKPOINT_KEY}.{self.name}.teacher"
         teacher = module.new_model()
-        adapters = stored.get("adapters", {})
-        for i, data in enumerate(stored.get("tasks", [])):
-            spec = TaskSpec.from_dict(data, source=f"{where}.tasks[{i}]'")
-            adapter = adapters.get(spec.name)
-            if adapter is not None:
-                adapter = AdapterSpec.from_dict(adapter, source=f"{where}.adapters.{spec.name}'")
+        for _, spec, adapter in module._stored_tasks(stored, "checkpoint", key=key):  # the same reader as the model's own tasks
             teacher.add_task(spec, adapter)
         try:
             teacher.load_state_dict(stored["state_dict"], strict=True)
         except RuntimeError as err:
-            raise ValueError(f"{where}.state_dict': the weights do not fit the rebuilt teacher: {str(err).splitlines()[0]}") from None
+            raise ValueError(f"checkpoint field '{key}.state_dict': the weights do not fit the rebuilt teacher: {str(err).splitlines()[0]}") from None
         self.teacher = self._freeze(teacher)
 
 
