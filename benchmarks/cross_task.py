@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config
+from runs import REPO, RESULTS, fmt, latest_metrics, load_results, record, run_config
 
 CONFIG = "experiments/protocol/held_back_pneumonia.yaml"
 TOWERS = {"minilm": "medcl-vit-tiny-minilm", "random": "medcl-vit-tiny"}
@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "cross_task.json"
-    results = json.loads(out.read_text()) if out.is_file() else {}
+    results = load_results("cross_task")
     for tower in args.towers:
         root = REPO / "runs" / "protocol" / f"held_back_pneumonia_{tower}"
         extra = ["--model.init_args.backbone", TOWERS[tower], "--trainer.default_root_dir", str(root),

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from framework.callbacks.continual_report import pending_mask
-from runs import REPO, RESULTS, latest_metrics as _latest, record, run_config
+from runs import REPO, RESULTS, latest_metrics as _latest, load_results, record, run_config
 
 REGIMES = ["specialized", "joint", "sequential", "sequential_replay"]
 
@@ -85,9 +85,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="extra CLI overrides passed to every run, after --")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    previous = {}
-    if (RESULTS / "paradigm_study.json").is_file():
-        previous = json.loads((RESULTS / "paradigm_study.json").read_text())
+    previous = load_results("paradigm_study")
     results = {r: previous[r] for r in REGIMES if r in previous}  # regimes not re-run keep their last numbers
     for regime in args.regimes:
         wall = None if args.collect_only else run_regime(regime, args.extra)

@@ -33,6 +33,12 @@ def run_config(config: str, extra: Sequence[str] = (), label: str = "") -> float
     return time.perf_counter() - start
 
 
+def load_results(name: str) -> Dict[str, Any]:
+    """``benchmarks/results/<name>.json`` as written by an earlier run, or ``{}``."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def record(results: Dict[str, Any], name: str, metrics: Path, wall: Optional[float], previous: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Read a run's ``continual_metrics.json`` into ``results[name]`` (without the per-cell
     ``details``), with its wall time (``previous[name]``'s when ``wall`` is None: ``--collect-only``)

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from statistics import mean
 
-from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config
+from runs import REPO, RESULTS, fmt, latest_metrics, load_results, record, run_config
 
 STRATEGIES = ["joint", "naive", "replay_reservoir", "replay_class_balanced", "replay_herding", "ewc", "lwf", "replay_lwf"]
 BOUNDS = {"joint": "upper bound", "naive": "lower bound"}
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "strategies.json"
-    results = json.loads(out.read_text()) if out.is_file() else {}
+    results = load_results("strategies")
     for name in args.strategies:
         wall = None if args.collect_only else run_config(f"experiments/strategies/{name}.yaml", args.extra, label=name)
         path = latest_metrics(REPO / "runs" / "strategies" / name)
