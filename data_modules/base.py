@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from framework.seeding import loader_sampling
 from framework.specs import TaskSpec
 
 __all__ = ["DomainDataModule", "SPLITS", "keyed_collate", "check_subset_sizes", "subset_indices"]
@@ -130,19 +131,28 @@ class DomainDataModule(pl.LightningDataModule):
     def task_specs(self) -> List[TaskSpec]:
         return [self.task_spec]
 
-    def loader(self, split: str, keyed: bool = True, shuffle: Optional[bool] = None) -> DataLoader:
+    def loader(self, split: str, keyed: bool = True, shuffle: Optional[bool] = None, epoch: int = 0) -> DataLoader:
         """A DataLoader over ``split``; ``keyed=True`` wraps each batch as ``{task: batch}``.
 
+        Its shuffle order comes from its own generator, seeded from the run seed, the task, the
+        split and ``epoch`` (:func:`framework.seeding.loader_sampling`), never from the global one.
+
         Raises:
-            ValueError: for an unknown split.
+            ValueError: for an unknown split, or a split without samples (naming the domain and split).
         """
         if split not in SPLITS:
             raise ValueError(f"{type(self).__name__}: split expected one of {list(SPLITS)}, found {split!r}")
         train = split == "train"
+        dataset = self.dataset(split)
+        if len(dataset) == 0:
+            raise ValueError(
+                f"{type(self).__name__}({self.name}): the {split} split expected at least one sample, found 0 "
+                f"(check the data source of this domain and its {split}_subset)"
+            )
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train if shuffle is None else shuffle,
+            **loader_sampling(dataset, train if shuffle is None else shuffle, self.name, split, epoch),
             num_workers=self.num_workers,
             persistent_workers=False,
             collate_fn=functools.partial(keyed_collate, task=self.name) if keyed else None,
@@ -150,7 +160,8 @@ class DomainDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self):
-        return CombinedLoader({self.name: self.loader("train", keyed=False)}, mode="max_size_cycle")
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return CombinedLoader({self.name: self.loader("train", keyed=False, epoch=epoch)}, mode="max_size_cycle")
 
     def val_dataloader(self):
         return self.loader("val")

@@ -10,6 +10,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from data_modules.base import DomainDataModule, keyed_collate
+from framework.seeding import loader_generator
 from framework.specs import TaskSpec
 
 __all__ = ["DomainStream", "domain_for"]
@@ -184,8 +185,9 @@ class DomainStream(pl.LightningDataModule):
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> CombinedLoader:
-        tasks = self._module_tasks("tasks_for_epoch", self._epoch())
-        return CombinedLoader({t: self.domain(t).loader("train", keyed=False) for t in tasks}, mode="max_size_cycle")
+        epoch = self._epoch()
+        tasks = self._module_tasks("tasks_for_epoch", epoch)
+        return CombinedLoader({t: self.domain(t).loader("train", keyed=False, epoch=epoch) for t in tasks}, mode="max_size_cycle")
 
     def val_dataloader(self) -> List[DataLoader]:
         return [domain.loader("val") for domain in self.eval_domains + self.domains]
@@ -215,7 +217,12 @@ class DomainStream(pl.LightningDataModule):
         domain = self.domain(self.predict_task)
         source = PredictionSource(self.predict_path, domain.task_spec)
         batch_size = domain.eval_batch_size if source.same_size else 1
-        return [DataLoader(source, batch_size=batch_size, shuffle=False, collate_fn=functools.partial(keyed_collate, task=self.predict_task))]
+        return [
+            DataLoader(
+                source, batch_size=batch_size, shuffle=False, collate_fn=functools.partial(keyed_collate, task=self.predict_task),
+                generator=loader_generator(self.predict_task, "predict"),
+            )
+        ]
 
     def eval_dataloader(self, task: str, split: str = "test") -> DataLoader:
         """Keyed loader of one task's ``split``, for evaluation outside the Lightning loops."""

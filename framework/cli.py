@@ -6,17 +6,22 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytorch_lightning as pl
-import torch
 import yaml
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities import rank_zero_info
 
+from framework.checkpoints import AtomicCheckpointIO, load_checkpoint
 from framework.paradigms import MedCLModule
 from framework.paradigms.base import hparam_differences
 
-__all__ = ["MedCLCLI", "main", "run_cli", "check_class_paths", "one_line_errors"]
+__all__ = ["MedCLCLI", "main", "run_cli", "check_class_paths", "one_line_errors", "error_line", "find_last_checkpoint"]
+
+#: ``--ckpt_path`` values Lightning resolves itself (``last`` is resolved by MedCL, see ``MedCLCLI._resolve_last``)
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 
 
 class MedCLCLI(LightningCLI):
@@ -31,19 +36,25 @@ class MedCLCLI(LightningCLI):
         LightningCLI would copy the checkpoint's hyper-parameters over the user's ``model`` section,
         silently swapping the paradigm and backbone.  MedCL keeps the user's configuration and
         refuses loudly when the checkpoint's model cannot be what the configuration builds.
+        ``--ckpt_path last`` is resolved (and checked) once the trainer exists (:meth:`_resolve_last`).
 
         Raises:
-            ValueError: naming the checkpoint, the differing fields and the two ways out.
+            ValueError: naming the checkpoint, the differing fields and the two ways out; or an
+                unreadable checkpoint (see :func:`framework.checkpoints.load_checkpoint`).
+            FileNotFoundError: if the checkpoint file does not exist.
         """
         # LightningCLI has no public hook for this step; it calls this method before instantiating classes.
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_KEYWORDS:
             return
-        stored = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {}))
-        model = self.config[subcommand]["model"]
+        self._check_ckpt_model(ckpt_path, self.config[subcommand]["model"])
+
+    @staticmethod
+    def _check_ckpt_model(ckpt_path: str, model: Any) -> None:
+        stored = dict(load_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters", {}))
         wanted = dict(vars(model.init_args)) if getattr(model, "init_args", None) is not None else {}
         problems = hparam_differences(stored, wanted)
         stored_class = stored.get("_class_path")
@@ -55,6 +66,48 @@ class MedCLCLI(LightningCLI):
                 f"--ckpt_path resumes or tests the same run: use the configuration it was written with. To start a new run "
                 f"from this trained model, use --model.init_args.init_from {ckpt_path} instead"
             )
+
+    def _resolve_last(self, subcommand: str) -> None:
+        """Replace ``--ckpt_path last`` by the newest ``last.ckpt`` of this run's folders, or refuse.
+
+        Lightning looks for ``last`` only in the new run's own (empty) version folder, warns and
+        trains from scratch; MedCL looks where the previous runs of this config wrote.
+
+        Raises:
+            ValueError: if no earlier run of this config left a ``last.ckpt``, naming where it looked.
+        """
+        config = self.config_init[subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        found, searched = find_last_checkpoint(self.trainer)
+        if found is None:
+            raise ValueError(
+                f"--ckpt_path last: no last.ckpt in {', '.join(searched)} (expected a checkpoints/last.ckpt written by an earlier "
+                f"run of this config, with ModelCheckpoint(save_last=true)); pass the checkpoint's path instead"
+            )
+        rank_zero_info(f"medcl: --ckpt_path last -> {found}")
+        self._check_ckpt_model(str(found), self.config[subcommand]["model"])
+        config["ckpt_path"] = str(found)
+
+    def _instantiate_trainer(self, config: Dict[str, Any], callbacks: List[pl.Callback]) -> pl.Trainer:
+        """Every MedCL trainer writes checkpoints atomically and loads them safely (:class:`AtomicCheckpointIO`)."""
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand; if it fails, remove the output it started but never checkpointed."""
+        self._resolve_last(subcommand)
+        before = _snapshot(_output_roots(self.trainer))
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if self.trainer.is_global_zero:
+                _remove_partial_output(before, _output_roots(self.trainer))
+            raise
 
     def before_predict(self) -> None:
         """``medcl predict`` writes files: add a :class:`PredictionWriter` unless the config has one."""
@@ -151,32 +204,117 @@ def check_class_paths(args: List[str]) -> None:
                 raise ValueError(f"class_path {class_path!r} ({where}): module {module_name!r} has no {attr!r} (it has {names[:20]})")
 
 
-def _root_cause(err: BaseException) -> BaseException:
-    seen = set()
-    while id(err) not in seen:
-        seen.add(id(err))
-        nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
-        if nxt is None:
-            break
-        err = nxt
-    return err
+def find_last_checkpoint(trainer: pl.Trainer) -> Tuple[Optional[Path], List[str]]:
+    """The most recently written ``last*.ckpt`` of the runs of this trainer's config, and the folders searched.
+
+    Looked for where Lightning's ``ModelCheckpoint`` writes: its ``dirpath`` if the config sets one,
+    else ``<save_dir>/<name>/<any version>/checkpoints`` of the first logger, else
+    ``<default_root_dir>/checkpoints``.
+    """
+    folders: List[Path] = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+    patterns: List[Tuple[Path, str]] = [(folder, "last*.ckpt") for folder in folders]
+    if not folders:
+        if trainer.loggers:
+            logger = trainer.loggers[0]
+            base = Path(logger.save_dir if logger.save_dir is not None else trainer.default_root_dir) / str(logger.name)
+            patterns.append((base, "*/checkpoints/last*.ckpt"))
+        else:
+            patterns.append((Path(trainer.default_root_dir) / "checkpoints", "last*.ckpt"))
+    found = [path for folder, pattern in patterns for path in folder.glob(pattern) if path.is_file()]
+    searched = [str(folder / pattern) for folder, pattern in patterns]
+    return (max(found, key=lambda p: p.stat().st_mtime) if found else None), searched
+
+
+def _output_roots(trainer: pl.Trainer) -> List[Path]:
+    roots = [Path(trainer.default_root_dir)]
+    roots += [Path(logger.save_dir) for logger in trainer.loggers if getattr(logger, "save_dir", None)]
+    return sorted({root.absolute() for root in roots})
+
+
+_SNAPSHOT_DEPTH = 3  # <save_dir>/<name>/<version>, <save_dir>/wandb/<offline-run-...>
+
+
+def _entries(root: Path, depth: int = _SNAPSHOT_DEPTH) -> Set[Path]:
+    found: Set[Path] = set()
+    if depth == 0 or not root.is_dir() or root.is_symlink():
+        return found
+    for child in root.iterdir():
+        found.add(child)
+        found |= _entries(child, depth - 1)
+    return found
+
+
+def _snapshot(roots: List[Path]) -> Dict[Path, Optional[Set[Path]]]:
+    """What exists under each output root (``None`` for a root that does not exist yet)."""
+    return {root: (_entries(root) if root.exists() else None) for root in roots}
+
+
+def _holds_checkpoint(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".ckpt"
+    return path.is_dir() and not path.is_symlink() and any(p.suffix == ".ckpt" for p in path.rglob("*"))
+
+
+def _remove_partial_output(before: Dict[Path, Optional[Set[Path]]], roots: List[Path]) -> None:
+    """Remove what a failed run created under its output roots, unless it holds a checkpoint."""
+    import shutil
+
+    try:  # close an open W&B run first: it holds files in its run folder
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1, quiet=True)
+    except Exception:  # pragma: no cover - W&B missing or already closed
+        pass
+    removed: List[Path] = []
+    kept: List[Path] = []  # a new folder with a checkpoint is kept whole
+    for root in roots:
+        existed = before.get(root)
+        new = sorted(_entries(root) - existed, key=lambda p: len(p.parts)) if existed is not None else ([root] if root.exists() else [])
+        for path in new:
+            if any(path == r or r in path.parents for r in removed + kept):
+                continue
+            if _holds_checkpoint(path):
+                kept.append(path)
+                continue
+            if path.is_symlink() or path.is_file():
+                path.unlink(missing_ok=True)
+            elif path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        print(f"medcl: the run failed; removed its partial output {[str(p) for p in removed]} (no checkpoint in it)", file=sys.stderr)
+
+
+def error_line(err: BaseException) -> str:
+    """One line for an error: ``"<Type>: <message>"`` of the error itself (the outermost one, which
+    carries MedCL's message naming the file or field), not of its deepest cause.
+
+    A message that holds a formatted traceback (an error re-raised from a DataLoader worker) is
+    reduced to its last line, the original error; other multi-line messages are joined.
+    """
+    while not str(err).strip() and (err.__cause__ or err.__context__) is not None:  # an empty wrapper says nothing
+        err = err.__cause__ or err.__context__
+    text = err.args[0] if isinstance(err, KeyError) and err.args else err
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    if any(line.startswith(("Traceback (most recent call last)", "Original Traceback")) for line in lines):
+        return lines[-1]
+    return f"{type(err).__name__}: {' '.join(lines)}" if lines else type(err).__name__
 
 
 @contextlib.contextmanager
 def one_line_errors(prog: str) -> Iterator[None]:
-    """Run a console script's body: configuration and data errors become one line naming the file
-    or field (``MEDCL_TRACEBACK=1`` shows the traceback); the current folder is importable, as
+    """Run a console script's body: any error becomes one line naming the file or field, with MedCL's
+    own message (``MEDCL_TRACEBACK=1`` shows the traceback); the current folder is importable, as
     with ``python -m``, so a package next to the user's configs can be named by ``class_path``."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         yield
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except Exception as err:
         if os.environ.get("MEDCL_TRACEBACK"):
             raise
-        cause = _root_cause(err)
-        message = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
-        print(f"{prog}: error: {type(cause).__name__}: {message}\n(set MEDCL_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        print(f"{prog}: error: {error_line(err)}\n(set MEDCL_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(1)
 
 

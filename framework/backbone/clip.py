@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from framework.backbone.minilm import MINILM_SUFFIX, minilm_architectures, register_minilm_configs
+from framework.checkpoints import ALLOW_PICKLE_ENV, allow_pickle
 
 __all__ = ["CLIPBackbone", "MODEL_CONFIG_DIR", "register_model_configs", "list_architectures"]
 
@@ -126,8 +127,18 @@ class CLIPBackbone(nn.Module):
                 pretrained=self.pretrained,
                 force_image_size=image_size,
                 cache_dir=cache_dir,
+                weights_only=not allow_pickle(),  # never run pickled code unless MEDCL_ALLOW_PICKLE=1
             )
-        except RuntimeError as err:
+        except Exception as err:
+            if self.pretrained and os.path.isfile(self.pretrained):
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(
+                    f"CLIPBackbone: pretrained file {self.pretrained!r} could not be loaded into {model_name!r} "
+                    f"({type(err).__name__}: {first}); expected open_clip weights for this architecture (.safetensors or "
+                    f"a torch.save state dict; pickled objects load only with {ALLOW_PICKLE_ENV}=1, if you trust the file)"
+                ) from None
+            if not isinstance(err, RuntimeError):
+                raise
             if pretrained and "download" in str(err).lower():
                 raise RuntimeError(
                     f"CLIPBackbone: could not download pretrained weights {pretrained!r} for {model_name!r} "

@@ -166,7 +166,7 @@ class ReplayCallback(pl.Callback):
         index = torch.randperm(n, generator=generator)[: self.herding_candidates].sort().values.tolist()
         return DataLoader(
             Subset(loader.dataset, index), batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
+            collate_fn=loader.collate_fn, generator=loader.generator,
         )
 
     def featurise(self, trainer: pl.Trainer, pl_module: pl.LightningModule, experience: int, task: str) -> Tuple[Tensor, Tensor, Tensor]:

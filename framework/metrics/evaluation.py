@@ -47,7 +47,10 @@ def shard_loader(loader: DataLoader) -> DataLoader:
     if world == 1:
         return loader
     sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+    return DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+        generator=loader.generator,
+    )
 
 
 def can_route(model: nn.Module, spec: TaskSpec) -> bool:

@@ -22,10 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from framework.adapters import AdapterSpec, check_lora_options
+from framework.checkpoints import load_checkpoint
 from framework.heads import TaskHead
 from framework.metrics.evaluation import evaluate_head
 from framework.model import MedCLModel
 from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
+from framework.seeding import seed_epoch
 from framework.specs import TaskSpec
 
 __all__ = ["MedCLModule", "CHECKPOINT_KEY", "OPTIMIZER_ON_NEW_TASK", "MODEL_DEFINING_HPARAMS", "hparam_differences"]
@@ -285,6 +287,7 @@ class MedCLModule(pl.LightningModule):
     # ------------------------------------------------------------------ experience hooks
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
+        seed_epoch(epoch)  # exact resume, and no dependence on later domains (framework/seeding.py)
         experience = self.experience_of_epoch(epoch)
         tasks = self.experiences()[experience]
         starting = epoch == experience * self.epochs_per_experience()
@@ -481,12 +484,7 @@ class MedCLModule(pl.LightningModule):
         """
         path = Path(path)
         where = f"init_from {str(path)!r}"
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: checkpoint file not found (cwd {Path.cwd()})")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for non-checkpoint files
-            raise ValueError(f"{where}: not a MedCL checkpoint: torch.load could not read it ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        checkpoint = load_checkpoint(path, "init_from")
         meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
         if not isinstance(meta, dict) or "state_dict" not in checkpoint:
             found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
