@@ -18,12 +18,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from framework.seeding import loader_sampling
 from framework.specs import TaskSpec
 
-__all__ = ["DomainDataModule", "SPLITS", "keyed_collate", "check_subset_sizes", "subset_indices"]
+__all__ = ["DomainDataModule", "SPLITS", "keyed_collate", "check_subset_sizes", "subset_indices", "limit_batches", "trainer_limited"]
 
 SPLITS = ("train", "val", "test")
 
@@ -79,6 +79,40 @@ def subset_indices(
             raise ValueError(f"{owner}: {split}_subset={size} is larger than the {n} {items.format(split=split)} in {source}")
         indices[split] = np.sort(rng.choice(n, size=size, replace=False))
     return indices
+
+
+def limit_batches(loader: DataLoader, limit: Any, field: str) -> DataLoader:
+    """``loader`` cut to its first batches the way Lightning reads a ``limit_*_batches`` value:
+    an int is a number of batches, a float a fraction of them (at least one batch), ``None`` or
+    ``1.0`` everything.  Used by evaluation outside the Lightning loops (the experience-end
+    matrix), so a debug preset limits it too.
+
+    Raises:
+        ValueError: naming ``field`` if ``limit`` is negative, a fraction above 1, or not a number.
+    """
+    if limit is None:
+        return loader
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0 or (isinstance(limit, float) and limit > 1.0):
+        raise ValueError(f"{field} expected an int >= 0 (batches) or a float in [0, 1] (fraction), found {limit!r}")
+    n = len(loader)
+    keep = min(n, int(limit)) if isinstance(limit, int) else int(n * limit)
+    keep = max(1, keep)
+    if keep >= n:
+        return loader
+    return DataLoader(
+        Subset(loader.dataset, range(min(len(loader.dataset), keep * loader.batch_size))),
+        batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+        generator=loader.generator,
+    )
+
+
+def trainer_limited(trainer: Optional[pl.Trainer], loader: DataLoader, split: str) -> DataLoader:
+    """:func:`limit_batches` with the trainer's ``limit_<split>_batches`` (``limit_val_batches`` for
+    ``"val"``); ``loader`` unchanged without a trainer."""
+    if trainer is None:
+        return loader
+    field = {"train": "limit_train_batches", "val": "limit_val_batches", "test": "limit_test_batches"}[split]
+    return limit_batches(loader, getattr(trainer, field, None), f"trainer.{field}")
 
 
 def keyed_collate(items: Sequence[Mapping[str, Any]], task: str) -> Dict[str, Dict[str, Any]]:
@@ -177,7 +211,7 @@ class DomainDataModule(pl.LightningDataModule):
         return {}
 
     def eval_dataloader(self, task: str, split: str = "test") -> DataLoader:
-        """Keyed loader for ``task`` (must be this domain's task)."""
+        """Keyed loader for ``task`` (must be this domain's task), cut to the trainer's ``limit_<split>_batches``."""
         if task != self.name:
             raise KeyError(f"{type(self).__name__} serves task {self.name!r}, not {task!r}")
-        return self.loader(split)
+        return trainer_limited(self.trainer, self.loader(split), split)

@@ -37,6 +37,7 @@ __all__ = [
     "scale_intensities",
     "read_image",
     "open_npz",
+    "CheckedNpz",
 ]
 
 PathLike = Union[str, Path]
@@ -202,14 +203,76 @@ def read_image(path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(scale_intensities(read_array(path), Path(path)))
 
 
-def open_npz(path: PathLike):
-    """Open an ``.npz`` archive (no pickles) for use in a ``with`` block.
+class CheckedNpz:
+    """An open ``.npz`` archive whose arrays are read with errors that name the file and the array.
+
+    ``numpy.load`` reads an ``.npz`` lazily: a damaged member (CRC error, truncated data) or an
+    object array fails only when that array is accessed, with an error that names neither.
+    """
+
+    def __init__(self, archive, path: PathLike) -> None:
+        self._archive = archive
+        self.path = Path(path)
+
+    @property
+    def files(self) -> List[str]:
+        return list(self._archive.files)
+
+    @property
+    def zip(self):
+        """The underlying ``zipfile.ZipFile`` (to read array headers without the data)."""
+        return self._archive.zip
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._archive.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._archive.files:
+            raise KeyError(f"{self.path}: no array {key!r} (it has {sorted(self._archive.files)})")
+        try:
+            return self._archive[key]
+        except ValueError as err:
+            if "allow_pickle" in str(err) or "Object arrays" in str(err):
+                raise ValueError(
+                    f"{self.path}: array {key!r} holds Python objects (dtype=object); MedCL reads numeric arrays only and never "
+                    f"unpickles data files: save it with a numeric dtype (e.g. uint8 images, int64 labels)"
+                ) from None
+            raise ValueError(f"{self.path}: array {key!r} could not be read ({_first_line(err)})") from None
+        except Exception as err:  # zipfile/zlib/EOFError for damaged members
+            raise ValueError(
+                f"{self.path}: array {key!r} is damaged ({type(err).__name__}: {_first_line(err)}); the file is corrupt or "
+                f"was cut short, copy or download it again"
+            ) from None
+
+    def close(self) -> None:
+        self._archive.close()
+
+    def __enter__(self) -> "CheckedNpz":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_npz(path: PathLike) -> CheckedNpz:
+    """Open an ``.npz`` archive (no pickles) for use in a ``with`` block; reading an array that is
+    damaged or holds Python objects raises an error naming the file and the array (:class:`CheckedNpz`).
 
     Raises:
-        ValueError: ``"<path>: not a readable .npz archive (<reason>)"`` for any corrupt or
-            non-``.npz`` file (numpy and zipfile raise many types).
+        FileNotFoundError: if the file does not exist.
+        ValueError: ``"<path>: ..."`` if the file is not a zip archive written by ``numpy.savez``
+            (e.g. empty, a ``.npy``, random bytes) or its zip directory cannot be read (truncated).
     """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: .npz file not found (cwd {Path.cwd()})")
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if not head.startswith(b"PK"):
+        found = "an empty file" if not head else ("a .npy array" if head.startswith(b"\x93NUMPY") else f"a file starting with {head[:4]!r}")
+        raise ValueError(f"{path}: expected an .npz archive (a zip file written by numpy.savez), found {found}")
     try:
-        return np.load(path, allow_pickle=False)
-    except Exception as err:  # numpy/zipfile raise several types for corrupt files
-        raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:  # numpy/zipfile raise several types for damaged archives
+        raise ValueError(f"{path}: not a readable .npz archive ({_first_line(err)}); the file is corrupt or was cut short") from None
+    return CheckedNpz(archive, path)

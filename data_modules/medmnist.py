@@ -191,6 +191,11 @@ class MedMNISTDataModule(DomainDataModule):
                 f"MedMNISTDataModule: flag {flag!r} is not an official MedMNIST flag ({sorted(MEDMNIST_INFO)}); "
                 f"pass class_names (and prompt_template, modality) for your own file"
             )
+        if info is not None and class_names and len(class_names) != len(info["labels"]):
+            raise ValueError(
+                f"MedMNISTDataModule({flag}): class_names has {len(class_names)} names, but {flag} has {len(info['labels'])} classes "
+                f"({list(info['labels'])}); give one name per class"
+            )
         subsets = check_subset_sizes(f"MedMNISTDataModule({flag})", train_subset, val_subset, test_subset)
         info = info or {}
         self.flag = flag
@@ -208,6 +213,7 @@ class MedMNISTDataModule(DomainDataModule):
             spatial_dims=spatial_dims or info.get("spatial_dims", 2),
         )
         self.md5 = info.get("md5")
+        self._names_given = bool(class_names)
         self._datasets: Dict[str, ArrayImageDataset] = {}
 
     @property
@@ -242,6 +248,13 @@ class MedMNISTDataModule(DomainDataModule):
                 f"{self.path}: field 'train_images' has {found_channels} channel(s), but {self.flag} images have "
                 f"{spec.in_channels}; is this the right file for the flag?"
             )
+        if self._names_given and spec.kind != "multilabel":
+            found = 1 + max((int(arrays[f"{split}_labels"].max()) for split in SPLITS if arrays[f"{split}_labels"].size), default=-1)
+            if found < spec.num_classes:
+                raise ValueError(
+                    f"{self.path}: labels go up to {found - 1} ({found} classes), but class_names has {spec.num_classes} names; "
+                    f"a class that never occurs can be neither learned nor tested: give one name per class of the file"
+                )
         lengths = {split: len(arrays[f"{split}_images"]) for split in SPLITS}
         indices = subset_indices(self.subsets, lengths, self.subset_seed, f"MedMNISTDataModule({self.flag})", self.path)
         for split in SPLITS:

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
-from data_modules.base import DomainDataModule, keyed_collate
+from data_modules.base import DomainDataModule, keyed_collate, trainer_limited
 from framework.seeding import loader_generator
 from framework.specs import TaskSpec
 
@@ -225,8 +225,9 @@ class DomainStream(pl.LightningDataModule):
         ]
 
     def eval_dataloader(self, task: str, split: str = "test") -> DataLoader:
-        """Keyed loader of one task's ``split``, for evaluation outside the Lightning loops."""
-        return self.domain(task).loader(split)
+        """Keyed loader of one task's ``split``, for evaluation outside the Lightning loops, cut to
+        the trainer's ``limit_<split>_batches`` (so a debug preset limits the experience-end matrix too)."""
+        return trainer_limited(self.trainer, self.domain(task).loader(split), split)
 
     def state_dict(self) -> Dict[str, List[str]]:
         return {"task_names": self.task_names}

@@ -125,7 +125,9 @@ def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
             ``None`` reads ``sys.argv``.
         run: run the subcommand; ``False`` only instantiates the objects (then ``args`` has no subcommand).
     """
-    # Offline-first: W&B writes locally unless the user opts in (WANDB_MODE=online or offline: false).
+    # Offline-first: W&B writes locally unless the user opts in with WANDB_MODE=online (patient
+    # data must not leave the machine by accident, whatever a config's `offline:` says).
+    os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     return MedCLCLI(
         MedCLModule,
@@ -263,7 +265,7 @@ def _remove_partial_output(before: Dict[Path, Optional[Set[Path]]], roots: List[
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(exit_code=1, quiet=True)
+            wandb.finish(exit_code=1)
     except Exception:  # pragma: no cover - W&B missing or already closed
         pass
     removed: List[Path] = []
@@ -286,15 +288,31 @@ def _remove_partial_output(before: Dict[Path, Optional[Set[Path]]], roots: List[
         print(f"medcl: the run failed; removed its partial output {[str(p) for p in removed]} (no checkpoint in it)", file=sys.stderr)
 
 
+#: packages that re-raise a user's error inside their own (jsonargparse: "Does not validate against any of the Union subtypes")
+_WRAPPERS = ("jsonargparse", "pytorch_lightning", "lightning_fabric", "lightning")
+
+
+def _raised_by_wrapper(err: BaseException) -> bool:
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    parts = Path(tb.tb_frame.f_code.co_filename).parts
+    return any(pkg in parts for pkg in _WRAPPERS)
+
+
 def error_line(err: BaseException) -> str:
-    """One line for an error: ``"<Type>: <message>"`` of the error itself (the outermost one, which
-    carries MedCL's message naming the file or field), not of its deepest cause.
+    """One line for an error: ``"<Type>: <message>"`` of the outermost error raised by MedCL's (or
+    the user's) code, which names the file or field; not of its deepest cause (a network error
+    under MedCL's download instructions), and not of a wrapper that jsonargparse or Lightning
+    raised around it.
 
     A message that holds a formatted traceback (an error re-raised from a DataLoader worker) is
     reduced to its last line, the original error; other multi-line messages are joined.
     """
-    while not str(err).strip() and (err.__cause__ or err.__context__) is not None:  # an empty wrapper says nothing
-        err = err.__cause__ or err.__context__
+    while err.__cause__ is not None and (_raised_by_wrapper(err) or not str(err).strip()):
+        err = err.__cause__
     text = err.args[0] if isinstance(err, KeyError) and err.args else err
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     if any(line.startswith(("Traceback (most recent call last)", "Original Traceback")) for line in lines):

@@ -1,6 +1,7 @@
 """The growing model: one backbone, per-modality adapters and a dictionary of task heads."""
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from torch import Tensor, nn
@@ -8,6 +9,7 @@ from torch import Tensor, nn
 from framework.adapters import AdapterSpec, ModalityAdapters, check_lora_options
 from framework.backbone import CLIPBackbone
 from framework.heads import TaskHead, build_head
+from framework.heads.registry import HEAD_REGISTRY, registered_kinds
 from framework.specs import TaskSpec
 
 __all__ = ["MedCLModel"]
@@ -43,6 +45,13 @@ class MedCLModel(nn.Module):
         super().__init__()
         head_args = dict(head_args or {})
         for kind, args in head_args.items():
+            if kind not in HEAD_REGISTRY:
+                close = difflib.get_close_matches(str(kind), registered_kinds(), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"MedCLModel: head_args has options for task kind {kind!r}, expected one of {registered_kinds()}{hint} "
+                    f"(options under an unknown kind would be ignored)"
+                )
             if not isinstance(args, Mapping):
                 raise ValueError(f"MedCLModel: head_args[{kind!r}] expected a mapping of keyword arguments, found {args!r}")
         self.head_args = head_args

@@ -67,9 +67,13 @@ class ContinualEvaluation(pl.Callback):
         forward_transfer: score untrained zero-shot tasks and the random-init reference (FWT).
         probe_samples_per_class: linear-probe training images per class (its fixed budget); 0 turns the probe off.
         seed: seed of the reference model, untrained heads and the probe's training images.
+        log_images: also log, at each experience end, up to 8 test images of every evaluated task
+            with their prediction and target to W&B (only with a ``WandbLogger``; see
+            :mod:`framework.callbacks.sample_images`).  Off by default: test images are patient
+            data, and by default W&B gets only the metric tables and the two metric images.
 
     Raises:
-        ValueError: on an unknown split or a negative probe budget.
+        ValueError: on an unknown split, a negative probe budget or a ``log_images`` that is not a bool.
     """
 
     def __init__(
@@ -79,8 +83,11 @@ class ContinualEvaluation(pl.Callback):
         forward_transfer: bool = True,
         probe_samples_per_class: int = PROBE_DEFAULTS["samples_per_class"],
         seed: int = 0,
+        log_images: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(log_images, bool):
+            raise ValueError(f"ContinualEvaluation: log_images expected true or false, found {log_images!r}")
         if split not in ("val", "test"):
             raise ValueError(f"ContinualEvaluation: split expected 'val' or 'test', found {split!r}")
         if isinstance(probe_samples_per_class, bool) or not isinstance(probe_samples_per_class, int) or probe_samples_per_class < 0:
@@ -90,6 +97,7 @@ class ContinualEvaluation(pl.Callback):
         self.forward_transfer = bool(forward_transfer)
         self.probe_samples_per_class = probe_samples_per_class
         self.seed = int(seed)
+        self.log_images = log_images
         #: experience index -> task -> metric dict
         self.rows: Dict[int, Dict[str, Dict[str, float]]] = {}
         #: experience index -> {"cross_domain": {name: metrics}, "cross_task": {name: {"zero_shot": .., "linear_probe": ..}}}
@@ -154,7 +162,9 @@ class ContinualEvaluation(pl.Callback):
 
     def _cross_task(self, model, spec, pl_module, datamodule) -> Dict[str, Optional[Dict[str, float]]]:
         domain = datamodule.domain(spec.name)
-        out: Dict[str, Optional[Dict[str, float]]] = {"zero_shot": self._untrained(model, spec, pl_module, domain.loader(self.split), spec.name)}
+        out: Dict[str, Optional[Dict[str, float]]] = {
+            "zero_shot": self._untrained(model, spec, pl_module, datamodule.eval_dataloader(spec.name, self.split), spec.name)
+        }
         out["linear_probe"] = None
         if self.probe_samples_per_class and can_route(model, spec):
             out["linear_probe"] = linear_probe(
@@ -364,6 +374,11 @@ class ContinualEvaluation(pl.Callback):
             png = self._run_dir / name if self._run_dir is not None else None
             if png is not None and png.is_file():
                 payload[key] = wandb.Image(str(png))
+        if self.log_images:  # opt-in: test images are patient data
+            from framework.callbacks.sample_images import sample_images
+
+            tasks = list(self.rows.get(experience, {}))
+            payload.update(sample_images(trainer, trainer.lightning_module, self._datamodule(trainer), tasks, self.split))
         logger.experiment.log(payload)
 
     @rank_zero_only

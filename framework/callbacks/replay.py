@@ -113,6 +113,7 @@ class ReplayCallback(pl.Callback):
         self.balance = balance
         self.herding_candidates = herding_candidates
         self.seed = seed
+        self._loading_for: Optional[str] = None  # the trainer function a checkpoint is being loaded for (on_load_checkpoint)
 
     @property
     def state_key(self) -> str:
@@ -206,13 +207,34 @@ class ReplayCallback(pl.Callback):
             ranks = [mine]
         return {"world_size": world_size, "ranks": ranks, "policy": self.policy_name}
 
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]) -> None:
+        # Lightning calls this just before load_state_dict: remember what the checkpoint is loaded for
+        state = getattr(trainer, "state", None)
+        fn = getattr(state, "fn", None)
+        self._loading_for = None if fn is None else str(getattr(fn, "value", fn))
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore this rank's buffer.
 
+        A checkpoint shared without its exemplars (``medcl-share``, :mod:`framework.sharing`) has no
+        buffer to restore: ``validate``/``test``/``predict`` go on with an empty buffer (they never
+        replay), resuming ``fit`` is refused.
+
         Raises:
-            ValueError: on a checkpoint written by an older MedCL, a different world size, or a
-                buffer whose policy or budget differs (see :meth:`ReplayBuffer.load_state_dict`).
+            ValueError: on a checkpoint shared without its replay exemplars (when fitting, or when
+                called outside a trainer), a checkpoint written by an older MedCL, a different world
+                size, or a buffer whose policy or budget differs (see :meth:`ReplayBuffer.load_state_dict`).
         """
+        loading_for, self._loading_for = getattr(self, "_loading_for", None), None
+        if state_dict.get("stripped"):
+            if loading_for not in (None, "fit"):
+                rank_zero_info(f"ReplayCallback: the checkpoint was shared without its replay exemplars; {loading_for} does not need them")
+                return
+            raise ValueError(
+                f"ReplayCallback: the checkpoint was shared without its replay exemplars (medcl-share removed "
+                f"{state_dict.get('removed_samples', 'its')} stored samples), so it cannot resume a replay run; resume from the "
+                f"original checkpoint, or start a new run from this one with --model.init_args.init_from <this checkpoint>"
+            )
         if "buffer" in state_dict or "ranks" not in state_dict:
             raise ValueError(
                 "ReplayCallback: the checkpoint's replay buffer format is from an older MedCL (expected 'world_size' and 'ranks' "
