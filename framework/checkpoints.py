@@ -37,13 +37,18 @@ def allow_pickle() -> bool:
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial ``path`` or a stray temporary file.
+    """``torch.save(obj, path)`` that never leaves a partial ``path``.
+
+    The temporary file ``.<name>.<random>.tmp`` sits beside ``path``; a writer killed mid-write
+    leaves it there, and the next save of ``path`` removes it.
 
     Raises:
         OSError: if the folder cannot be written (the temporary file is removed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed (one writer per path)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -84,7 +84,7 @@ class Probe(pl.Callback):
 
 
 def test_resume_mid_stream_restores_buffer_heads_and_matrix(quickstart_run, tmp_path):
-    mid = quickstart_run["ckpts"] / "epoch=0.ckpt"  # end of experience 0 (BloodMNIST)
+    mid = quickstart_run["ckpts"] / "experience=0-epoch=0.ckpt"  # end of experience 0 (BloodMNIST)
     ckpt = torch.load(mid, map_location="cpu", weights_only=True)
     assert [t["name"] for t in ckpt["medcl"]["tasks"]] == ["bloodmnist"]
 
@@ -123,7 +123,7 @@ def test_resume_with_a_different_stream_is_refused(quickstart_run, tmp_path):
     config.write_text(yaml.safe_dump(data))
     cli = run_cli(["--config", str(config)], run=False)
     with pytest.raises(ValueError, match="resume with the same domains in the same order"):
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(quickstart_run["ckpts"] / "epoch=0.ckpt"))
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(quickstart_run["ckpts"] / "experience=0-epoch=0.ckpt"))
 
 
 def test_predict_returns_class_predictions_per_task(quickstart_run):

@@ -54,7 +54,7 @@ def ddp_run(tmp_path_factory):
 
 
 def test_checkpoint_holds_both_ranks_buffers_and_no_sample_is_lost_or_repeated(ddp_run):
-    ckpt = torch.load(ddp_run["run_dir"] / "checkpoints" / "epoch=0.ckpt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(ddp_run["run_dir"] / "checkpoints" / "experience=0-epoch=0.ckpt", map_location="cpu", weights_only=True)
     state = ckpt["callbacks"]["ReplayCallback"]
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     per_rank = [set(_digests(rank["tasks"]["bloodmnist"]["image"])) for rank in state["ranks"]]
@@ -79,7 +79,7 @@ def test_metrics_are_synced_and_count_every_test_sample_once(ddp_run):
 
 
 def test_resume_gives_each_rank_its_own_buffer(ddp_run):
-    mid = ddp_run["run_dir"] / "checkpoints" / "epoch=0.ckpt"
+    mid = ddp_run["run_dir"] / "checkpoints" / "experience=0-epoch=0.ckpt"
     saved = torch.load(mid, map_location="cpu", weights_only=True)["callbacks"]["ReplayCallback"]["ranks"]
     resumed_root = ddp_run["out"] / "resumed"
     _run(["fit", "--config", str(ddp_run["config"]), *DDP, "--ckpt_path", str(mid),
@@ -95,7 +95,7 @@ def test_resume_gives_each_rank_its_own_buffer(ddp_run):
 
 
 def test_resume_with_another_world_size_is_refused(ddp_run):
-    mid = ddp_run["run_dir"] / "checkpoints" / "epoch=0.ckpt"
+    mid = ddp_run["run_dir"] / "checkpoints" / "experience=0-epoch=0.ckpt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([str(MEDCL), "fit", "--config", str(ddp_run["config"]), "--ckpt_path", str(mid),
                            "--trainer.default_root_dir", str(ddp_run["out"] / "single")],

@@ -1,9 +1,10 @@
-"""Lightning callbacks: rehearsal, continual evaluation, prediction files."""
+"""Lightning callbacks: rehearsal, continual evaluation, experience checkpoints, prediction files."""
 from framework.callbacks.continual_eval import ContinualEvaluation
+from framework.callbacks.experience_checkpoint import ExperienceCheckpoint
 from framework.callbacks.prediction_writer import PredictionWriter
 from framework.callbacks.replay import ClassBalancedPolicy, ReplayBuffer, ReplayCallback, ReservoirPolicy, StoragePolicy
 
 __all__ = [
-    "ContinualEvaluation", "PredictionWriter", "ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy",
+    "ContinualEvaluation", "ExperienceCheckpoint", "PredictionWriter", "ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy",
     "ClassBalancedPolicy",
 ]
