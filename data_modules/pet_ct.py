@@ -155,7 +155,10 @@ class SemiSyntheticPETCTDataModule(DomainDataModule):
             or not channels
             or any(c not in CHANNELS for c in channels)
         ):
-            raise ValueError(f"{me}: channels expected a non-empty list of names from {list(CHANNELS)}, found {channels!r}")
+            unknown = [c for c in channels if c not in CHANNELS] if isinstance(channels, (list, tuple)) else []
+            names = ", ".join(repr(c) for c in unknown)
+            what = f" ({names} {'is' if len(unknown) == 1 else 'are'} not a channel it can make)" if unknown else ""
+            raise ValueError(f"{me}: channels expected a non-empty list of names from {list(CHANNELS)}, found {channels!r}{what}")
         if len(set(channels)) != len(channels):
             raise ValueError(f"{me}: channels expected unique names, found {list(channels)!r}")
         if "ct" not in channels:

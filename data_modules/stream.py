@@ -207,7 +207,13 @@ class DomainStream(pl.LightningDataModule):
         return tasks
 
     def test_dataloader(self) -> List[DataLoader]:
-        return [self.domain(t).loader("test") for t in self._evaluated_tasks()]
+        tasks = self._evaluated_tasks()
+        if not tasks:
+            raise ValueError(
+                f"DomainStream: nothing to test: the model has no head for any task of the stream ({list(self._by_name)}); "
+                f"test a trained model: medcl test --config <config> --ckpt_path <checkpoint>"
+            )
+        return [self.domain(t).loader("test") for t in tasks]
 
     def predict_dataloader(self) -> List[DataLoader]:
         if self.predict_path is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -36,6 +37,12 @@ def allow_pickle() -> bool:
     return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a partial ``path``.
 
@@ -55,6 +62,7 @@ def atomic_save(obj: Any, path: PathLike) -> None:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -100,13 +108,15 @@ def load_checkpoint(path: PathLike, what: str = "checkpoint", map_location: Any 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=not trusted)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours its message
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        first = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else type(err).__name__).split(". ")[0]
         raise ValueError(
             f"{where}: holds pickled Python objects that loading would have to execute ({first}); MedCL loads only tensors "
             f"and plain containers. If you trust this file, set {ALLOW_PICKLE_ENV}=1 to load it anyway"
         ) from None
     except Exception as err:  # torch raises RuntimeError (and others) for truncated or damaged archives
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"{where}: truncated or corrupt checkpoint (torch.load: {first}); an interrupted copy or write? "
             f"Use another checkpoint of the run, e.g. the previous epoch's"

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
+import inspect
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
@@ -138,6 +141,8 @@ def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
         # Paradigms build their own AdamW with one named parameter group per head, so that groups
         # can be added as the model grows and line up again on resume.
         auto_configure_optimizers=False,
+        # raise instead of printing the usage and exiting, so a typo gets one line (see error_line)
+        parser_kwargs={"exit_on_error": False, **{sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict")}},
         args=args,
         run=run,
     )
@@ -311,13 +316,57 @@ def error_line(err: BaseException) -> str:
     A message that holds a formatted traceback (an error re-raised from a DataLoader worker) is
     reduced to its last line, the original error; other multi-line messages are joined.
     """
+    outer = err
     while err.__cause__ is not None and (_raised_by_wrapper(err) or not str(err).strip()):
         err = err.__cause__
     text = err.args[0] if isinstance(err, KeyError) and err.args else err
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     if any(line.startswith(("Traceback (most recent call last)", "Original Traceback")) for line in lines):
         return lines[-1]
-    return f"{type(err).__name__}: {' '.join(lines)}" if lines else type(err).__name__
+    line = f"{type(err).__name__}: {' '.join(lines)}" if lines else type(err).__name__
+    return line + _option_hint(outer, line)
+
+
+def _chain_text(err: BaseException) -> str:
+    parts, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        parts.append(str(err))
+        err = err.__cause__ or err.__context__
+    return "\n".join(parts)
+
+
+def _parameters(cls: type) -> List[str]:
+    names: List[str] = []
+    for klass in getattr(cls, "__mro__", ()):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            names += [p for p in inspect.signature(init).parameters if p not in ("self", "args", "kwargs") and p not in names]
+        except (TypeError, ValueError):  # pragma: no cover - builtins
+            pass
+    return names
+
+
+def _option_hint(outer: BaseException, line: str) -> str:
+    """``"; did you mean 'lr'?"`` for a misspelt config key (jsonargparse names the key, not the closest one)."""
+    match = re.search(r"(?:option|arguments:) '?(?:--)?([\w.]+)'?", line, flags=re.IGNORECASE)
+    if not match:
+        return ""
+    key = match.group(1)
+    section, _, name = key.rpartition(".")
+    candidates: List[str] = []
+    if section.split(".")[0] == "trainer" or key.startswith("trainer."):
+        candidates += _parameters(pl.Trainer)
+    for class_path in re.findall(r"class_path '([\w.]+)'", _chain_text(outer)):
+        module_name, _, attr = class_path.rpartition(".")
+        try:
+            candidates += _parameters(getattr(importlib.import_module(module_name), attr))
+        except (ImportError, AttributeError):  # pragma: no cover - reported by check_class_paths
+            continue
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f"; did you mean '{close[0]}'? (a misspelt key is an error, never a silent default)" if close else ""
 
 
 @contextlib.contextmanager

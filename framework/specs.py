@@ -7,6 +7,7 @@ grown model can be rebuilt before its weights are loaded.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +20,12 @@ __all__ = ["TASK_KINDS", "TaskSpec"]
 TASK_KINDS = ("classification", "multilabel", "prognosis", "segmentation")
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+def _did_you_mean(found: Any, choices) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to a misspelt ``found``, or ``""``."""
+    close = difflib.get_close_matches(str(found), [str(c) for c in choices], n=1) if isinstance(found, str) else []
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass(frozen=True)
@@ -66,16 +73,16 @@ class TaskSpec:
         self._validate()
 
     # ------------------------------------------------------------------ validation
-    def _fail(self, field_name: str, expected: str, found: Any) -> None:
+    def _fail(self, field_name: str, expected: str, found: Any, hint: str = "") -> None:
         raise ValueError(
-            f"TaskSpec '{getattr(self, 'name', '?')}': field '{field_name}' expected {expected}, found {found!r}"
+            f"TaskSpec '{getattr(self, 'name', '?')}': field '{field_name}' expected {expected}, found {found!r}{hint}"
         )
 
     def _validate(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             self._fail("name", "a non-empty identifier of letters, digits, '_' or '-' starting with a letter", self.name)
         if self.kind not in TASK_KINDS:
-            self._fail("kind", f"one of {list(TASK_KINDS)}", self.kind)
+            self._fail("kind", f"one of {list(TASK_KINDS)}", self.kind, _did_you_mean(self.kind, TASK_KINDS))
         if not isinstance(self.modality, str) or not self.modality:
             self._fail("modality", "a non-empty string", self.modality)
         if not isinstance(self.class_names, tuple) or not all(isinstance(c, str) and c for c in self.class_names):
@@ -142,11 +149,13 @@ class TaskSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"task spec{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+            hint = _did_you_mean(unknown[0], sorted(known))
+            raise ValueError(f"task spec{where}: unknown field(s) {unknown}; known fields are {sorted(known)}{hint}")
         missing = sorted({"name", "kind"} - set(data))
         if missing:
             raise ValueError(f"task spec{where}: missing required field(s) {missing}")
         try:
             return cls(**dict(data))
         except ValueError as err:
-            raise ValueError(f"{err}{where}") from None
+            message, hint, rest = str(err).partition("; did you mean")  # "... found 'x' in <source>; did you mean 'y'?"
+            raise ValueError(f"{message}{where}{hint}{rest}") from None

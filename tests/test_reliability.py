@@ -93,6 +93,9 @@ def test_failed_write_keeps_the_old_checkpoint_and_leaves_no_temporary_file(tmp_
         atomic_save({"state_dict": {"w": torch.zeros(3)}}, target)
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.equal(load_checkpoint(target)["state_dict"]["w"], torch.ones(3))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # a normal file's mode, not mkstemp's 0600
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
     assert not list(other_fs.iterdir())
 

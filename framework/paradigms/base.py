@@ -456,9 +456,11 @@ class MedCLModule(pl.LightningModule):
                 self.add_task(spec, adapter=adapter)
         stored = [t.get("name") for t in meta.get("tasks", [])]
         if list(self.task_specs) != stored:
+            ckpt = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
             raise ValueError(
-                f"checkpoint field '{CHECKPOINT_KEY}.tasks' holds {stored}, but this run's model has {list(self.task_specs)} "
-                f"(from the data stream); resume with the same domains in the same order"
+                f"{'--ckpt_path ' + str(ckpt) if ckpt else 'checkpoint'}: it was written for the tasks {stored}, but this config's "
+                f"stream is {list(self.stream_specs) or list(self.task_specs)}; resume with the same domains in the same order, or grow the "
+                f"trained model with new domains in a new run: --model.init_args.init_from <checkpoint>"
             )
         self.initial_tasks = list(meta.get("initial_tasks", self.initial_tasks))
 
