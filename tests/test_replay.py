@@ -336,10 +336,10 @@ def test_herding_end_to_end_with_lightning_checkpoint_and_resume(tmp_path):
     assert set(cb.buffer.counts()) == {"bloodmnist", "organamnist"} and len(cb.buffer) <= 40
     assert cb.buffer.task_data("bloodmnist")[0].shape[1:] == (3, 28, 28)
     checkpoints = tmp_path / "run" / "version_0" / "checkpoints"
-    state = torch.load(checkpoints / "epoch=0.ckpt", map_location="cpu", weights_only=True)["callbacks"]["ReplayCallback"]
+    state = torch.load(checkpoints / "experience=0-epoch=0.ckpt", map_location="cpu", weights_only=True)["callbacks"]["ReplayCallback"]
     assert state["world_size"] == 1 and list(state["ranks"][0]["tasks"]) == ["bloodmnist"]
 
     resumed = run_cli(["--config", str(config)], run=False)
-    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(checkpoints / "epoch=0.ckpt"))
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(checkpoints / "experience=0-epoch=0.ckpt"))
     (again,) = [c for c in resumed.trainer.callbacks if isinstance(c, ReplayCallback)]
     assert again.buffer.counts() == cb.buffer.counts()

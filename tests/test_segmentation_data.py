@@ -248,7 +248,7 @@ def test_bad_npz_named(seg_npz, overrides, kwargs, message):
 def test_unreadable_npz_named(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_bytes(b"this is not a zip archive")
-    with pytest.raises(ValueError, match=r"junk.npz: not a readable .npz archive \("):
+    with pytest.raises(ValueError, match=r"junk.npz: expected an .npz archive \(a zip file written by numpy.savez\), found a file starting with b.this"):
         load_segmentation_npz(path)
 
 
