@@ -13,7 +13,7 @@ from helpers import shrink_config, train_losses_per_epoch
 
 pytestmark = pytest.mark.skipif(not SHARED_MEDMNIST.is_dir(), reason="the paradigm configs read ../shared/data/medmnist")
 
-TASKS = ["bloodmnist", "organamnist"]
+TASKS = ["bloodmnist", "organamnist", "pneumoniamnist", "retinamnist"]
 
 
 @pytest.mark.slow
@@ -22,8 +22,9 @@ TASKS = ["bloodmnist", "organamnist"]
     [
         ("specialized", SpecializedModule, 1, {0: set(TASKS)}),
         ("joint", JointModule, 1, {0: set(TASKS)}),
-        ("sequential", ContinualModule, 2, {0: {"bloodmnist"}, 1: {"organamnist"}}),
-        ("sequential_replay", ContinualModule, 2, {0: {"bloodmnist"}, 1: set(TASKS)}),
+        ("sequential", ContinualModule, 4, {e: {t} for e, t in enumerate(TASKS)}),
+        ("sequential_replay", ContinualModule, 4, {e: set(TASKS[: e + 1]) for e in range(4)}),
+        ("sequential_replay_lwf", ContinualModule, 4, {e: set(TASKS[: e + 1]) for e in range(4)}),
     ],
 )
 def test_paradigm_config_runs_end_to_end(tmp_path, name, cls, rows, trained):
@@ -38,16 +39,24 @@ def test_paradigm_config_runs_end_to_end(tmp_path, name, cls, rows, trained):
     assert len(result["accuracy_matrix"]) == rows
     final = result["accuracy_matrix"][-1]
     assert all(0.0 <= v <= 1.0 for v in final)
-    assert result["average_accuracy"] == pytest.approx(sum(final) / 2)
-    if rows == 2:
-        # OrganA had no trained head after experience 0: its cell is the zero-shot score (FWT), not in the average
-        assert result["learned_at"] == {"bloodmnist": 0, "organamnist": 1}
-        assert 0.0 <= result["accuracy_matrix"][0][1] <= 1.0
+    assert result["average_accuracy"] == pytest.approx(sum(final) / len(TASKS))
+    if rows > 1:
+        # a task had no trained head before its experience: its cells are zero-shot scores (FWT), not in the averages
+        assert result["learned_at"] == {t: e for e, t in enumerate(TASKS)}
         assert result["average_accuracy_per_experience"][0] == pytest.approx(result["accuracy_matrix"][0][0])
-        assert result["fwt"] == pytest.approx(result["accuracy_matrix"][0][1] - result["random_init"]["organamnist"])
-        assert result["forgetting"] == pytest.approx(max(0.0, result["accuracy_matrix"][0][0]) - final[0])
+        fwt = [result["accuracy_matrix"][j - 1][j] - result["random_init"][t] for j, t in enumerate(TASKS) if j > 0]
+        assert result["fwt"] == pytest.approx(sum(fwt) / len(fwt))
+        matrix = result["accuracy_matrix"]
+        forgetting = [max(matrix[i][j] for i in range(j, rows - 1)) - final[j] for j in range(rows - 1)]
+        assert result["forgetting"] == pytest.approx(sum(forgetting) / len(forgetting))
+        bwt = [final[j] - matrix[j][j] for j in range(rows - 1)]
+        assert result["bwt"] == pytest.approx(sum(bwt) / len(bwt))
     else:
         assert result["forgetting"] is None
+    # the study's cross-domain and cross-task sets are scored after every experience (cross tasks need one shared model)
+    assert len(result["cross_domain"]["bloodmnist_shifted"]["scores"]) == rows
+    if cls is not SpecializedModule:
+        assert len(result["cross_task"]["adrenalmnist3d"]["zero_shot"]) == rows
     assert (Path(cli.trainer.log_dir) / METRICS_CSV).is_file()
     assert (Path(cli.trainer.log_dir) / METRICS_PNG).stat().st_size > 1000
 
@@ -55,14 +64,14 @@ def test_paradigm_config_runs_end_to_end(tmp_path, name, cls, rows, trained):
     assert train_losses_per_epoch(tmp_path, TASKS) == trained
 
     if cls is SpecializedModule:
-        a, b = (module.models[t].backbone.clip.visual.conv1.weight for t in TASKS)
+        a, b = (module.models[t].backbone.clip.visual.conv1.weight for t in TASKS[:2])
         assert a.data_ptr() != b.data_ptr() and not torch.equal(a, b)
         assert set(module.models["bloodmnist"].heads) == {"bloodmnist"}
 
 
 def test_continual_schedule_errors_name_the_setting(tmp_path):
     config = shrink_config("experiments/paradigms/sequential.yaml", tmp_path, extra_trainer={"max_epochs": 3})
-    with pytest.raises(ValueError, match="trainer.max_epochs is 3, but the stream has 2 experience.*set trainer.max_epochs: 2"):
+    with pytest.raises(ValueError, match="trainer.max_epochs is 3, but the stream has 4 experience.*set trainer.max_epochs: 4"):
         run_cli(["fit", "--config", str(config)])
     config = shrink_config("experiments/paradigms/sequential.yaml", tmp_path / "b", extra_trainer={"reload_dataloaders_every_n_epochs": 0})
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs must be 1"):
@@ -73,7 +82,15 @@ def test_every_regime_uses_the_same_data():
     from helpers import load_config
     from conftest import REPO
 
-    datas = [load_config(REPO / f"experiments/paradigms/{n}.yaml")["data"] for n in ("specialized", "joint", "sequential", "sequential_replay")]
-    assert all(d == datas[0] for d in datas)
-    subsets = {d["init_args"]["train_subset"] for d in datas[0]["init_args"]["domains"]}
-    assert subsets == {6000}
+    names = ("specialized", "joint", "sequential", "sequential_replay", "sequential_replay_lwf")
+    configs = [load_config(REPO / f"experiments/paradigms/{n}.yaml") for n in names]
+    assert all(c["data"] == configs[0]["data"] for c in configs)
+    subsets = {d["init_args"]["train_subset"] for d in configs[0]["data"]["init_args"]["domains"]}
+    assert subsets == {1000}
+    # every training image is seen as often in every regime: 3 epochs, per experience or jointly
+    assert {c["model"]["init_args"].get("epochs_per_experience", c["trainer"]["max_epochs"]) for c in configs} == {3}
+    # the rehearsal regimes keep at most 2 % of the training data
+    for c in configs:
+        for cb in c["trainer"]["callbacks"]:
+            if cb["class_path"].endswith("ReplayCallback"):
+                assert cb["init_args"]["capacity"] <= 0.02 * 4 * 1000

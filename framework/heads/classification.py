@@ -94,6 +94,12 @@ class ClassificationHead(TaskHead):
         self._check_target(outputs, target)
         return F.cross_entropy(outputs, target.long(), label_smoothing=self.label_smoothing)
 
+    def metric_inputs(self, outputs: Tensor, target: Tensor):
+        # Probabilities, not logits: torchmetrics softmaxes a batch only when some value lies outside
+        # [0, 1], so a batch of logits that all lie in [0, 1] would be ranked as probabilities and
+        # the AUROC would depend on a softmax-invariant shift (tests/test_metric_crosschecks.py).
+        return {"preds": outputs.float().softmax(dim=-1), "target": target.long()}
+
     def make_metrics(self) -> MetricCollection:
         n = self.spec.num_classes
         return MetricCollection(

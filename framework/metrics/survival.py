@@ -41,8 +41,9 @@ class ConcordanceIndex(Metric):
 
     ``update(preds, target)`` takes risk scores ``(B,)`` (higher = earlier event) and a target
     ``(B, 2)`` of (time, event).  ``compute`` calls torchsurv's ``ConcordanceIndex`` on everything
-    seen; it returns NaN (with no error) when the evaluation set holds no observed event, since
-    the index is then undefined.
+    seen; it returns NaN (with no error) when the evaluation set holds no comparable pair (no
+    observed event, or no event before another sample's time, or a single sample), since the
+    index is then undefined.
 
     Raises:
         ValueError: in ``update``, on mismatched shapes or invalid targets.
@@ -71,6 +72,7 @@ class ConcordanceIndex(Metric):
         from torchsurv.metrics.cindex import ConcordanceIndex as _TorchsurvCIndex
 
         risk, time, event = dim_zero_cat(self.risk), dim_zero_cat(self.time), dim_zero_cat(self.event).bool()
-        if risk.numel() == 0 or not event.any():
+        # undefined (NaN) without a comparable pair: one exists iff some event precedes some other time
+        if risk.numel() < 2 or not event.any() or not time[event].min() < time.max():
             return torch.tensor(float("nan"), device=risk.device)
         return _TorchsurvCIndex()(risk, event, time).to(risk.device)

@@ -27,6 +27,7 @@ from framework.heads import TaskHead
 from framework.metrics.evaluation import evaluate_head
 from framework.model import MedCLModel
 from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
+from framework.precision import warn_on_slow_precision
 from framework.seeding import seed_epoch
 from framework.specs import TaskSpec
 
@@ -240,6 +241,7 @@ class MedCLModule(pl.LightningModule):
             if mine is not None and mine != spec:
                 raise ValueError(f"task {spec.name!r}: the model's spec {mine.to_dict()} differs from the data's {spec.to_dict()}")
         if stage == "fit":
+            warn_on_slow_precision(self.trainer)
             self.validate_schedule()
             self.ensure_tasks(self.experiences()[0])
             self._prepare_ddp()
@@ -327,7 +329,9 @@ class MedCLModule(pl.LightningModule):
         for callback in self.trainer.callbacks:
             fn = getattr(callback, hook, None)
             if callable(fn):
-                fn(self.trainer, self, experience, list(tasks))
+                # named like Lightning's own callback hooks, so `--trainer.profiler simple` times them
+                with self.trainer.profiler.profile(f"[Callback]{callback.state_key}.{hook}"):
+                    fn(self.trainer, self, experience, list(tasks))
 
     # ------------------------------------------------------------------ steps
     def _forward_task(self, task: str, sub: Mapping[str, Tensor]) -> Tuple[TaskHead, Tensor, Tensor]:
