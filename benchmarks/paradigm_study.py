@@ -1,78 +1,177 @@
-"""Paradigm study (Yi et al. 2023) on BloodMNIST -> OrganAMNIST: run the four regimes, compare.
+"""Paradigm study (Yi et al. 2023) on four real domains, several seeds: does rehearsal close the gap?
 
-Runs ``medcl fit`` on each config in experiments/paradigms/ (same data subset for every regime),
-then writes ``benchmarks/results/paradigm_study.{json,md,png}`` with every accuracy matrix,
-average accuracy, forgetting and wall-clock time.
+Runs ``medcl fit`` on every config in experiments/paradigms/ (specialized, joint, sequential,
+sequential + replay, sequential + replay + LwF) once per seed (``--seed_everything``: weights,
+data order, replay draws; the data subset is the same for every run, see
+experiments/streams/paradigm_study.yaml), then writes
+``benchmarks/results/paradigm_study.{json,md,png}``: per regime mean ± std over seeds of the final
+in-domain accuracy per domain, average accuracy, mean AUC, forgetting, BWT, FWT, the cross-domain
+score (the Blood head on a SHIFTED COPY of the Blood test set) and the cross-task scores
+(AdrenalMNIST3D, never trained: zero-shot from its prompts, and a linear probe), and the gap between
+joint training and sequential + replay.
 
-    python benchmarks/paradigm_study.py                       # all four regimes (~15 min on 2 CPU cores)
-    python benchmarks/paradigm_study.py --regimes sequential sequential_replay
-    python benchmarks/paradigm_study.py --collect-only        # re-read the latest finished runs
+    python benchmarks/paradigm_study.py                                # 5 regimes x 3 seeds (~45 min on 2 CPU cores)
+    python benchmarks/paradigm_study.py --regimes sequential --seeds 0 1
+    python benchmarks/paradigm_study.py --collect-only                 # rewrite the tables from the stored runs
+    python benchmarks/paradigm_study.py --results /tmp/ps -- --trainer.limit_train_batches=2   # smoke run
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from statistics import mean, stdev
+from typing import Any, Dict, List, Optional
 
-from framework.callbacks.continual_report import pending_mask
-from runs import REPO, RESULTS, latest_metrics as _latest, load_results, record, run_config
+from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config
 
-REGIMES = ["specialized", "joint", "sequential", "sequential_replay"]
-
-
-def latest_metrics(regime: str) -> Path:
-    return _latest(REPO / "runs" / "paradigms" / regime)
-
-
-def run_regime(regime: str, extra: list) -> float:
-    return run_config(f"experiments/paradigms/{regime}.yaml", extra, label=regime)
-
-
-def markdown(results: dict) -> str:
-    tasks = next(iter(results.values()))["tasks"]
-    lines = ["# Paradigm study: BloodMNIST -> OrganAMNIST", "",
-             "Test accuracy on the full official test sets; 6,000 training images per domain for every regime.", "",
-             "| regime | " + " | ".join(f"{t} (final)" for t in tasks) + " | average accuracy | forgetting | wall time (s) |",
-             "|---|" + "---|" * (len(tasks) + 3)]
-    for regime, r in results.items():
-        final = r["accuracy_matrix"][-1]
-        fgt = "n/a" if r["forgetting"] is None else f"{r['forgetting']:.3f}"
-        wall = "n/a" if r.get("wall_time_s") is None else f"{r['wall_time_s']:.0f}"
-        lines.append(f"| {regime} | " + " | ".join(f"{v:.3f}" for v in final) + f" | {r['average_accuracy']:.3f} | {fgt} | {wall} |")
-    lines += ["", "Accuracy matrices (row = after experience i, column = task; in parentheses: scored zero-shot before the task was trained):", ""]
-    for regime, r in results.items():
-        lines.append(f"**{regime}**")
-        lines.append("")
-        lines.append("| after | " + " | ".join(tasks) + " |")
-        lines.append("|---|" + "---|" * len(tasks))
-        for e, row, pending in zip(r["experience_tasks"], r["accuracy_matrix"], pending_mask(r)):
-            cells = ["-" if v is None else (f"({v:.3f})" if p else f"{v:.3f}") for v, p in zip(row, pending)]
-            lines.append(f"| {'+'.join(e)} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+NAME = "paradigm_study"
+REGIMES = ["specialized", "joint", "sequential", "sequential_replay", "sequential_replay_lwf"]
+LABELS = {
+    "specialized": "(a) specialized, one model per domain",
+    "joint": "(b) joint, all domains at once",
+    "sequential": "(c) sequential",
+    "sequential_replay": "(d) sequential + replay (2 %)",
+    "sequential_replay_lwf": "(d) + LwF",
+}
+CROSS_DOMAIN = "bloodmnist_shifted"
+CROSS_TASK = "adrenalmnist3d"
+#: the numbers aggregated over seeds (keys of :func:`summary`)
+KEYS = ["average_accuracy", "mean_auroc", "forgetting", "bwt", "fwt", "cross_domain", "cross_task_zero_shot", "cross_task_probe", "wall_time_s"]
 
 
-def plot(results: dict, path: Path) -> None:
+def summary(result: Dict[str, Any]) -> Dict[str, Any]:
+    """One run's table numbers from its ``continual_metrics.json``."""
+    final = result["accuracy_matrix"][-1]
+    auroc = (result.get("secondary") or {}).get("auroc")
+    cross = (result.get("cross_domain") or {}).get(CROSS_DOMAIN) or {}
+    task = (result.get("cross_task") or {}).get(CROSS_TASK) or {}
+    last = lambda values: (values or [None])[-1]  # noqa: E731
+    return {
+        "final": dict(zip(result["tasks"], final)),
+        "average_accuracy": result["average_accuracy"],
+        "mean_auroc": mean(v for v in auroc[-1] if v is not None) if auroc else None,
+        "forgetting": result.get("forgetting"),
+        "bwt": result.get("bwt"),
+        "fwt": result.get("fwt"),
+        "cross_domain": last(cross.get("scores")),
+        "cross_task_zero_shot": last(task.get("zero_shot")),
+        "cross_task_probe": last(task.get("linear_probe")),
+        "wall_time_s": result.get("wall_time_s"),
+    }
+
+
+def mean_std(values: List[Optional[float]]) -> Dict[str, Any]:
+    """``{"mean", "std", "n"}`` over the values that exist (std is the sample std; 0 for one value)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": mean(values), "std": stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def aggregate(runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Per regime, mean ± std over seeds of every :data:`KEYS` entry and of each domain's final score."""
+    out = {}
+    for regime, by_seed in runs.items():
+        summaries = [r["summary"] for r in by_seed.values()]
+        tasks = list(summaries[0]["final"])
+        out[regime] = {
+            "seeds": sorted(int(s) for s in by_seed),
+            **{key: mean_std([s[key] for s in summaries]) for key in KEYS},
+            "final": {t: mean_std([s["final"][t] for s in summaries]) for t in tasks},
+        }
+    return out
+
+
+def verdict(agg: Dict[str, Any]) -> Dict[str, Any]:
+    """Does rehearsal close the gap to joint training, and by how much (average accuracy)?"""
+    need = ("joint", "sequential", "sequential_replay")
+    if not all(r in agg and agg[r]["average_accuracy"]["mean"] is not None for r in need):
+        return {}
+    joint, seq, rep = (agg[r]["average_accuracy"]["mean"] for r in need)
+    out = {
+        "joint_minus_sequential": joint - seq,
+        "joint_minus_replay": joint - rep,
+        "gap_closed_fraction": (rep - seq) / (joint - seq) if joint != seq else None,
+        "replay_within_3_points_of_joint": joint - rep <= 0.03,
+    }
+    if "sequential_replay_lwf" in agg:
+        out["joint_minus_replay_lwf"] = joint - agg["sequential_replay_lwf"]["average_accuracy"]["mean"]
+    return out
+
+
+def pm(stat: Dict[str, Any], digits: int = 3) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def markdown(agg: Dict[str, Any], gap: Dict[str, Any], seeds: List[int]) -> str:
+    tasks = list(next(iter(agg.values()))["final"])
+    lines = [
+        "# Paradigm study: BloodMNIST -> OrganAMNIST -> PneumoniaMNIST -> RetinaMNIST", "",
+        "One subset for every regime (experiments/streams/paradigm_study.yaml): 1,000 seeded training images per domain",
+        "(4,000 in all; every image seen 3 times in every regime), test subsets of 2,000 (Blood, OrganA) and the full test sets",
+        "(Pneumonia 624, Retina 400).  medcl-vit-tiny trained from scratch, batch 64, AdamW lr 1e-3, 2 CPU threads.  Replay:",
+        "80 exemplars (2 % of the training data), class-balanced, 32 per batch.  LwF: weight 1, temperature 2.",
+        f"Mean ± sample std over seeds {', '.join(map(str, seeds))} (`--seed_everything`).", "",
+        "In-domain test accuracy after the last experience:", "",
+        "| regime | " + " | ".join(tasks) + " | avg acc | mean AUC | forgetting | BWT | FWT |",
+        "|---|" + "---|" * (len(tasks) + 5),
+    ]
+    for regime, a in agg.items():
+        lines.append(
+            f"| {LABELS.get(regime, regime)} | " + " | ".join(pm(a["final"][t]) for t in tasks)
+            + f" | **{pm(a['average_accuracy'])}** | {pm(a['mean_auroc'])} | {pm(a['forgetting'])} | {pm(a['bwt'])} | {pm(a['fwt'])} |"
+        )
+    lines += [
+        "", "Cross-domain and cross-task (after the last experience), and wall time per run (a property of the machine's load at the",
+        "time, not a timing benchmark: see overhead.md and scaling.md for those):", "",
+        f"| regime | {CROSS_DOMAIN} acc (Blood head, SHIFTED COPY) | {CROSS_TASK} zero-shot acc | {CROSS_TASK} linear probe acc | wall (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for regime, a in agg.items():
+        lines.append(
+            f"| {LABELS.get(regime, regime)} | {pm(a['cross_domain'])} | {pm(a['cross_task_zero_shot'])} | {pm(a['cross_task_probe'])} | {pm(a['wall_time_s'], 0)} |"
+        )
+    lines += [
+        "", "Specialised learning has one model per domain, so the cross task (one shared model) is not scored (n/a); joint and",
+        "specialised learning have one experience, so forgetting, BWT and FWT do not apply (n/a).",
+    ]
+    if gap:
+        closed = gap["gap_closed_fraction"]
+        lines += [
+            "", "## Does rehearsal close the gap to joint training?", "",
+            f"Average accuracy, joint minus sequential: {gap['joint_minus_sequential']:+.3f}; joint minus sequential + replay: "
+            f"{gap['joint_minus_replay']:+.3f}" + (f" (replay closes {100 * closed:.0f} % of the gap)" if closed is not None else "") + ".",
+            f"Target 'within 3 points of joint with a buffer of at most 2 %': {'met' if gap['replay_within_3_points_of_joint'] else 'MISSED'}.",
+        ]
+        if "joint_minus_replay_lwf" in gap:
+            lines.append(f"Joint minus sequential + replay + LwF: {gap['joint_minus_replay_lwf']:+.3f}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(agg: Dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    tasks = next(iter(results.values()))["tasks"]
-    regimes = list(results)
+    regimes = list(agg)
+    keys = [("average_accuracy", "avg acc"), ("mean_auroc", "mean AUC"), ("forgetting", "forgetting"), ("cross_domain", "cross-domain acc")]
     x = np.arange(len(regimes))
-    width = 0.8 / len(tasks)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for k, task in enumerate(tasks):
-        values = [results[r]["accuracy_matrix"][-1][k] for r in regimes]
-        bars = ax.bar(x + (k - (len(tasks) - 1) / 2) * width, values, width, label=task)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks(x, regimes)
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
+    for k, (key, label) in enumerate(keys):
+        means = [agg[r][key]["mean"] or 0.0 for r in regimes]
+        stds = [agg[r][key]["std"] or 0.0 for r in regimes]
+        ax.bar(x + (k - (len(keys) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=label)
+    ax.set_xticks(x, [LABELS.get(r, r).split(",")[0] for r in regimes], rotation=12, fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("final test accuracy")
-    ax.set_title("Blood -> OrganA: final accuracy per domain")
-    ax.legend(loc="lower right", fontsize=8)
+    seeds = next(iter(agg.values()))["seeds"]
+    ax.set_title(f"Blood -> OrganA -> Pneumonia -> Retina, mean ± std over {len(seeds)} seeds")
+    ax.legend(fontsize=8, ncols=4, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -81,20 +180,39 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regimes", nargs="+", default=REGIMES, choices=REGIMES)
-    parser.add_argument("--collect-only", action="store_true", help="do not train; read the latest finished runs")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--collect-only", action="store_true", help="do not train; rewrite the tables from the stored runs")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for paradigm_study.{json,md,png}")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides passed to every run, after --")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    previous = load_results("paradigm_study")
-    results = {r: previous[r] for r in REGIMES if r in previous}  # regimes not re-run keep their last numbers
-    for regime in args.regimes:
-        wall = None if args.collect_only else run_regime(regime, args.extra)
-        record(results, regime, latest_metrics(regime), wall, previous)
-    results = {r: results[r] for r in REGIMES if r in results}
-    (RESULTS / "paradigm_study.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "paradigm_study.md").write_text(markdown(results))
-    plot(results, RESULTS / "paradigm_study.png")
-    print(markdown(results))
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"{NAME}.json"
+    stored = json.loads(out.read_text()) if out.is_file() else {}
+    runs: Dict[str, Dict[str, Any]] = stored.get("runs", {}) if "runs" in stored else {}
+
+    def write() -> Dict[str, Any]:
+        ordered = {r: dict(sorted(runs[r].items(), key=lambda kv: int(kv[0]))) for r in REGIMES if runs.get(r)}
+        agg = aggregate(ordered)
+        gap = verdict(agg)
+        seeds = sorted({int(s) for by_seed in ordered.values() for s in by_seed})
+        out.write_text(json.dumps({"seeds": seeds, "aggregate": agg, "verdict": gap, "runs": ordered}, indent=2))
+        (args.results / f"{NAME}.md").write_text(markdown(agg, gap, seeds))
+        plot(agg, args.results / f"{NAME}.png")
+        return agg
+
+    if not args.collect_only:
+        for seed in args.seeds:
+            for regime in args.regimes:
+                extra = ["--seed_everything", str(seed), *args.extra]
+                wall = run_config(f"experiments/paradigms/{regime}.yaml", extra, label=f"{regime}, seed {seed}")
+                by_seed = runs.setdefault(regime, {})
+                result = record(by_seed, str(seed), latest_metrics(REPO / "runs" / "paradigms" / regime), wall)
+                result["summary"] = summary(result)
+                write()  # after every run: an interrupted study keeps what finished
+    if not runs:
+        raise SystemExit(f"{out}: no stored runs to collect; run without --collect-only first")
+    write()
+    print((args.results / f"{NAME}.md").read_text())
 
 
 if __name__ == "__main__":

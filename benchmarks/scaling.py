@@ -1,0 +1,203 @@
+"""Scaling: time per experience and peak memory as the stream grows (fixed replay buffer), and the
+experience-end evaluation time as the number of seen tasks grows.
+
+One ``medcl fit`` (in process) of an N-experience stream built from the shipped demo data, the
+stream of ``benchmarks/long_stream_memory.py``: BloodMNIST and OrganAMNIST alternate, each experience a
+distinct task (its own head) on its own seeded subset of ``--train-subset`` training images;
+1 epoch per experience, tiny ViT, batch 64, a class-balanced ``ReplayCallback`` of ``--capacity``
+samples (32 per batch), ``ContinualEvaluation`` testing every seen task (``--eval-subset`` test
+images each) after every experience, a ``ModelCheckpoint`` (every epoch) and a CSV logger.  A probe callback
+(last in the list) takes, for every experience:
+
+* training time: the epoch (``on_train_epoch_start`` -> ``on_train_epoch_end``) minus its validation;
+* validation time (``on_validation_start`` -> ``on_validation_end``; every task with a head);
+* experience-end time: from the epoch end to the probe's ``on_experience_end``, i.e. after
+  ``ContinualEvaluation`` has tested every seen task;
+* RSS and peak RSS (``/proc/self/status``).
+
+Experience 1 trains without replay (the buffer is empty), so "flat" is judged over experiences
+2..N: every one within ±10 % of their mean.  Writes ``benchmarks/results/scaling.{json,md,png}``.
+
+    python benchmarks/scaling.py                    # 8 experiences (~4 min on 2 idle cores)
+    python benchmarks/scaling.py --experiences 3 --train-subset 128 --eval-subset 64 --results /tmp/sc   # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from statistics import mean
+from typing import Any, Dict, List
+
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from long_stream_memory import proc_status, stream_config
+from runs import REPO, RESULTS
+
+NAME = "scaling"
+
+
+class ScalingProbe(pl.Callback):
+    """Times every experience's training, validation and experience-end work; reads memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: List[Dict[str, Any]] = []
+        self._epoch_start = self._val_start = self._epoch_end = 0.0
+        self._val = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start, self._val = time.perf_counter(), 0.0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self._val += time.perf_counter() - self._val_start
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._epoch_end = time.perf_counter()  # callbacks run before the module's hook, which ends the experience
+
+    def on_experience_end(self, trainer, pl_module, experience: int, tasks: List[str]) -> None:
+        now = time.perf_counter()
+        status = proc_status()
+        buffer = next((c.buffer for c in trainer.callbacks if type(c).__name__ == "ReplayCallback"), None)
+        row = {
+            "experience": experience + 1,
+            "seen_tasks": len(pl_module.task_specs),
+            "train_s": self._epoch_end - self._epoch_start - self._val,
+            "validation_s": self._val,
+            "experience_end_s": now - self._epoch_end,
+            "rss_mib": status["VmRSS"],
+            "peak_rss_mib": status["VmHWM"],
+            "buffer_samples": len(buffer) if buffer is not None else 0,
+            "buffer_allocated_mib": buffer.allocated_bytes() / 2**20 if buffer is not None else 0.0,
+        }
+        self.rows.append(row)
+        print(f"[scaling] experience {row['experience']}: train {row['train_s']:.1f} s, validation {row['validation_s']:.1f} s, "
+              f"evaluation {row['experience_end_s']:.1f} s ({row['seen_tasks']} tasks), peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
+
+
+def analyse(rows: List[Dict[str, Any]], tolerance: float = 0.10) -> Dict[str, Any]:
+    later = [r["train_s"] for r in rows[1:]]
+    if not later:
+        return {"flat": None}
+    centre = mean(later)
+    deviation = max(abs(v - centre) / centre for v in later)
+    evals = [(r["seen_tasks"], r["experience_end_s"]) for r in rows]
+    per_task = [t / n for n, t in evals]
+    return {
+        "mean_train_s_2_to_n": centre,
+        "max_deviation_2_to_n": deviation,
+        "flat": deviation <= tolerance,
+        "evaluation_s_per_seen_task": {"first": per_task[0], "last": per_task[-1], "mean": mean(per_task)},
+        "peak_rss_growth_mib": rows[-1]["peak_rss_mib"] - rows[0]["peak_rss_mib"],
+    }
+
+
+def markdown(r: Dict[str, Any]) -> str:
+    a, cfg = r["analysis"], r["config"]
+    lines = [
+        "# Scaling with the length of the stream", "",
+        f"{cfg['experiences']} experiences of distinct demo tasks (BloodMNIST / OrganAMNIST alternating), {cfg['train_subset']} training "
+        f"images each, 1 epoch per experience, tiny ViT, batch 64 + 32 replayed; class-balanced buffer of {cfg['capacity']} samples (fixed); "
+        f"every seen task tested on {cfg['eval_subset']} images after every experience; {r['threads']} torch threads.", "",
+        "| experience | seen tasks | training (s) | validation (s) | experience-end evaluation (s) | RSS (MiB) | peak RSS (MiB) | buffer samples |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['experience']} | {row['seen_tasks']} | {row['train_s']:.2f} | {row['validation_s']:.2f} | {row['experience_end_s']:.2f} "
+            f"| {row['rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | {row['buffer_samples']} |"
+        )
+    if a.get("flat") is not None:
+        lines += [
+            "", f"Training time per experience, experiences 2..{cfg['experiences']} (with replay): mean {a['mean_train_s_2_to_n']:.2f} s, largest "
+            f"deviation {100 * a['max_deviation_2_to_n']:.1f} % — target ±10 %: **{'met' if a['flat'] else 'MISSED'}**.",
+            f"Experience-end evaluation grows with the number of seen tasks (each is tested): {a['evaluation_s_per_seen_task']['first']:.2f} s per "
+            f"task after experience 1, {a['evaluation_s_per_seen_task']['last']:.2f} s per task after experience {cfg['experiences']}.",
+            f"Peak RSS grows by {a['peak_rss_growth_mib']:.0f} MiB from experience 1 to {cfg['experiences']} (buffer, one head, its metrics and "
+            "optimizer group per task; see long_stream_memory.md for the decomposition).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = r["rows"]
+    x = [row["experience"] for row in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(x, [row["train_s"] for row in rows], "o-", label="training")
+    ax1.plot(x, [row["experience_end_s"] for row in rows], "s--", label="experience-end evaluation")
+    ax1.plot(x, [row["validation_s"] for row in rows], "^:", label="validation")
+    if r["analysis"].get("mean_train_s_2_to_n"):
+        m = r["analysis"]["mean_train_s_2_to_n"]
+        ax1.axhspan(0.9 * m, 1.1 * m, color="C0", alpha=0.12, label="±10 % of training mean (exp. 2..N)")
+    ax1.set_xlabel("experience (= seen tasks)")
+    ax1.set_ylabel("seconds")
+    ax1.set_ylim(bottom=0)
+    ax1.legend(fontsize=7)
+    ax1.set_title("time per experience")
+    ax2.plot(x, [row["peak_rss_mib"] for row in rows], "o-", label="peak RSS")
+    ax2.plot(x, [row["rss_mib"] for row in rows], "s--", label="RSS")
+    ax2.set_xlabel("experience")
+    ax2.set_ylabel("MiB")
+    ax2.legend(fontsize=7)
+    ax2.set_title(f"memory (buffer fixed at {r['config']['capacity']} samples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiences", type=int, default=8)
+    parser.add_argument("--train-subset", type=int, default=1000)
+    parser.add_argument("--eval-subset", type=int, default=300)
+    parser.add_argument("--capacity", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.experiences < 1:
+        parser.error(f"--experiences expected >= 1, found {args.experiences}")
+    os.chdir(REPO)
+    torch.set_num_threads(args.threads)
+    from framework.cli import run_cli
+
+    root = REPO / "runs" / "benchmarks" / NAME
+    config = stream_config(0, args.experiences, args.train_subset, args.eval_subset, "class_balanced", root, root / "unused.json")
+    callbacks = [c for c in config["trainer"]["callbacks"] if not c["class_path"].endswith("MemoryProbe")]
+    callbacks.insert(0, {"class_path": "framework.callbacks.ReplayCallback",
+                         "init_args": {"capacity": args.capacity, "policy": "class_balanced", "replay_batch_size": 32}})
+    config["trainer"]["callbacks"] = callbacks + [{"class_path": f"{NAME}.ScalingProbe"}]  # last: after the evaluation
+    path = root / "config.generated.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    start = time.perf_counter()
+    cli = run_cli(["fit", "--config", str(path)])
+    probe = next(c for c in cli.trainer.callbacks if type(c).__name__ == "ScalingProbe")
+    result = {
+        "config": vars(args) | {"results": str(args.results)},
+        "threads": torch.get_num_threads(),
+        "wall_s": time.perf_counter() - start,
+        "rows": probe.rows,
+        "analysis": analyse(probe.rows),
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{NAME}.json").write_text(json.dumps(result, indent=2))
+    (args.results / f"{NAME}.md").write_text(markdown(result))
+    plot(result, args.results / f"{NAME}.png")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
