@@ -13,12 +13,11 @@ package's ``Evaluator`` (checked equal on the same scores in tests/test_metric_c
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
 
-from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config
+from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config, write_results
 
 NAME = "medmnist_baselines"
 CONFIG = "experiments/baselines/medmnist_resnet18_joint.yaml"
@@ -95,11 +94,7 @@ def main() -> None:
     config = REPO / result["run"] / "config.yaml"  # the epochs the run really used (also with --collect-only)
     epochs = yaml.safe_load(config.read_text())["trainer"]["max_epochs"] if config.is_file() else args.epochs
     out = {"epochs": epochs, "wall_time_s": result["wall_time_s"], "run": result["run"], "table": table(result)}
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{NAME}.json").write_text(json.dumps(out, indent=2))
-    (args.results / f"{NAME}.md").write_text(markdown(out))
-    plot(out, args.results / f"{NAME}.png")
-    print(markdown(out))
+    write_results(args.results, NAME, out, markdown, plot)
 
 
 if __name__ == "__main__":

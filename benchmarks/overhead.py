@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import os
 import platform
@@ -43,7 +42,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from runs import REPO, RESULTS, fmt
+from runs import REPO, RESULTS, write_results
 
 NAME = "overhead"
 DEMO = REPO / "data" / "demo" / "medmnist"
@@ -465,11 +464,7 @@ def main() -> None:
         "full_vs_hand": t["medcl_full"]["images_per_s"] / t["hand_replay"]["images_per_s"] >= 0.95,
         "outside_share": r["breakdown"]["outside_training_share"] <= 0.15,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{NAME}.json").write_text(json.dumps(r, indent=2))
-    (args.results / f"{NAME}.md").write_text(markdown(r))
-    plot(r, args.results / f"{NAME}.png")
-    print(markdown(r))
+    write_results(args.results, NAME, r, markdown, plot)
 
 
 if __name__ == "__main__":

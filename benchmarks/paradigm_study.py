@@ -13,6 +13,7 @@ joint training and sequential + replay.
     python benchmarks/paradigm_study.py                                # 5 regimes x 3 seeds (~45 min on 2 CPU cores)
     python benchmarks/paradigm_study.py --regimes sequential --seeds 0 1
     python benchmarks/paradigm_study.py --collect-only                 # rewrite the tables from the stored runs
+    (an interrupted study continues where it stopped: stored (regime, seed) runs are skipped unless --rerun)
     python benchmarks/paradigm_study.py --results /tmp/ps -- --trainer.limit_train_batches=2   # smoke run
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Dict, List, Optional
 
-from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config
+from runs import REPO, RESULTS, latest_metrics, record, run_config
 
 NAME = "paradigm_study"
 REGIMES = ["specialized", "joint", "sequential", "sequential_replay", "sequential_replay_lwf"]
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--regimes", nargs="+", default=REGIMES, choices=REGIMES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--collect-only", action="store_true", help="do not train; rewrite the tables from the stored runs")
+    parser.add_argument("--rerun", action="store_true", help="train (regime, seed) pairs that already have stored results again (default: skip them, so an interrupted study continues)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for paradigm_study.{json,md,png}")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides passed to every run, after --")
     args = parser.parse_args()
@@ -203,6 +205,9 @@ def main() -> None:
     if not args.collect_only:
         for seed in args.seeds:
             for regime in args.regimes:
+                if str(seed) in runs.get(regime, {}) and not args.rerun:
+                    print(f"{regime}, seed {seed}: stored in {out}, skipped (--rerun trains it again)", flush=True)
+                    continue
                 extra = ["--seed_everything", str(seed), *args.extra]
                 wall = run_config(f"experiments/paradigms/{regime}.yaml", extra, label=f"{regime}, seed {seed}")
                 by_seed = runs.setdefault(regime, {})

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from runs import REPO, RESULTS, load_results
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -49,6 +49,16 @@ def record(results: Dict[str, Any], name: str, metrics: Path, wall: Optional[flo
     result["run"] = str(Path(metrics).parent.relative_to(REPO))
     results[name] = result
     return result
+
+
+def write_results(folder: Path, name: str, result: Dict[str, Any], markdown: Callable[[Dict[str, Any]], str], plot: Callable[[Dict[str, Any], Path], None]) -> None:
+    """``folder/<name>.{json,md,png}`` from a benchmark's result; prints the markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2))
+    text = markdown(result)
+    (folder / f"{name}.md").write_text(text)
+    plot(result, folder / f"{name}.png")
+    print(text)
 
 
 def fmt(value, digits: int = 3) -> str:

@@ -24,7 +24,6 @@ Experience 1 trains without replay (the buffer is empty), so "flat" is judged ov
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 import yaml
 
 from long_stream_memory import proc_status, stream_config
-from runs import REPO, RESULTS
+from runs import REPO, RESULTS, write_results
 
 NAME = "scaling"
 
@@ -192,11 +191,7 @@ def main() -> None:
         "rows": probe.rows,
         "analysis": analyse(probe.rows),
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{NAME}.json").write_text(json.dumps(result, indent=2))
-    (args.results / f"{NAME}.md").write_text(markdown(result))
-    plot(result, args.results / f"{NAME}.png")
-    print(markdown(result))
+    write_results(args.results, NAME, result, markdown, plot)
 
 
 if __name__ == "__main__":

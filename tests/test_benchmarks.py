@@ -3,7 +3,6 @@ the seed aggregation of the paradigm study on hand-made runs."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
