@@ -811,10 +811,18 @@ def markdown(result: Dict[str, Any]) -> str:
         checks.append(text)
     repeated = {k: r["repeats_identical"] for k, r in runs.items() if "repeats_identical" in r}
     if repeated:
-        checks.append(f"every run was trained {setup['repeats']} times; the repeats gave the same matrix and the same final weights: "
-                      + ", ".join(f"`{k}` {v}" for k, v in repeated.items()))
+        checks.append("runs trained more than once gave the same matrix and the same final weights every time: "
+                      + ", ".join(f"`{k}` ({len(runs[k]['times_per_repeat'])}x) {v}" for k, v in repeated.items()))
     if checks:
         lines += ["**Checks.** " + ". ".join(checks) + ".", ""]
+    planned = list(setup.get("order_of_runs") or [])
+    done = sum(len(r.get("times_per_repeat") or [1]) for r in runs.values())
+    if done < len(planned):
+        lines += [
+            f"**Incomplete:** {done} of the {len(planned)} planned runs finished (planned order: "
+            f"{', '.join(f'`{k}`' for k in planned)}); the process was stopped during run {done + 1} (`{planned[done]}`), so the last "
+            f"{len(planned) - done} planned run(s) are missing; each row holds the repeats listed in the time table.", "",
+        ]
     if any(r.get("variant") for r in runs.values()):
         lines += [
             "**Reading the accuracies.** The two frameworks train the same model on the same data with the same optimizer; what "
@@ -835,19 +843,25 @@ def markdown(result: Dict[str, Any]) -> str:
         "loading, replay, forward, backward, optimizer step and every hook), less sensitive to a burst of load from another "
         "job than a sum. Imports (Avalanche takes several seconds) are outside every timer, and an untimed warm-up step runs first.",
         "",
-        "| run | setup (s) | train (s) | eval (s) | total (s) | train CPU (s) | total CPU (s) | steps | median step (ms) | train per repeat (s) | median step per repeat (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | repeats | setup (s) | train (s) | eval (s) | total (s) | train CPU (s) | total CPU (s) | steps | median step (ms) | train per repeat (s) | median step per repeat (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in runs.items():
         t, per = r["times"], r.get("times_per_repeat") or [r["times"]]
         lines.append(
-            f"| `{key}` | {t['setup_s']:.1f} | {t['train_s']:.1f} | {t['eval_s']:.1f} | {t['total_s']:.1f} | {t['train_cpu_s']:.1f} "
+            f"| `{key}` | {len(per)} | {t['setup_s']:.1f} | {t['train_s']:.1f} | {t['eval_s']:.1f} | {t['total_s']:.1f} | {t['train_cpu_s']:.1f} "
             f"| {t['total_cpu_s']:.1f} | {t['train_steps']} | {ms(t.get('median_step_s'))} | {' / '.join(format(x['train_s'], '.1f') for x in per)} "
             f"| {' / '.join(ms(x.get('median_step_s')) for x in per)} |"
         )
+    spreads = [(max(x["train_s"] for x in r["times_per_repeat"]) / min(x["train_s"] for x in r["times_per_repeat"]), k)
+               for k, r in runs.items() if len(r.get("times_per_repeat") or []) > 1]
+    if spreads:
+        worst, which = max(spreads)
+        lines += ["", f"**Noise.** The same run (identical numbers and weights) took up to {worst:.1f}x longer in one repeat than in "
+                  f"the other (`{which}`): differences between the frameworks smaller than that spread are not resolved by this measurement."]
     lines += [
         "",
-        f"Times are means over the {setup.get('repeats', 1)} repeat(s) of each run (order of the runs: "
+        f"Times are means over each run's repeats (planned: {setup.get('repeats', 1)} per run; order of the runs: "
         f"{', '.join(f'`{k}`' for k in setup.get('order_of_runs', []))}); CPU = this process's CPU time (all its threads).",
     ]
     if busy:
