@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config, write_results
+from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config, write_results, save_figure
 
 NAME = "medmnist_baselines"
 CONFIG = "experiments/baselines/medmnist_resnet18_joint.yaml"
@@ -72,9 +72,7 @@ def plot(r: dict, path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.set_title(label)
     axes[0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from runs import REPO, RESULTS, write_results
+from runs import REPO, RESULTS, write_results, save_figure
 
 NAME = "overhead"
 DEMO = REPO / "data" / "demo" / "medmnist"
@@ -99,17 +99,19 @@ def matmul_peaks(quick: bool) -> Dict[str, Any]:
 
 
 def cpu_features() -> Dict[str, Any]:
-    flags = set()
+    from framework.precision import cpu_has_native_bf16
+
+    info: Dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())  # the first CPU's fields
+    flags = set(info.get("flags", "").split())
     return {
-        "cpu": model,
+        "cpu": info.get("model name") or platform.processor(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": sorted(flags & {"avx512_bf16", "amx_bf16", "avx512fp16"}),
+        "native_bf16_by_torch": cpu_has_native_bf16(),  # what MedCL's bf16 warning decides on
         "avx512f": "avx512f" in flags,
         "avx2": "avx2" in flags,
     }
@@ -122,6 +124,17 @@ def demo_module(flag: str, **kwargs):
     dm = MedMNISTDataModule(flag=flag, data_dir=str(DEMO), batch_size=64, **kwargs)
     dm.setup("fit")
     return dm
+
+
+def blood_model_and_batch():
+    """The tiny ViT with a BloodMNIST head (seed 0) and one demo training batch ``{"image", "target"}``."""
+    from framework.model import MedCLModel
+
+    torch.manual_seed(0)
+    dm = demo_module("bloodmnist")
+    model = MedCLModel(backbone={"model_name": "medcl-vit-tiny"}, head_args=HEAD_ARGS)
+    model.add_task(dm.task_spec)
+    return model, next(iter(dm.loader("train")))["bloodmnist"]
 
 
 def hand_loop(steps: int, warmup: int, replay: bool, bf16: bool, seed: int = 0) -> Dict[str, float]:
@@ -240,14 +253,8 @@ def bf16_profile(rows: int = 12) -> Dict[str, Any]:
     """``torch.profiler`` self-CPU time per operator over one fp32 and one bf16-autocast step."""
     from torch.profiler import ProfilerActivity, profile
 
-    from framework.model import MedCLModel
-
-    torch.manual_seed(0)
-    dm = demo_module("bloodmnist")
-    model = MedCLModel(backbone={"model_name": "medcl-vit-tiny"}, head_args=HEAD_ARGS)
-    model.add_task(dm.task_spec)
+    model, sub = blood_model_and_batch()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    sub = next(iter(dm.loader("train")))["bloodmnist"]
     out = {}
     for label, bf16 in (("fp32", False), ("bf16", True)):
         def step():
@@ -274,13 +281,7 @@ def step_flops() -> Dict[str, float]:
     """FLOPs of one fp32 training step (forward + backward) at batch 64, counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from framework.model import MedCLModel
-
-    torch.manual_seed(0)
-    dm = demo_module("bloodmnist")
-    model = MedCLModel(backbone={"model_name": "medcl-vit-tiny"}, head_args=HEAD_ARGS)
-    model.add_task(dm.task_spec)
-    sub = next(iter(dm.loader("train")))["bloodmnist"]
+    model, sub = blood_model_and_batch()
     with FlopCounterMode(display=False) as counter:
         model.head("bloodmnist").loss(model(sub["image"], "bloodmnist"), sub["target"]).backward()
     return {"flops_per_step": counter.get_total_flops(), "batch": len(sub["target"])}
@@ -409,9 +410,7 @@ def plot(r: Dict[str, Any], path: Path) -> None:
     ax2.set_xlabel("seconds")
     ax2.set_title(f"quickstart wall time {r['breakdown']['wall_s']:.0f} s")
     ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
@@ -443,7 +442,7 @@ def main() -> None:
     print("throughput", json.dumps(t, indent=1), flush=True)
     r["bf16_profile"] = bf16_profile()
     slow = t["medcl_bare"]["images_per_s"] / t["medcl_bf16"]["images_per_s"]
-    native = r["cpu"]["native_bf16"]
+    native = r["cpu"]["native_bf16"] if r["cpu"]["native_bf16_by_torch"] else []
     r["bf16_verdict"] = (
         f"bf16-mixed trains {slow:.1f}x slower than 32-true on this CPU. "
         + ("It has no native bf16 instructions (no AVX512-BF16 / AMX): torch's bf16 matrix multiplications fall back to a "

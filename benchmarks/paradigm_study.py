@@ -24,7 +24,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Dict, List, Optional
 
-from runs import REPO, RESULTS, latest_metrics, record, run_config
+from runs import REPO, RESULTS, latest_metrics, record, run_config, save_figure
 
 NAME = "paradigm_study"
 REGIMES = ["specialized", "joint", "sequential", "sequential_replay", "sequential_replay_lwf"]
@@ -173,9 +173,7 @@ def plot(agg: Dict[str, Any], path: Path) -> None:
     seeds = next(iter(agg.values()))["seeds"]
     ax.set_title(f"Blood -> OrganA -> Pneumonia -> Retina, mean ± std over {len(seeds)} seeds")
     ax.legend(fontsize=8, ncols=4, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

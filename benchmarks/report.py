@@ -24,7 +24,7 @@ SECTIONS: List[Tuple[str, str, str, str]] = [
      "demo data, tiny ViT, batch 64 (+32 replayed); 40 timed steps after 5 warm-up steps; the quickstart as shipped for the breakdown."),
     ("scaling", "5. Scaling with the length of the stream", "python benchmarks/scaling.py",
      "8 experiences of 1,000 demo images, 1 epoch each, a fixed 200-sample buffer."),
-    ("medmnist_baselines", "6. Against the MedMNIST v2 ResNet-18 (28) baselines", "python benchmarks/medmnist_baselines.py --epochs 2",
+    ("medmnist_baselines", "6. Against the MedMNIST v2 ResNet-18 (28) baselines", "python benchmarks/medmnist_baselines.py",
      "joint training on the full official training sets; the epoch budget is stated in the table."),
 ]
 

@@ -61,6 +61,15 @@ def write_results(folder: Path, name: str, result: Dict[str, Any], markdown: Cal
     print(text)
 
 
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write (120 dpi) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def fmt(value, digits: int = 3) -> str:
     """A number for a results table (``n/a`` for None)."""
     return "n/a" if value is None else f"{value:.{digits}f}"

@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from long_stream_memory import proc_status, stream_config
-from runs import REPO, RESULTS, write_results
+from runs import REPO, RESULTS, write_results, save_figure
 
 NAME = "scaling"
 
@@ -56,8 +56,7 @@ class ScalingProbe(pl.Callback):
         self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.training or trainer.state.fn == "fit":
-            self._val += time.perf_counter() - self._val_start
+        self._val += time.perf_counter() - self._val_start
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._epoch_end = time.perf_counter()  # callbacks run before the module's hook, which ends the experience
@@ -152,9 +151,7 @@ def plot(r: Dict[str, Any], path: Path) -> None:
     ax2.set_ylabel("MiB")
     ax2.legend(fontsize=7)
     ax2.set_title(f"memory (buffer fixed at {r['config']['capacity']} samples)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
