@@ -25,7 +25,7 @@ batch 64, ``torch.set_num_threads(--threads)``:
 Writes ``benchmarks/results/overhead.{json,md,png}``.
 
     python benchmarks/overhead.py                      # ~6 min on 2 idle cores
-    python benchmarks/overhead.py --steps 3 --warmup 1 --bf16-steps 2 --breakdown-epochs 1 --breakdown-batches 3 --results /tmp/oh   # smoke run
+    python benchmarks/overhead.py --steps 3 --warmup 1 --bf16-steps 2 --breakdown-epochs 1 --breakdown-batches 3 --ablations replay --results /tmp/oh   # smoke run
 """
 from __future__ import annotations
 
@@ -224,13 +224,13 @@ def medcl_bare(out: Path, steps: int, warmup: int, precision: str) -> Dict[str, 
     return steady_rate(clock_of(cli).ends, warmup)
 
 
-#: what the ablation leaves out of the full setup: label -> (callbacks to drop, trainer overrides)
+#: what the ablation leaves out of the full setup: name -> (label, callbacks to drop, trainer overrides)
 ABLATIONS = {
-    "without loggers (CSV, W&B)": ((), {"logger": False}),
-    "without the progress bar": ((), {"enable_progress_bar": False}),
-    "without ContinualEvaluation": (("ContinualEvaluation",), {}),
-    "without ExperienceCheckpoint": (("ExperienceCheckpoint",), {"enable_checkpointing": False}),
-    "without ReplayCallback (64 images per step)": (("ReplayCallback",), {}),
+    "loggers": ("without loggers (CSV, W&B)", (), {"logger": False}),
+    "progress_bar": ("without the progress bar", (), {"enable_progress_bar": False}),
+    "evaluation": ("without ContinualEvaluation", ("ContinualEvaluation",), {}),
+    "checkpoint": ("without ExperienceCheckpoint", ("ExperienceCheckpoint",), {"enable_checkpointing": False}),
+    "replay": ("without ReplayCallback (64 images per step)", ("ReplayCallback",), {}),
 }
 
 
@@ -421,8 +421,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--breakdown-epochs", type=int, default=None, help="epochs per experience of the profiled quickstart (default: as shipped)")
     parser.add_argument("--breakdown-batches", type=int, default=None, help="training batches per epoch of the profiled quickstart (smoke runs)")
+    parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS), help="parts of the full setup to leave out one at a time (default: all)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    for flag in ("steps", "bf16_steps"):  # steady_rate needs two timed intervals
+        if getattr(args, flag) < 2:
+            parser.error(f"--{flag.replace('_', '-')} expected >= 2 timed steps, found {getattr(args, flag)}")
     os.chdir(REPO)  # the quickstart's data paths are relative to the repository
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
@@ -436,7 +440,12 @@ def main() -> None:
     t["medcl_bare"] = medcl_bare(work / "bare", args.steps, args.warmup, "32-true")
     t["hand_replay"] = hand_loop(args.steps, args.warmup, replay=True, bf16=False)
     t["medcl_full"] = medcl_full(work / "full", args.steps, args.warmup)
-    r["ablation"] = {label: medcl_full(work / f"ablation{k}", args.steps, args.warmup, drop, overrides) for k, (label, (drop, overrides)) in enumerate(ABLATIONS.items())}
+    print(f"hand + replay {t['hand_replay']}\nmedcl full {t['medcl_full']}", flush=True)
+    r["ablation"] = {}
+    for name in args.ablations:
+        label, drop, overrides = ABLATIONS[name]
+        r["ablation"][label] = medcl_full(work / f"ablation_{name}", args.steps, args.warmup, drop, overrides)
+        print(f"ablation, {label}: {r['ablation'][label]}", flush=True)
     t["hand_bf16"] = hand_loop(args.bf16_steps, 1, replay=False, bf16=True)
     t["medcl_bf16"] = medcl_bare(work / "bf16", args.bf16_steps, 1, "bf16-mixed")
     print("throughput", json.dumps(t, indent=1), flush=True)

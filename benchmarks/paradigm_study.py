@@ -15,6 +15,7 @@ joint training and sequential + replay.
     python benchmarks/paradigm_study.py --collect-only                 # rewrite the tables from the stored runs
     (an interrupted study continues where it stopped: stored (regime, seed) runs are skipped unless --rerun)
     python benchmarks/paradigm_study.py --results /tmp/ps -- --trainer.limit_train_batches=2   # smoke run
+    python benchmarks/paradigm_study.py --configs my_configs/   # your own <regime>.yaml files (the smoke test's shrunk copies)
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import json
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Dict, List, Optional
+
+import yaml
 
 from runs import REPO, RESULTS, latest_metrics, record, run_config, save_figure
 
@@ -176,6 +179,12 @@ def plot(agg: Dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+def run_root(config: Path) -> Path:
+    """Where a config's runs land: its ``trainer.default_root_dir`` (relative to the repo root)."""
+    root = yaml.safe_load(config.read_text())["trainer"]["default_root_dir"]
+    return REPO / root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regimes", nargs="+", default=REGIMES, choices=REGIMES)
@@ -183,6 +192,7 @@ def main() -> None:
     parser.add_argument("--collect-only", action="store_true", help="do not train; rewrite the tables from the stored runs")
     parser.add_argument("--rerun", action="store_true", help="train (regime, seed) pairs that already have stored results again (default: skip them, so an interrupted study continues)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for paradigm_study.{json,md,png}")
+    parser.add_argument("--configs", type=Path, default=REPO / "experiments" / "paradigms", help="folder of <regime>.yaml configs (default: experiments/paradigms)")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides passed to every run, after --")
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
@@ -206,10 +216,13 @@ def main() -> None:
                 if str(seed) in runs.get(regime, {}) and not args.rerun:
                     print(f"{regime}, seed {seed}: stored in {out}, skipped (--rerun trains it again)", flush=True)
                     continue
+                config = args.configs.resolve() / f"{regime}.yaml"
+                if not config.is_file():
+                    raise SystemExit(f"--configs {args.configs}: no {config.name} for the regime {regime!r}")
                 extra = ["--seed_everything", str(seed), *args.extra]
-                wall = run_config(f"experiments/paradigms/{regime}.yaml", extra, label=f"{regime}, seed {seed}")
+                wall = run_config(str(config), extra, label=f"{regime}, seed {seed}")
                 by_seed = runs.setdefault(regime, {})
-                result = record(by_seed, str(seed), latest_metrics(REPO / "runs" / "paradigms" / regime), wall)
+                result = record(by_seed, str(seed), latest_metrics(run_root(config)), wall)
                 result["summary"] = summary(result)
                 write()  # after every run: an interrupted study keeps what finished
     if not runs:

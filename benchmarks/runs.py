@@ -46,7 +46,8 @@ def record(results: Dict[str, Any], name: str, metrics: Path, wall: Optional[flo
     result = json.loads(Path(metrics).read_text())
     result.pop("details", None)
     result["wall_time_s"] = wall if wall is not None else (previous if previous is not None else results).get(name, {}).get("wall_time_s")
-    result["run"] = str(Path(metrics).parent.relative_to(REPO))
+    folder = Path(metrics).resolve().parent
+    result["run"] = str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder)  # a run outside the checkout: absolute
     results[name] = result
     return result
 

@@ -12,6 +12,7 @@ BENCHMARKS = REPO / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import paradigm_study  # noqa: E402
+from helpers import shrink_config  # noqa: E402
 
 
 def run_script(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -56,8 +57,11 @@ def _shared_only():
 @pytest.mark.slow
 def test_paradigm_study_script_smoke(tmp_path):
     _shared_only()
-    limits = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
-    run_script("paradigm_study.py", "--regimes", "sequential_replay", "--seeds", "3", "--results", str(tmp_path), "--", *limits)
+    # the real sequential + replay config, shrunk (small subsets, 2 batches per experience) by --configs
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    shrink_config("experiments/paradigms/sequential_replay.yaml", tmp_path / "run").rename(configs / "sequential_replay.yaml")
+    run_script("paradigm_study.py", "--regimes", "sequential_replay", "--seeds", "3", "--configs", str(configs), "--results", str(tmp_path))
     result = json.loads((tmp_path / "paradigm_study.json").read_text())
     assert result["seeds"] == [3]
     run = result["runs"]["sequential_replay"]["3"]
@@ -71,7 +75,7 @@ def test_paradigm_study_script_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_overhead_script_smoke(tmp_path):
-    run_script("overhead.py", "--steps", "3", "--warmup", "1", "--bf16-steps", "2", "--breakdown-epochs", "1", "--breakdown-batches", "3", "--results", str(tmp_path))
+    run_script("overhead.py", "--steps", "3", "--warmup", "1", "--bf16-steps", "2", "--breakdown-epochs", "1", "--breakdown-batches", "3", "--ablations", "replay", "--results", str(tmp_path))
     r = json.loads((tmp_path / "overhead.json").read_text())
     for key in ("hand", "medcl_bare", "hand_replay", "medcl_full", "hand_bf16", "medcl_bf16"):
         assert r["throughput"][key]["images_per_s"] > 0
@@ -82,6 +86,7 @@ def test_overhead_script_smoke(tmp_path):
     assert parts["training steps (forward, backward, optimizer)"] > 0 and parts["checkpoint writes"] > 0
     assert parts["experience-end evaluation + random-init reference (ContinualEvaluation)"] > 0
     assert sum(parts.values()) == pytest.approx(r["breakdown"]["wall_s"], rel=1e-6)
+    assert list(r["ablation"]) == ["without ReplayCallback (64 images per step)"]
     assert r["matmul"]["fp32_peak_gflops"] > 0 and r["bf16_profile"]["bf16"]["top"]
     assert "Why bf16 is slow here" in (tmp_path / "overhead.md").read_text()
 
