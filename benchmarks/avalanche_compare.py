@@ -23,16 +23,18 @@ comparable.  Average accuracy, forgetting and BWT are computed from each matrix 
 setup, training and the (shared, separately timed) evaluation, with CPU time and the median
 training-step time beside it.  A check run (``--order-check``, on by default) trains Avalanche's
 naive run once more with MedCL's batch order: it must reproduce MedCL's matrix and final weights.
+Then every (framework, strategy) trains once more per ``--accuracy-seeds`` seed (default 1 and 2),
+untimed, for the average accuracy over seeds: one seed's batch order moves it by several points.
 
 Writes ``avalanche_compare.{json,md,png}`` to ``--results`` (default benchmarks/results).  Needs the
 ``bench`` extra (``pip install -e ".[bench]"``: avalanche-lib) for the Avalanche half; the MedCL half
 runs without it (``--frameworks medcl``).
 
-    cd benchmarks && ../.venv/bin/python avalanche_compare.py        # naive + reservoir replay, both frameworks + the check (~30 min on 2 busy CPU cores)
+    cd benchmarks && ../.venv/bin/python avalanche_compare.py        # naive + reservoir replay, both frameworks, the check, seeds 1-2 for accuracy
     ../.venv/bin/python avalanche_compare.py --strategies naive --frameworks medcl
     ../.venv/bin/python avalanche_compare.py --no-order-check --avalanche-padding zeros    # Avalanche's default zero padding of narrower heads
     ../.venv/bin/python avalanche_compare.py --strategies replay_class_balanced   # Avalanche's ClassBalancedBuffer (see the caveats)
-    ../.venv/bin/python avalanche_compare.py --train-subset 64 --test-subset 64 --epochs 1 --experiences 2 --repeats 1 --results /tmp/x   # smoke run
+    ../.venv/bin/python avalanche_compare.py --train-subset 64 --test-subset 64 --epochs 1 --experiences 2 --repeats 1 --accuracy-seeds --results /tmp/x   # smoke run
     ../.venv/bin/python avalanche_compare.py --collect-only      # rewrite the .md and .png from the .json
 """
 from __future__ import annotations
@@ -717,6 +719,43 @@ def mean_times(per_repeat: List[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+def seed_summary(run: Dict[str, Any]) -> Dict[str, Any]:
+    """What the accuracy-over-seeds table keeps of a run."""
+    return {"average_accuracy": run["medcl_metrics"]["average_accuracy"], "forgetting": run["medcl_metrics"]["forgetting"],
+            "final_row": run["accuracy_matrix"][-1], "train_s": run["times"]["train_s"]}
+
+
+def seed_table(result: Dict[str, Any]) -> List[str]:
+    """Markdown: average accuracy and forgetting per (framework, strategy), mean ± sample std over seeds."""
+    from statistics import mean, stdev
+
+    seeds = result.get("seed_runs") or {}
+    if not seeds or max(len(v) for v in seeds.values()) < 2:
+        return []
+    pm = lambda xs: f"{mean(xs):.3f} ± {stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"  # noqa: E731
+    lines = [
+        "## Accuracy over seeds", "",
+        f"Every (framework, strategy) trained once per seed ({', '.join(map(str, result['setup']['accuracy_seeds']))}: model initialisation, "
+        "batch order and replay draws; the data subsets stay those of `subset_seed: 0`); mean ± sample std.", "",
+        "| framework | strategy | seeds | avg acc per seed | avg acc | forgetting (MedCL def.) |", "|---|---|---|---|---|---|",
+    ]
+    for key, per in seeds.items():
+        framework, strategy = key.split("/")
+        accs = [v["average_accuracy"] for v in per.values()]
+        forget = [v["forgetting"] for v in per.values() if v["forgetting"] is not None]
+        lines.append(f"| {'MedCL' if framework == 'medcl' else 'Avalanche'} | {strategy} | {len(per)} | {' / '.join(f'{a:.3f}' for a in accs)} "
+                     f"| **{pm(accs)}** | {pm(forget) if forget else 'n/a'} |")
+    lines.append("")
+    for strategy in sorted({k.split("/")[1] for k in seeds}):
+        m, a = seeds.get(f"medcl/{strategy}"), seeds.get(f"avalanche/{strategy}")
+        if m and a and len(m) > 1 and len(a) > 1:
+            dm = mean(v["average_accuracy"] for v in m.values()) - mean(v["average_accuracy"] for v in a.values())
+            spread = max(stdev([v["average_accuracy"] for v in m.values()]), stdev([v["average_accuracy"] for v in a.values()]))
+            verdict = "equal or better" if dm >= 0 else ("lower, within one seed-to-seed std" if -dm <= spread else "lower, by more than one seed-to-seed std")
+            lines.append(f"{strategy}: MedCL minus Avalanche, mean average accuracy {dm:+.3f} (largest std {spread:.3f}): **{verdict}**.")
+    return lines + [""]
+
+
 def checks_and_ratios(runs: Dict[str, Dict[str, Any]], strategies: List[str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for strategy in strategies:
@@ -832,6 +871,7 @@ def markdown(result: Dict[str, Any]) -> str:
             "the shuffle order of one seed, not of the frameworks. The replay rows differ in more than the order (see the "
             "caveats: how replay batches are formed and weighted, and when the buffer is filled).", "",
         ]
+    lines += seed_table(result)
     lines += [
         "## Time", "",
         "*setup* is everything before the first training step (MedCL: CLI parsing, config, model, loading the `.npz` files, "
@@ -1024,6 +1064,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="logits of narrower heads padded with -1000 (mask) or Avalanche's default zeros")
     parser.add_argument("--repeats", type=int, default=2,
                         help="train every (framework, strategy) this many times, in ABBA order, and average the times (the numbers must repeat)")
+    parser.add_argument("--accuracy-seeds", nargs="*", type=int, default=[1, 2],
+                        help="after the timed runs, train every (framework, strategy) once more with each of these seeds, for the accuracy "
+                             "over seeds (one seed's batch order moves the average accuracy by several points)")
     parser.add_argument("--order-check", action=argparse.BooleanOptionalAction, default=True,
                         help="also train Avalanche's naive run with MedCL's batch order (a check that the two set-ups are the same)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"folder for {NAME}.{{json,md,png}}")
@@ -1109,6 +1152,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         results["setup"]["other_jobs_at_end"] = other_jobs()
         results["setup"]["load_average_at_end"] = load_average()
         out.write_text(json.dumps(results, indent=2))  # after every run: an interrupted study keeps what finished
+    results["setup"]["accuracy_seeds"] = [args.seed] + [s for s in args.accuracy_seeds if s != args.seed]
+    seeds = results["seed_runs"] = {key: {str(args.seed): seed_summary(r)} for key, r in results["runs"].items() if not r.get("variant")}
+    for seed in results["setup"]["accuracy_seeds"][1:]:
+        seeded = argparse.Namespace(**{**vars(args), "seed": seed})
+        for strategy in args.strategies:
+            for framework in args.frameworks:
+                if framework == "medcl":
+                    result = run_medcl(strategy, seeded, copy.deepcopy(domains), test_domains, runs_dir)
+                else:
+                    result = run_avalanche(strategy, seeded, copy.deepcopy(domains), test_domains)
+                seeds.setdefault(f"{framework}/{strategy}", {})[str(seed)] = seed_summary(result)
+                out.write_text(json.dumps(results, indent=2))
     (args.results / f"{NAME}.md").write_text(markdown(results))
     plot(results, args.results / f"{NAME}.png")
     print(markdown(results))

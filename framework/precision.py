@@ -1,14 +1,19 @@
-"""Precision advice for CPU runs, from ``benchmarks/overhead.py``'s measurement.
+"""Precision advice for CPU runs, from ``benchmarks/overhead.py``'s measurements.
 
-On a CPU without native bf16 instructions (AVX512-BF16 or AMX) torch's bf16 matrix multiplications
-take a slow path: on the 2-core AVX2 machine MedCL is tested on, a bf16 matmul ran hundreds of
-times slower than fp32 and a ``bf16-mixed`` training step about 10x slower
-(``benchmarks/results/overhead.md``).  MedCL ships ``32-true`` and warns when bf16 is asked for there.
+* On a CPU without native bf16 instructions (AVX512-BF16 or AMX) torch's bf16 matrix
+  multiplications take a slow path: on a 2-core AVX2 machine a bf16 matmul ran about 100x slower
+  than fp32 and a ``bf16-mixed`` training step over 10x slower.  MedCL warns there.
+* On a CPU with native bf16 the matmuls are faster than fp32, but torch's fused CPU
+  flash-attention kernel is slow in bf16 for MedCL's short sequences, so ``bf16-mixed`` trains no
+  faster than ``32-true``; with the math kernel (:class:`framework.callbacks.AttentionKernel`) it
+  trains about 1.5x faster (``benchmarks/results/overhead.md``).  MedCL says so once at the start.
+
+MedCL ships ``32-true`` (the same numbers on every CPU).
 """
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 __all__ = ["cpu_has_native_bf16", "warn_on_slow_precision"]
 
@@ -25,7 +30,15 @@ def warn_on_slow_precision(trainer: pl.Trainer) -> bool:
     """Warn (once, rank 0) if a CPU run uses bf16 on a CPU without native bf16; returns whether it warned."""
     precision = str(getattr(trainer, "precision", ""))
     on_cpu = type(trainer.accelerator).__name__ == "CPUAccelerator"
-    if "bf16" not in precision or not on_cpu or cpu_has_native_bf16():
+    if "bf16" not in precision or not on_cpu:
+        return False
+    if cpu_has_native_bf16():
+        if not any(type(c).__name__ == "AttentionKernel" for c in trainer.callbacks):
+            rank_zero_info(
+                f"trainer.precision={precision!r} on a CPU with native bf16: torch's fused CPU flash-attention kernel is slow in bf16, "
+                f"so a ViT tower trains no faster than with '32-true'; add the callback framework.callbacks.AttentionKernel "
+                f"(backends: [math]) for about 1.5x (see benchmarks/results/overhead.md)"
+            )
         return False
     rank_zero_warn(
         f"trainer.precision={precision!r} on a CPU without native bf16 instructions (no AVX512-BF16 or AMX): "

@@ -21,7 +21,7 @@ BENCHMARKS = REPO / "benchmarks"
 needs_shared = pytest.mark.skipif(
     not all((SHARED_MEDMNIST / f"{flag}.npz").is_file() for flag in ("bloodmnist", "organamnist")), reason="reads ../shared/data/medmnist"
 )
-SMOKE = ["--train-subset", "48", "--test-subset", "64", "--epochs", "1", "--experiences", "2"]
+SMOKE = ["--train-subset", "48", "--test-subset", "64", "--epochs", "1", "--experiences", "2", "--accuracy-seeds"]  # no extra seeds
 
 
 def run_script(args, results: Path, env=None) -> dict:
@@ -60,8 +60,12 @@ def test_medcl_half_runs_without_avalanche(tmp_path):
     (hidden / "avalanche").mkdir(parents=True)
     (hidden / "avalanche" / "__init__.py").write_text("raise ImportError('avalanche hidden by the test')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    data = run_script(["--frameworks", "medcl", "--strategies", "naive", "--repeats", "2"], tmp_path / "out", env=env)
+    data = run_script(["--frameworks", "medcl", "--strategies", "naive", "--repeats", "2", "--accuracy-seeds", "1"], tmp_path / "out", env=env)
     assert list(data["runs"]) == ["medcl/naive"]
+    per_seed = data["seed_runs"]["medcl/naive"]
+    assert list(per_seed) == ["0", "1"] and per_seed["0"]["average_accuracy"] == data["runs"]["medcl/naive"]["medcl_metrics"]["average_accuracy"]
+    assert per_seed["1"]["train_s"] > 0 and len(per_seed["1"]["final_row"]) == 2  # seed 1 trained
+    assert "## Accuracy over seeds" in (tmp_path / "out" / "avalanche_compare.md").read_text()
     run = data["runs"]["medcl/naive"]
     check_run(run, "medcl")
     assert len(run["times_per_repeat"]) == 2 and run["repeats_identical"] is True  # a MedCL run repeats exactly

@@ -75,10 +75,14 @@ def test_paradigm_study_script_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_overhead_script_smoke(tmp_path):
-    run_script("overhead.py", "--steps", "3", "--warmup", "1", "--bf16-steps", "2", "--breakdown-epochs", "1", "--breakdown-batches", "3", "--ablations", "replay", "--results", str(tmp_path))
+    run_script("overhead.py", "--steps", "3", "--warmup", "1", "--bf16-steps", "2", "--repeats", "1", "--breakdown-epochs", "1", "--breakdown-batches", "3", "--ablations", "replay", "--results", str(tmp_path))
     r = json.loads((tmp_path / "overhead.json").read_text())
-    for key in ("hand", "medcl_bare", "hand_replay", "medcl_full", "hand_bf16", "medcl_bf16"):
+    for key in ("hand", "medcl_bare", "hand_replay", "medcl_full", "hand_bf16", "hand_bf16_math_attention", "hand_fp32_math_attention", "medcl_bf16", "medcl_bf16_math_attention"):
         assert r["throughput"][key]["images_per_s"] > 0
+    assert len(r["throughput"]["medcl_full"]["repeats"]) == 1 and r["repeats"] == 1
+    assert r["bf16_profile"]["bf16"]["attention_share"] > 0  # the fused CPU flash-attention kernel is timed
+    assert len(r["paired_ratios"]["medcl_full"]) == 1 and r["paired_ratios"]["medcl_full"][0] > 0
+    assert r["hooks"]["step_ms"] > 0 and r["hooks"]["callback_hooks_ms"]["ReplayCallback"] > 0
     assert r["throughput"]["hand_replay"]["images_per_step"] == 96  # 64 current + 32 replayed
     assert r["throughput"]["medcl_full"]["images_per_step"] == 96
     assert r["flops"]["flops_per_step"] > 1e9 and 0 < r["flops"]["mfu_medcl"]
@@ -88,7 +92,7 @@ def test_overhead_script_smoke(tmp_path):
     assert sum(parts.values()) == pytest.approx(r["breakdown"]["wall_s"], rel=1e-6)
     assert list(r["ablation"]) == ["without ReplayCallback (64 images per step)"]
     assert r["matmul"]["fp32_peak_gflops"] > 0 and r["bf16_profile"]["bf16"]["top"]
-    assert "Why bf16 is slow here" in (tmp_path / "overhead.md").read_text()
+    assert "bf16 against fp32" in (tmp_path / "overhead.md").read_text()
 
 
 @pytest.mark.slow
@@ -100,6 +104,9 @@ def test_scaling_script_smoke(tmp_path):
     assert all(row["train_s"] > 0 and row["experience_end_s"] > 0 and row["peak_rss_mib"] > 0 for row in r["rows"])
     assert [row["buffer_samples"] for row in r["rows"]][-1] == 50  # the fixed budget, full
     assert r["analysis"]["flat"] in (True, False)
+    assert all(row["train_median_s"] > 0 and row["train_cpu_s"] > 0 and row["steps"] == 2 for row in r["rows"])  # 128 images, batch 64
+    assert r["capped"]["max_tasks_per_step"] == 1 and len(r["capped"]["rows"]) == 3
+    assert "max_tasks_per_step=1" in (tmp_path / "scaling.md").read_text()
     assert (tmp_path / "scaling.png").stat().st_size > 1000
 
 

@@ -1,4 +1,4 @@
-"""The bf16-on-CPU warning (benchmarks/overhead.py measured bf16 far slower than fp32 on CPUs without native bf16)."""
+"""The bf16-on-CPU advice (benchmarks/overhead.py: bf16 far slower than fp32 without native bf16; no faster with it unless the math attention kernel is used)."""
 import pytest
 import pytorch_lightning as pl
 
@@ -18,3 +18,17 @@ def test_warns_only_for_bf16_on_a_cpu_without_native_bf16(monkeypatch, value, na
 
 def test_native_bf16_detection_returns_a_bool():
     assert precision.cpu_has_native_bf16() in (True, False)
+
+
+@pytest.mark.parametrize("with_callback", [False, True])
+def test_native_bf16_cpu_is_pointed_to_the_math_attention_kernel(monkeypatch, caplog, with_callback):
+    from framework.callbacks import AttentionKernel
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    callbacks = [AttentionKernel(["math"])] if with_callback else []
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, callbacks=callbacks)
+    with caplog.at_level("INFO"):
+        assert precision.warn_on_slow_precision(trainer) is False
+    hinted = "framework.callbacks.AttentionKernel" in caplog.text
+    assert hinted is not with_callback  # the hint only when the callback is missing

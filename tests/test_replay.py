@@ -165,6 +165,7 @@ def test_callback_task_balance_gives_old_tasks_equal_shares():
         ({"task_quota": {"a": 0}}, r"task_quota\['a'\] expected a positive integer, found 0"),
         ({"task_quota": [1]}, "task_quota expected a mapping"),
         ({"herding_candidates": 0}, "herding_candidates expected a positive integer, found 0"),
+        ({"max_tasks_per_step": 0}, "max_tasks_per_step expected a positive integer or null, found 0"),
     ],
 )
 def test_callback_argument_validation(kwargs, fragment):

@@ -145,6 +145,9 @@ def test_sample_argument_validation():
         buffer.sample(-1)
     with pytest.raises(ValueError, match=r"balance expected one of \['uniform', 'task'\], found 'class'"):
         buffer.sample(3, balance="class")
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=f"max_tasks expected an integer >= 1 or None, found {bad!r}"):
+            buffer.sample(3, max_tasks=bad)
 
 
 # ---------------------------------------------------------------------- policies
@@ -315,6 +318,30 @@ def test_sampling_uniform_follows_stored_sizes_and_task_balance_gives_equal_shar
     assert {t: len(v["target"]) for t, v in out.items()} == {"a": 10, "b": 10, "c": 3}
     rows = decode(buffer.sample(10, exclude=("now", "b", "c"))["a"]["image"])
     assert len(set(rows.tolist())) == 10  # without replacement
+
+
+@pytest.mark.parametrize("balance", ["uniform", "task"])
+def test_max_tasks_caps_the_tasks_of_a_replay_draw_and_rotates_them(balance):
+    buffer = ReplayBuffer(400, "reservoir", seed=0)
+    for k, task in enumerate("abcdef"):
+        offer(buffer, task, "class", 20, start=100 * k)
+    seen = Counter()
+    for _ in range(60):
+        out = buffer.sample(12, exclude=("f",), balance=balance, max_tasks=2)
+        assert len(out) == 2 and "f" not in out  # two of the five old tasks per draw
+        assert sum(len(v["target"]) for v in out.values()) == 12
+        seen.update(list(out))
+    assert set(seen) == set("abcde") and min(seen.values()) >= 10  # every old task gets its turns
+    # a cap that does not bind changes nothing, not even the generator's stream
+    twin = ReplayBuffer(400, "reservoir", seed=0)
+    for k, task in enumerate("abcdef"):
+        offer(twin, task, "class", 20, start=100 * k)
+    capped = twin.sample(12, exclude=("f",), max_tasks=5)
+    fresh = ReplayBuffer(400, "reservoir", seed=0)
+    for k, task in enumerate("abcdef"):
+        offer(fresh, task, "class", 20, start=100 * k)
+    uncapped = fresh.sample(12, exclude=("f",))
+    assert {t: v["image"].tolist() for t, v in capped.items()} == {t: v["image"].tolist() for t, v in uncapped.items()}
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -1,10 +1,11 @@
-"""Lightning callbacks: rehearsal, continual evaluation, experience checkpoints, prediction files."""
+"""Lightning callbacks: rehearsal, continual evaluation, experience checkpoints, prediction files, attention kernel choice."""
+from framework.callbacks.attention_kernel import AttentionKernel
 from framework.callbacks.continual_eval import ContinualEvaluation
 from framework.callbacks.experience_checkpoint import ExperienceCheckpoint
 from framework.callbacks.prediction_writer import PredictionWriter
 from framework.callbacks.replay import ClassBalancedPolicy, ReplayBuffer, ReplayCallback, ReservoirPolicy, StoragePolicy
 
 __all__ = [
-    "ContinualEvaluation", "ExperienceCheckpoint", "PredictionWriter", "ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy",
+    "AttentionKernel", "ContinualEvaluation", "ExperienceCheckpoint", "PredictionWriter", "ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy",
     "ClassBalancedPolicy",
 ]

@@ -55,6 +55,10 @@ class ReplayCallback(pl.Callback):
             ``replay_batch_size: null``).
         balance: ``"uniform"`` (every stored sample of an old task equally likely) or ``"task"``
             (old tasks get equal shares of each replay batch).
+        max_tasks_per_step: replay from at most this many old tasks per step, chosen at random
+            each step (default ``None``: all of them).  Every task in a batch costs one more
+            forward/backward pass, so without a cap a step slows down as the stream grows
+            (``benchmarks/results/scaling.md``).
         task_quota: optional maximum samples per named task.
         herding_candidates: most training samples per task encoded for herding.
         seed: seed of the buffer's generator and of the herding subset.
@@ -72,6 +76,7 @@ class ReplayCallback(pl.Callback):
         replay_batch_size: Optional[int] = 32,
         replay_ratio: Optional[float] = None,
         balance: str = "uniform",
+        max_tasks_per_step: Optional[int] = None,
         task_quota: Optional[Dict[str, int]] = None,
         herding_candidates: int = 2000,
         seed: int = 0,
@@ -98,6 +103,8 @@ class ReplayCallback(pl.Callback):
             raise ValueError(f"{name}: replay_ratio expected a finite number >= 0 (exemplars per current sample), found {replay_ratio!r}")
         if balance not in BALANCE_MODES:
             raise ValueError(f"{name}: balance expected one of {list(BALANCE_MODES)}, found {balance!r}")
+        if max_tasks_per_step is not None and (isinstance(max_tasks_per_step, bool) or not isinstance(max_tasks_per_step, int) or max_tasks_per_step < 1):
+            raise ValueError(f"{name}: max_tasks_per_step expected a positive integer or null, found {max_tasks_per_step!r}")
         if isinstance(herding_candidates, bool) or not isinstance(herding_candidates, int) or herding_candidates < 1:
             raise ValueError(f"{name}: herding_candidates expected a positive integer, found {herding_candidates!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -111,6 +118,7 @@ class ReplayCallback(pl.Callback):
         self.replay_batch_size = replay_batch_size
         self.replay_ratio = None if replay_ratio is None else float(replay_ratio)
         self.balance = balance
+        self.max_tasks_per_step = max_tasks_per_step
         self.herding_candidates = herding_candidates
         self.seed = seed
         self._loading_for: Optional[str] = None  # the trainer function a checkpoint is being loaded for (on_load_checkpoint)
@@ -135,7 +143,7 @@ class ReplayCallback(pl.Callback):
             return
         current = tuple(batch.keys())
         size = sum(len(sub["target"]) for sub in batch.values())
-        replay = self.buffer.sample(self.replay_size(size), exclude=current, balance=self.balance)
+        replay = self.buffer.sample(self.replay_size(size), exclude=current, balance=self.balance, max_tasks=self.max_tasks_per_step)
         for task, sub in list(batch.items()):
             self.buffer.add_batch(task, sub["image"], sub["target"])
         device = next(iter(batch.values()))["image"].device

@@ -475,7 +475,7 @@ class ReplayBuffer:
             out.append(t)
         return out
 
-    def sample(self, n: int, exclude: Sequence[str] = (), balance: str = "uniform") -> Dict[str, Dict[str, Tensor]]:
+    def sample(self, n: int, exclude: Sequence[str] = (), balance: str = "uniform", max_tasks: Optional[int] = None) -> Dict[str, Dict[str, Tensor]]:
         """Draw up to ``n`` distinct stored samples of the tasks not in ``exclude``.
 
         Args:
@@ -484,22 +484,30 @@ class ReplayBuffer:
             balance: ``"uniform"``: every eligible stored sample is equally likely; ``"task"``: each
                 eligible task gets an equal share of the ``n`` draws (the remainder goes to random
                 tasks), drawn uniformly from its samples and capped by what it holds.
+            max_tasks: draw from at most this many eligible tasks, chosen uniformly at random
+                (``balance`` then applies among them); ``None``: every eligible task.  Each task in a
+                batch costs the model one forward/backward pass, so this keeps a step's cost flat
+                as tasks accumulate.  The draw is still capped by what the chosen tasks hold.
 
         Returns:
             ``{task: {"image": (k, ...), "target": (k, ...)}}`` (copies, in the stored dtype) for
             the tasks drawn, in the buffer's task order.
 
         Raises:
-            ValueError: on a negative ``n`` or an unknown ``balance``.
+            ValueError: on a negative ``n``, an unknown ``balance`` or a ``max_tasks`` below 1.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"ReplayBuffer.sample: n expected an integer >= 0, found {n!r}")
+        if max_tasks is not None and (isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1):
+            raise ValueError(f"ReplayBuffer.sample: max_tasks expected an integer >= 1 or None, found {max_tasks!r}")
         if balance not in BALANCE_MODES:
             raise ValueError(f"ReplayBuffer.sample: balance expected one of {list(BALANCE_MODES)}, found {balance!r}")
         excluded = set(exclude)
         eligible = [(t, s) for t, s in self._stores.items() if s.size and t not in excluded]
         if not eligible or n == 0:
             return {}
+        if max_tasks is not None and len(eligible) > max_tasks:  # (choose() draws nothing when the cap does not bind)
+            eligible = [eligible[k] for k in sorted(self.choose(len(eligible), max_tasks))]
         rows: Dict[str, List[int]] = {}
         if balance == "uniform":
             starts, total = [], 0
