@@ -295,6 +295,8 @@ def model_options(strategy: str, args) -> Dict[str, Any]:
     init = dict(strategy_config(strategy)["model"]["init_args"])
     init["epochs_per_experience"] = args.epochs
     init.setdefault("weight_decay", 0.0)
+    if args.medcl_task_loss_weighting != "equal":  # MedCL's default is left out of the config
+        init["task_loss_weighting"] = args.medcl_task_loss_weighting
     return init
 
 
@@ -1067,6 +1069,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--accuracy-seeds", nargs="*", type=int, default=[1, 2],
                         help="after the timed runs, train every (framework, strategy) once more with each of these seeds, for the accuracy "
                              "over seeds (one seed's batch order moves the average accuracy by several points)")
+    parser.add_argument("--medcl-task-loss-weighting", choices=["equal", "samples"], default="equal",
+                        help="MedCL's model.task_loss_weighting: 'samples' weighs each task's loss by its share of the batch, "
+                             "one mean over the 64 current + 32 replayed samples as Avalanche computes")
     parser.add_argument("--order-check", action=argparse.BooleanOptionalAction, default=True,
                         help="also train Avalanche's naive run with MedCL's batch order (a check that the two set-ups are the same)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"folder for {NAME}.{{json,md,png}}")

@@ -115,6 +115,19 @@ def trainer_limited(trainer: Optional[pl.Trainer], loader: DataLoader, split: st
     return limit_batches(loader, getattr(trainer, field, None), f"trainer.{field}")
 
 
+def single_sample_last_batches(datamodule) -> List[str]:
+    """The training domains of ``datamodule`` (a stream or one domain) whose training split leaves a
+    last batch of exactly one sample (and do not drop it), as ``"name (N training samples, batch_size B)"``."""
+    out = []
+    for domain in getattr(datamodule, "domains", [datamodule]):
+        if not isinstance(domain, DomainDataModule) or domain.drop_last:
+            continue
+        n = len(domain.dataset("train"))
+        if n % domain.batch_size == 1:
+            out.append(f"{domain.name} ({n} training samples, batch_size {domain.batch_size})")
+    return out
+
+
 def keyed_collate(items: Sequence[Mapping[str, Any]], task: str) -> Dict[str, Dict[str, Any]]:
     """Collate samples of one task into ``{task: {"image": ..., "target": ...}}``."""
     return {task: default_collate(items)}
@@ -129,12 +142,15 @@ class DomainDataModule(pl.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size for validation/test (defaults to ``2 * batch_size``).
         num_workers: DataLoader worker processes.
+        drop_last: drop the last, incomplete training batch of every epoch (needed when a split's
+            size leaves a single sample over and the model has BatchNorm layers, e.g. a ResNet
+            tower, which cannot normalise one sample in training mode).
 
     Raises:
         ValueError: on non-positive batch sizes or negative worker counts.
     """
 
-    def __init__(self, batch_size: int = 64, eval_batch_size: Optional[int] = None, num_workers: int = 0) -> None:
+    def __init__(self, batch_size: int = 64, eval_batch_size: Optional[int] = None, num_workers: int = 0, drop_last: bool = False) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"{type(self).__name__}: batch_size expected a positive integer, found {batch_size!r}")
@@ -145,6 +161,9 @@ class DomainDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"{type(self).__name__}: drop_last expected true or false, found {drop_last!r}")
+        self.drop_last = drop_last
 
     # ------------------------------------------------------------------ what subclasses provide
     @property
@@ -190,7 +209,7 @@ class DomainDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=False,
             collate_fn=functools.partial(keyed_collate, task=self.name) if keyed else None,
-            drop_last=False,
+            drop_last=self.drop_last and train,
         )
 
     def train_dataloader(self):

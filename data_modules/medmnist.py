@@ -154,6 +154,7 @@ class MedMNISTDataModule(DomainDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
         num_workers: DataLoader workers.
+        drop_last: drop the last, incomplete training batch of an epoch (see :class:`DomainDataModule`).
 
     Raises:
         ValueError: on an unknown flag without ``class_names``, or invalid subset sizes.
@@ -183,8 +184,9 @@ class MedMNISTDataModule(DomainDataModule):
         batch_size: int = 64,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
+        drop_last: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, drop_last=drop_last)
         info = MEDMNIST_INFO.get(flag)
         if info is None and not class_names:
             raise ValueError(

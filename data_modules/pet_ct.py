@@ -103,6 +103,7 @@ class SemiSyntheticPETCTDataModule(DomainDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
         num_workers: DataLoader workers.
+        drop_last: drop the last, incomplete training batch of an epoch (see :class:`DomainDataModule`).
 
     Raises:
         ValueError: on invalid arguments (the message names the argument, what was expected and what
@@ -142,8 +143,9 @@ class SemiSyntheticPETCTDataModule(DomainDataModule):
         batch_size: int = 32,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
+        drop_last: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, drop_last=drop_last)
         me = "SemiSyntheticPETCTDataModule"
         if not isinstance(flag, str) or not _FLAG_RE.match(flag):
             raise ValueError(f"{me}: flag expected a MedMNIST flag name such as 'organamnist', found {flag!r}")

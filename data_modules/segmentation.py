@@ -445,6 +445,7 @@ class SegmentationDataModule(DomainDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
         num_workers: DataLoader workers.
+        drop_last: drop the last, incomplete training batch of an epoch (see :class:`DomainDataModule`).
 
     Raises:
         ValueError: on invalid arguments (the message names the argument, what was expected and what
@@ -477,8 +478,9 @@ class SegmentationDataModule(DomainDataModule):
         batch_size: int = 16,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
+        drop_last: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, drop_last=drop_last)
         me = "SegmentationDataModule"
         if (file is None) == (root is None):
             found = "both" if file is not None else "neither"

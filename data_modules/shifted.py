@@ -85,7 +85,7 @@ class ShiftedCopyDataModule(DomainDataModule):
         noise_std: float = 0.0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=domain.batch_size, eval_batch_size=domain.eval_batch_size, num_workers=domain.num_workers)
+        super().__init__(batch_size=domain.batch_size, eval_batch_size=domain.eval_batch_size, num_workers=domain.num_workers, drop_last=domain.drop_last)
         if not isinstance(domain, DomainDataModule):
             raise ValueError(f"ShiftedCopyDataModule: field 'domain' expected a DomainDataModule, found {type(domain).__name__}")
         if not isinstance(task_name, str) or not task_name or task_name == domain.task_spec.name:

@@ -170,8 +170,8 @@ def _check_int_arg(owner: str, name: str, value, minimum: int) -> None:
 class _SurvivalDomain(DomainDataModule):
     """Shared parts: lazily built spec, datasets per split, reference scores."""
 
-    def __init__(self, spec: TaskSpec, num_time_bins: int, batch_size: int, eval_batch_size: Optional[int], num_workers: int) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
+    def __init__(self, spec: TaskSpec, num_time_bins: int, batch_size: int, eval_batch_size: Optional[int], num_workers: int, drop_last: bool = False) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, drop_last=drop_last)
         _check_int_arg(type(self).__name__, "num_time_bins", num_time_bins, 2)
         self.num_time_bins = int(num_time_bins)
         self._base_spec = spec
@@ -254,6 +254,7 @@ class SurvivalDataModule(_SurvivalDomain):
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
         num_workers: DataLoader workers.
+        drop_last: drop the last, incomplete training batch of an epoch (see :class:`DomainDataModule`).
 
     Raises:
         ValueError: at construction, on invalid arguments.  On first :attr:`task_spec` access or in
@@ -288,6 +289,7 @@ class SurvivalDataModule(_SurvivalDomain):
         batch_size: int = 64,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
+        drop_last: bool = False,
     ) -> None:
         owner = "SurvivalDataModule"
         if not isinstance(images, (str, Path)) or not str(images):
@@ -310,7 +312,7 @@ class SurvivalDataModule(_SurvivalDomain):
             )
         _check_int_arg(owner, "split_seed", split_seed, 0)
         spec = TaskSpec(name=task_name, kind="prognosis", modality=modality, in_channels=in_channels, spatial_dims=spatial_dims)
-        super().__init__(spec, num_time_bins, batch_size, eval_batch_size, num_workers)
+        super().__init__(spec, num_time_bins, batch_size, eval_batch_size, num_workers, drop_last)
         self.is_npz = is_npz
         self.images_path = Path(images)
         self.table_path = Path(table) if table is not None else None
@@ -632,6 +634,7 @@ class SemiSyntheticSurvivalDataModule(_SurvivalDomain):
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
         num_workers: DataLoader workers.
+        drop_last: drop the last, incomplete training batch of an epoch (see :class:`DomainDataModule`).
 
     Raises:
         ValueError: on an unknown, 3D or non-single-label flag, a ``log_hazard`` of the wrong length
@@ -665,6 +668,7 @@ class SemiSyntheticSurvivalDataModule(_SurvivalDomain):
         batch_size: int = 64,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
+        drop_last: bool = False,
     ) -> None:
         owner = "SemiSyntheticSurvivalDataModule"
         info = MEDMNIST_INFO.get(flag)
@@ -695,7 +699,7 @@ class SemiSyntheticSurvivalDataModule(_SurvivalDomain):
         _check_int_arg(owner, "subset_seed", subset_seed, 0)
         subsets = check_subset_sizes(f"{owner}({flag})", train_subset, val_subset, test_subset)
         spec = TaskSpec(name=task_name, kind="prognosis", modality=info["modality"], in_channels=info["channels"], spatial_dims=2)
-        super().__init__(spec, num_time_bins, batch_size, eval_batch_size, num_workers)
+        super().__init__(spec, num_time_bins, batch_size, eval_batch_size, num_workers, drop_last)
         self.flag = flag
         self.path = Path(file) if file else Path(data_dir) / f"{flag}.npz"
         self.class_names = classes

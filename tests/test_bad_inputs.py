@@ -459,3 +459,25 @@ def test_bad_input_console_script(case_id, tmp_path, request, monkeypatch):
     assert "Traceback" not in out.stderr
     assert all(f in line for f in case.fragments), line
     assert not run_folders(tmp_path / "out")
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_a_one_sample_last_batch_with_batchnorm_is_refused_before_training_or_dropped(tmp_path, drop_last):
+    """ResNet towers have BatchNorm, which cannot train on one sample: 65 images at batch 64 would fail at the
+    end of the epoch; MedCL refuses before training and names the domain, or drops the batch with drop_last."""
+    import pytorch_lightning as pl
+
+    from data_modules import DomainStream, MedMNISTDataModule
+    from framework.paradigms import ContinualModule
+
+    stream = DomainStream([MedMNISTDataModule("bloodmnist", data_dir="data/demo/medmnist", train_subset=65, val_subset=8, test_subset=8,
+                                              batch_size=64, drop_last=drop_last)])
+    module = ContinualModule(backbone="medcl-resnet18-tiny", head_args={"classification": {"learn_class_embeddings": True}})
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path))
+    if drop_last:
+        trainer.fit(module, datamodule=stream)
+        assert trainer.global_step == 1  # 65 images: one batch of 64, the single leftover dropped
+    else:
+        with pytest.raises(ValueError, match=r"BatchNorm .* bloodmnist \(65 training samples, batch_size 64\) holds one; set drop_last: true"):
+            trainer.fit(module, datamodule=stream)

@@ -94,3 +94,29 @@ def test_every_regime_uses_the_same_data():
         for cb in c["trainer"]["callbacks"]:
             if cb["class_path"].endswith("ReplayCallback"):
                 assert cb["init_args"]["capacity"] <= 0.02 * 4 * 1000
+
+
+@pytest.mark.parametrize("weighting", ["equal", "samples"])
+def test_task_loss_weighting_combines_the_per_task_losses_of_a_batch(weighting):
+    import torch
+
+    from framework.paradigms import ContinualModule
+    from framework.specs import TaskSpec
+
+    module = ContinualModule(task_loss_weighting=weighting, head_args={"classification": {"learn_class_embeddings": True}})
+    module.add_task(TaskSpec(name="a", kind="classification", class_names=("x", "y", "z")))
+    module.add_task(TaskSpec(name="b", kind="classification", class_names=("u", "v")))
+    module.eval()
+    g = torch.Generator().manual_seed(0)
+    batch = {"a": {"image": torch.rand(6, 3, 28, 28, generator=g), "target": torch.tensor([0, 1, 2, 0, 1, 2])},
+             "b": {"image": torch.rand(2, 3, 28, 28, generator=g), "target": torch.tensor([0, 1])}}
+    la, lb = (module._forward_task(t, batch[t])[2] for t in ("a", "b"))
+    expected = la + lb if weighting == "equal" else (6 * la + 2 * lb) / 8
+    assert torch.allclose(module.training_step(batch, 0), expected, atol=1e-6)
+
+
+def test_unknown_task_loss_weighting_is_refused():
+    from framework.paradigms import JointModule
+
+    with pytest.raises(ValueError, match=r"JointModule: task_loss_weighting expected one of \['equal', 'samples'\], found 'mean'"):
+        JointModule(task_loss_weighting="mean")

@@ -27,6 +27,7 @@ from framework.heads import TaskHead
 from framework.metrics.evaluation import evaluate_head
 from framework.model import MedCLModel
 from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
+from data_modules.base import single_sample_last_batches
 from framework.precision import warn_on_slow_precision
 from framework.seeding import seed_epoch
 from framework.specs import TaskSpec
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "medcl"
 CHECKPOINT_FORMAT = 1
 OPTIMIZER_ON_NEW_TASK = ("extend", "reset")
+TASK_LOSS_WEIGHTINGS = ("equal", "samples")
 #: hyper-parameters that decide the shape of the stored weights, with their defaults
 MODEL_DEFINING_HPARAMS = {"backbone": "medcl-vit-tiny", "image_size": None, "head_args": None}
 #: paradigms that share one model (their checkpoints load into each other with init_from)
@@ -78,6 +80,10 @@ class MedCLModule(pl.LightningModule):
         freeze: freezing policy, one of :data:`~framework.paradigms.freezing.FREEZE_POLICIES`.
         lora: LoRA options (``r``, ``alpha``, ``dropout``, ``target_modules``) for every modality
             that is new to the model; ``null`` for none.
+        task_loss_weighting: how the per-task mean losses of one batch are combined: ``"equal"``
+            sums them (every task present weighs the same, however few samples it brought, e.g. a
+            few replayed exemplars); ``"samples"`` weighs each by its share of the batch's samples
+            (one mean over all samples, what a single-loss loop such as Avalanche's computes).
 
     Raises:
         ValueError: on invalid hyper-parameters, or an ``init_from`` file that is not a MedCL
@@ -99,6 +105,7 @@ class MedCLModule(pl.LightningModule):
         init_from: Optional[str] = None,
         freeze: str = "none",
         lora: Optional[Dict[str, Any]] = None,
+        task_loss_weighting: Literal["equal", "samples"] = "equal",
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -108,6 +115,10 @@ class MedCLModule(pl.LightningModule):
         if optimizer_on_new_task not in OPTIMIZER_ON_NEW_TASK:
             raise ValueError(
                 f"{type(self).__name__}: optimizer_on_new_task expected one of {list(OPTIMIZER_ON_NEW_TASK)}, found {optimizer_on_new_task!r}"
+            )
+        if task_loss_weighting not in TASK_LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"{type(self).__name__}: task_loss_weighting expected one of {list(TASK_LOSS_WEIGHTINGS)}, found {task_loss_weighting!r}"
             )
         self.freezing = FreezingPolicy(freeze)
         self.save_hyperparameters()
@@ -242,6 +253,7 @@ class MedCLModule(pl.LightningModule):
                 raise ValueError(f"task {spec.name!r}: the model's spec {mine.to_dict()} differs from the data's {spec.to_dict()}")
         if stage == "fit":
             warn_on_slow_precision(self.trainer)
+            self._refuse_single_sample_batches(datamodule)
             self.validate_schedule()
             self.ensure_tasks(self.experiences()[0])
             self._prepare_ddp()
@@ -340,11 +352,27 @@ class MedCLModule(pl.LightningModule):
         outputs = model(sub["image"], task)
         return head, outputs, head.loss(outputs, sub["target"])
 
+    def _refuse_single_sample_batches(self, datamodule) -> None:
+        """A trainable BatchNorm cannot normalise a training batch of one sample: say so before training
+        (naming the domains) instead of failing at the end of the first epoch."""
+        trainable_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in m.parameters()) for m in self.modules())
+        lonely = single_sample_last_batches(datamodule) if trainable_bn and datamodule is not None else []
+        if lonely:
+            raise ValueError(
+                f"{type(self).__name__}: the backbone {self.hparams.backbone!r} has BatchNorm layers, which cannot train on a batch of one "
+                f"sample, but the last training batch of {', '.join(lonely)} holds one; set drop_last: true on that domain "
+                f"(or another batch_size)"
+            )
+
     def training_step(self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int) -> Tensor:
         total = None
+        samples = sum(len(sub["target"]) for sub in batch.values())
+        by_samples = self.hparams.get("task_loss_weighting", "equal") == "samples"
         for task, sub in batch.items():
             _, _, loss = self._forward_task(task, sub)
             self.log(f"train/{task}/loss", loss, batch_size=len(sub["target"]), on_step=False, on_epoch=True)
+            if by_samples:
+                loss = loss * (len(sub["target"]) / samples)
             total = loss if total is None else total + loss
         if total is None:
             raise ValueError("training_step received an empty batch dict")
