@@ -24,6 +24,7 @@ TASKS = ["bloodmnist", "organamnist", "pneumoniamnist", "retinamnist"]
         ("joint", JointModule, 1, {0: set(TASKS)}),
         ("sequential", ContinualModule, 4, {e: {t} for e, t in enumerate(TASKS)}),
         ("sequential_replay", ContinualModule, 4, {e: set(TASKS[: e + 1]) for e in range(4)}),
+        ("sequential_replay_samples", ContinualModule, 4, {e: set(TASKS[: e + 1]) for e in range(4)}),
         ("sequential_replay_lwf", ContinualModule, 4, {e: set(TASKS[: e + 1]) for e in range(4)}),
     ],
 )
@@ -82,7 +83,7 @@ def test_every_regime_uses_the_same_data():
     from helpers import load_config
     from conftest import REPO
 
-    names = ("specialized", "joint", "sequential", "sequential_replay", "sequential_replay_lwf")
+    names = ("specialized", "joint", "sequential", "sequential_replay", "sequential_replay_samples", "sequential_replay_lwf")
     configs = [load_config(REPO / f"experiments/paradigms/{n}.yaml") for n in names]
     assert all(c["data"] == configs[0]["data"] for c in configs)
     subsets = {d["init_args"]["train_subset"] for d in configs[0]["data"]["init_args"]["domains"]}
@@ -94,6 +95,10 @@ def test_every_regime_uses_the_same_data():
         for cb in c["trainer"]["callbacks"]:
             if cb["class_path"].endswith("ReplayCallback"):
                 assert cb["init_args"]["capacity"] <= 0.02 * 4 * 1000
+    # the sample-weighted regime is sequential + replay with one change
+    plain, weighted = (configs[names.index(n)] for n in ("sequential_replay", "sequential_replay_samples"))
+    assert weighted["model"]["init_args"].pop("task_loss_weighting") == "samples"
+    assert weighted["model"]["init_args"] == plain["model"]["init_args"] and weighted["trainer"]["callbacks"] == plain["trainer"]["callbacks"]
 
 
 @pytest.mark.parametrize("weighting", ["equal", "samples"])
