@@ -21,13 +21,13 @@ from pytorch_lightning.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 
+from data_modules.base import single_sample_last_batches
 from framework.adapters import AdapterSpec, check_lora_options
 from framework.checkpoints import load_checkpoint
 from framework.heads import TaskHead
 from framework.metrics.evaluation import evaluate_head
 from framework.model import MedCLModel
 from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
-from data_modules.base import single_sample_last_batches
 from framework.precision import warn_on_slow_precision
 from framework.seeding import seed_epoch
 from framework.specs import TaskSpec
