@@ -72,6 +72,10 @@ def targets() -> List[Tuple[str, str, Optional[bool]]]:
     if verdict:
         out.append(("sequential + replay (buffer <= 2 % of the training data) within 3 points of joint training's average accuracy",
                     f"joint - replay = {100 * verdict['joint_minus_replay']:+.1f} points (mean over {len(ps['seeds'])} seeds)", verdict["replay_within_3_points_of_joint"]))
+        if "joint_minus_replay_samples" in verdict:
+            out.append(("the same, with the loss weighted by samples (`model.task_loss_weighting: samples`, experiments/paradigms/sequential_replay_samples.yaml)",
+                        f"joint - replay = {100 * verdict['joint_minus_replay_samples']:+.1f} points (mean over {len(ps['seeds'])} seeds)",
+                        verdict["replay_samples_within_3_points_of_joint"]))
     sc = load_results("scaling")
     if _get(sc, "analysis", "flat") is not None:
         n = sc["config"]["experiences"]
