@@ -114,9 +114,10 @@ def test_scaling_script_smoke(tmp_path):
 def test_medmnist_baselines_script_smoke(tmp_path):
     _shared_only()
     limits = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
-    run_script("medmnist_baselines.py", "--epochs", "1", "--results", str(tmp_path), "--", *limits)
+    # the per-domain BatchNorm diagnostic scores the full test sets (~22,000 images): left out of CI
+    run_script("medmnist_baselines.py", "--epochs", "1", "--no-per-domain-bn", "--results", str(tmp_path), "--", *limits)
     r = json.loads((tmp_path / "medmnist_baselines.json").read_text())
-    assert r["epochs"] == 1
+    assert r["epochs"] == 1 and "per_domain_bn" not in r
     assert set(r["table"]) == {"bloodmnist", "organamnist", "pneumoniamnist", "retinamnist"}
     for row in r["table"].values():
         assert 0 <= row["acc"] <= 1 and 0 <= row["auroc"] <= 1 and row["published"]["acc"] > 0.5
