@@ -24,7 +24,6 @@ TASKS = ["bloodmnist", "organamnist", "pneumoniamnist", "retinamnist"]
         ("joint", JointModule, 1, {0: set(TASKS)}),
         ("sequential", ContinualModule, 4, {e: {t} for e, t in enumerate(TASKS)}),
         ("sequential_replay", ContinualModule, 4, {e: set(TASKS[: e + 1]) for e in range(4)}),
-        ("sequential_replay_samples", ContinualModule, 4, {e: set(TASKS[: e + 1]) for e in range(4)}),
         ("sequential_replay_lwf", ContinualModule, 4, {e: set(TASKS[: e + 1]) for e in range(4)}),
     ],
 )
