@@ -33,7 +33,9 @@ def warn_on_slow_precision(trainer: pl.Trainer) -> bool:
     if "bf16" not in precision or not on_cpu:
         return False
     if cpu_has_native_bf16():
-        if not any(type(c).__name__ == "AttentionKernel" for c in trainer.callbacks):
+        from framework.callbacks.attention_kernel import AttentionKernel  # (a light module: only Lightning and torch)
+
+        if not any(isinstance(c, AttentionKernel) for c in trainer.callbacks):
             rank_zero_info(
                 f"trainer.precision={precision!r} on a CPU with native bf16: torch's fused CPU flash-attention kernel is slow in bf16, "
                 f"so a ViT tower trains no faster than with '32-true'; add the callback framework.callbacks.AttentionKernel "

@@ -366,12 +366,12 @@ class MedCLModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int) -> Tensor:
         total = None
-        samples = sum(len(sub["target"]) for sub in batch.values())
-        by_samples = self.hparams.get("task_loss_weighting", "equal") == "samples"
+        # "samples": each task's mean loss times its share of the batch (None: "equal", a plain sum)
+        samples = sum(len(sub["target"]) for sub in batch.values()) if self.hparams.task_loss_weighting == "samples" else None
         for task, sub in batch.items():
             _, _, loss = self._forward_task(task, sub)
             self.log(f"train/{task}/loss", loss, batch_size=len(sub["target"]), on_step=False, on_epoch=True)
-            if by_samples:
+            if samples is not None:
                 loss = loss * (len(sub["target"]) / samples)
             total = loss if total is None else total + loss
         if total is None:
