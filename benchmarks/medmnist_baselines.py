@@ -8,7 +8,7 @@ the argmax accuracy and AUC the macro one-vs-rest AUROC, the definitions of the 
 package's ``Evaluator`` (checked equal on the same scores in tests/test_metric_crosschecks.py).
 
     python benchmarks/medmnist_baselines.py                      # 4 epochs (2,160 steps at ~2.2 steps/s on 2 idle cores) + the BatchNorm diagnostic
-    python benchmarks/medmnist_baselines.py --epochs 1 --results /tmp/mb -- --trainer.limit_train_batches=2   # smoke run
+    python benchmarks/medmnist_baselines.py --epochs 1 --no-per-domain-bn --results /tmp/mb --runs /tmp/mb/runs -- --trainer.limit_train_batches=2 --trainer.logger=false   # smoke run
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from runs import REPO, RESULTS, fmt, latest_metrics, load_results, record, run_c
 
 NAME = "medmnist_baselines"
 CONFIG = "experiments/baselines/medmnist_resnet18_joint.yaml"
+RUNS = REPO / "runs" / "baselines" / "medmnist_resnet18_joint"  # the config's trainer.default_root_dir
 #: MedMNIST v2 (Yang et al., Scientific Data 2023), Table 3, ResNet-18 (28): test ACC and AUC,
 #: trained 100 epochs, one model per dataset
 PUBLISHED = {
@@ -37,33 +38,38 @@ def per_domain_bn(checkpoint: Path, tasks, batches: int = 20) -> dict:
 
     Joint training runs one forward per dataset, so the shared running statistics end up a mixture
     of four very different image populations (RGB microscopy, grayscale CT, X-ray, fundus); this
-    measures what that mixture costs at test time.  Hand-written: a few lines over torch's BatchNorm
-    API; no library offers it for a multi-head model.
+    measures what that mixture costs at test time (torch's ``swa_utils.update_bn`` re-estimates them).
     """
+    import itertools
+
     import torch
+    from torch.optim.swa_utils import update_bn
 
     from data_modules import MedMNISTDataModule
     from framework.metrics.evaluation import evaluate_head
     from framework.paradigms import JointModule
 
+    class OneTask(torch.nn.Module):  # update_bn calls model(images): route them through one task
+        def __init__(self, model, task: str) -> None:
+            super().__init__()
+            self.model, self.task = model, task
+
+        def forward(self, images):
+            return self.model(images, self.task)
+
+    import pytorch_lightning as pl
+
+    pl.seed_everything(0, verbose=False)  # the run seed: the loaders draw the same 20 batches every time
     model = JointModule.load_from_checkpoint(str(checkpoint), map_location="cpu").model
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     out = {}
     for task in tasks:
         dm = MedMNISTDataModule(task, data_dir=str(REPO.parent / "shared" / "data" / "medmnist"), batch_size=256, eval_batch_size=500)
         dm.setup("fit")
         dm.setup("test")
         model.load_state_dict(saved)
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a plain average over the batches below
-        model.train()
         with torch.no_grad():
-            for i, batch in enumerate(dm.loader("train", keyed=False)):
-                if i == batches:
-                    break
-                model(batch["image"], task)
+            update_bn((b["image"] for b in itertools.islice(dm.loader("train", keyed=False), batches)), OneTask(model, task))
         model.eval()
         values = evaluate_head(model, model.head(task), dm.loader("test"), task, torch.device("cpu"))
         out[task] = {"acc": values["acc"], "auroc": values.get("auroc")}
@@ -133,6 +139,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--collect-only", action="store_true", help="do not train; read the latest finished run")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--runs", type=Path, default=RUNS,
+                        help="the run folder (trainer.default_root_dir; default: the config's). Another folder also needs "
+                             "`-- --trainer.logger=false` or loggers of your own, whose folders are the config's")
     parser.add_argument("--per-domain-bn", action=argparse.BooleanOptionalAction, default=True,
                         help="also score each dataset with its own BatchNorm statistics (a diagnostic, see per_domain_bn)")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides, after --")
@@ -141,9 +150,10 @@ def main() -> None:
         parser.error(f"--epochs expected >= 1, found {args.epochs}")
     wall = None
     if not args.collect_only:
-        wall = run_config(CONFIG, ["--trainer.max_epochs", str(args.epochs), *args.extra], label=f"{NAME}, {args.epochs} epochs")
+        root = [] if args.runs == RUNS else ["--trainer.default_root_dir", str(args.runs)]
+        wall = run_config(CONFIG, ["--trainer.max_epochs", str(args.epochs), *root, *args.extra], label=f"{NAME}, {args.epochs} epochs")
     runs: dict = {}
-    result = record(runs, "joint", latest_metrics(REPO / "runs" / "baselines" / "medmnist_resnet18_joint"), wall)
+    result = record(runs, "joint", latest_metrics(args.runs), wall)
     config = REPO / result["run"] / "config.yaml"  # the epochs the run really used (also with --collect-only)
     epochs = yaml.safe_load(config.read_text())["trainer"]["max_epochs"] if config.is_file() else args.epochs
     wall_time = result["wall_time_s"] if result["wall_time_s"] is not None else load_results(NAME).get("wall_time_s")  # --collect-only keeps the measured one

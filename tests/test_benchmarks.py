@@ -1,6 +1,7 @@
 """Shrunken smoke runs of the benchmark scripts (CI does not run the benchmarks themselves), and
 the seed aggregation of the paradigm study on hand-made runs."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -115,9 +116,12 @@ def test_medmnist_baselines_script_smoke(tmp_path):
     _shared_only()
     limits = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
     # the per-domain BatchNorm diagnostic scores the full test sets (~22,000 images): left out of CI
-    run_script("medmnist_baselines.py", "--epochs", "1", "--no-per-domain-bn", "--results", str(tmp_path), "--", *limits)
+    # its run goes to tmp_path too: a run under the repository's runs/ would become the "latest" that --collect-only reads
+    run_script("medmnist_baselines.py", "--epochs", "1", "--no-per-domain-bn", "--results", str(tmp_path), "--runs", str(tmp_path / "runs"),
+               "--", *limits, "--trainer.logger=false")
     r = json.loads((tmp_path / "medmnist_baselines.json").read_text())
     assert r["epochs"] == 1 and "per_domain_bn" not in r
+    assert Path(r["run"]).is_relative_to(tmp_path)
     assert set(r["table"]) == {"bloodmnist", "organamnist", "pneumoniamnist", "retinamnist"}
     for row in r["table"].values():
         assert 0 <= row["acc"] <= 1 and 0 <= row["auroc"] <= 1 and row["published"]["acc"] > 0.5
