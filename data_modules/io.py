@@ -9,10 +9,20 @@ module, so they agree on the following conventions.
   default ``(W, H)`` transposition undone: arrays are ``(C, H, W)`` with row 0 at the top of the
   picture as it is seen.  Grayscale gives ``C = 1``, RGB ``C = 3``, RGBA ``C = 4``; grayscale and
   colour are never converted into each other.
-* **NIfTI** (``.nii``, ``.nii.gz``) are read with MONAI's ``NibabelReader`` in the file's *stored*
-  axis order: no reorientation to a canonical orientation and no axis moves.  A volume stored
-  ``(X, Y, Z)`` gives ``(C, X, Y, Z)``; a 2D image stored ``(X, Y)`` gives ``(C, X, Y)``, read as
-  ``(C, H, W)``; a 2D image saved as ``(X, Y, 1)`` is squeezed to ``(C, X, Y)``.
+* **NIfTI** (``.nii``, ``.nii.gz``) are read with MONAI's ``NibabelReader`` and **reoriented to
+  RAS** (:data:`COMMON_ORIENTATION`, nibabel's "closest canonical" orientation: axis 0 runs from
+  left to *R*ight, axis 1 to *A*nterior, axis 2 to *S*uperior; axis flips and permutations only,
+  never a resampling), so an image stored LPS and its mask stored RAS give voxel-aligned arrays.
+  A file whose header holds no orientation (``qform_code`` and ``sform_code`` both 0, or a
+  degenerate affine) keeps its stored axis order.  A volume gives ``(1, X, Y, Z)``; a 2D image
+  stored ``(X, Y)`` gives ``(1, X, Y)``, read as ``(C, H, W)``; a 2D image saved as ``(X, Y, 1)`` is
+  squeezed to ``(1, X, Y)`` (the size-1 axis is dropped wherever the reorientation moved it).
+  NIfTI files have no channel axis: a 4th axis of size > 1 (time points or channels) is refused
+  with the file and its shape, since MedCL does not guess which it holds (a 4th axis of size 1 is
+  dropped).  :func:`read_array_with_geometry` also returns the affine (:class:`NiftiGeometry`), and
+  :func:`check_same_geometry` refuses an image and a mask whose affines differ after the
+  reorientation (spacing, direction or origin beyond :data:`AFFINE_TOLERANCE` mm).  Header fields
+  are only read, never copied into any output.
 * **Raw values** (:func:`read_array`): the file's own dtype, never rescaled; use it for masks and
   label maps.
 * **Intensities** (:func:`read_image`, :func:`scale_intensities`): float32 in ``[0, 1]``: uint8 is
@@ -22,8 +32,9 @@ module, so they agree on the following conventions.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -32,8 +43,14 @@ __all__ = [
     "is_nifti",
     "file_id",
     "list_image_files",
+    "unsupported_files",
     "image_files_by_id",
     "read_array",
+    "read_array_with_geometry",
+    "NiftiGeometry",
+    "check_same_geometry",
+    "COMMON_ORIENTATION",
+    "AFFINE_TOLERANCE",
     "scale_intensities",
     "read_image",
     "open_npz",
@@ -45,6 +62,10 @@ PathLike = Union[str, Path]
 #: file endings MedCL reads as images, longest first where one ends another (``.nii.gz`` before ``.nii``)
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: the orientation every NIfTI file is reoriented to on reading (axis codes, nibabel's closest canonical)
+COMMON_ORIENTATION = ("R", "A", "S")
+#: largest difference (in mm, per affine entry) allowed between an image's and its mask's affine after reorientation
+AFFINE_TOLERANCE = 1e-3
 
 
 def is_nifti(path: PathLike) -> bool:
@@ -101,6 +122,21 @@ def list_image_files(folder: PathLike, strict: bool = False) -> List[Path]:
     return files
 
 
+def unsupported_files(folder: PathLike) -> List[Path]:
+    """The (non-hidden) files of ``folder`` that :func:`list_image_files` skips for their ending, sorted by name.
+
+    Raises:
+        FileNotFoundError: if the folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return [
+        path for path in sorted(folder.iterdir())
+        if not path.name.startswith(".") and path.is_file() and not _image_suffix(path.name)
+    ]
+
+
 def image_files_by_id(folder: PathLike, strict: bool = False) -> Dict[str, Path]:
     """``{file_id: path}`` for the image files of ``folder`` (see :func:`list_image_files`), in name order.
 
@@ -125,18 +161,69 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def read_array(path: PathLike) -> np.ndarray:
-    """Read one image or volume as a channel-first, contiguous, writable array with the file's own
-    dtype (values never rescaled).
+@dataclass(frozen=True)
+class NiftiGeometry:
+    """Where the voxels of an array read from a NIfTI file lie (:func:`read_array_with_geometry`).
 
-    PNG/JPEG give ``(C, H, W)`` as the picture is seen; NIfTI gives the stored axis order,
-    ``(C, X, Y, Z)`` for a volume and ``(C, X, Y)`` for a 2D image (also when saved as
-    ``(X, Y, 1)``); see the module docstring.
+    Attributes:
+        stored_affine: the file's voxel-to-world affine (4x4, mm), as nibabel reads it.
+        stored_axcodes: the file's orientation as stored, e.g. ``("L", "P", "S")``; ``None`` when the
+            header holds none (``qform_code`` and ``sform_code`` 0, or a degenerate affine).
+        affine: the affine of the array as returned (after the reorientation to
+            :data:`COMMON_ORIENTATION`); ``None`` when the orientation is unknown.
+    """
+
+    stored_affine: np.ndarray
+    stored_axcodes: Optional[Tuple[str, ...]]
+    affine: Optional[np.ndarray]
+
+
+def _fmt_affine(affine: np.ndarray) -> str:
+    """The top three rows of an affine on one line: ``[-1 0 0 3; 0 -1 0 4; 0 0 1 0]``."""
+    rows = np.round(np.asarray(affine, dtype=np.float64)[:3], 4) + 0.0  # + 0.0: no "-0"
+    return "[" + "; ".join(" ".join(f"{v:g}" for v in row) for row in rows) + "]"
+
+
+def _nifti_array(path: Path, array: np.ndarray, meta) -> Tuple[np.ndarray, NiftiGeometry]:
+    """Channel-first array of a NIfTI file reoriented to :data:`COMMON_ORIENTATION`, and its geometry."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt2axcodes
+
+    shape = tuple(int(n) for n in array.shape)
+    if len(shape) > 3 and any(n != 1 for n in shape[3:]):
+        raise ValueError(
+            f"{path}: expected a 2D image (X, Y) or a 3D volume (X, Y, Z), found a {len(shape)}D NIfTI of shape {shape}; "
+            f"MedCL does not guess whether a 4th axis holds time points or channels: save one volume per file"
+        )
+    if len(shape) > 3:
+        array = array.reshape(shape[:3])
+    two_d = array.ndim == 2 or array.shape[2] == 1
+    volume = array[..., None] if array.ndim == 2 else array
+    stored = np.asarray(meta.get("affine"), dtype=np.float64)
+    codes = [meta.get(key) for key in ("qform_code", "sform_code")]
+    has_codes = any(code is not None and int(np.asarray(code).reshape(-1)[0]) > 0 for code in codes)
+    ornt = io_orientation(stored) if stored.shape == (4, 4) and np.isfinite(stored).all() else None
+    slice_axis = 2
+    if not has_codes or ornt is None or not np.isfinite(ornt).all():
+        geometry = NiftiGeometry(stored_affine=stored, stored_axcodes=None, affine=None)
+    else:
+        axcodes = tuple(ornt2axcodes(ornt))
+        affine = stored @ inv_ornt_aff(ornt, volume.shape)
+        volume = apply_orientation(volume, ornt)
+        slice_axis = int(ornt[2, 0])
+        geometry = NiftiGeometry(stored_affine=stored, stored_axcodes=axcodes, affine=affine)
+    if two_d:  # a 2D image saved as (X, Y[, 1]): drop the size-1 axis wherever the reorientation put it
+        volume = np.squeeze(volume, axis=slice_axis)
+    return volume[None], geometry
+
+
+def read_array_with_geometry(path: PathLike) -> Tuple[np.ndarray, Optional[NiftiGeometry]]:
+    """:func:`read_array` plus, for a NIfTI file, its :class:`NiftiGeometry` (``None`` for PNG/JPEG).
 
     Raises:
         FileNotFoundError: if the file does not exist.
         ValueError: ``"<path>: not a readable image file (<reason>)"`` if the file has another
-            ending or cannot be decoded.
+            ending or cannot be decoded; ``"<path>: expected a 2D image ... found a 4D NIfTI of
+            shape ..."`` for a NIfTI with a 4th axis of size > 1.
     """
     from monai.data import NibabelReader, PILReader
 
@@ -151,15 +238,77 @@ def read_array(path: PathLike) -> np.ndarray:
         array = np.asarray(array)
     except Exception as err:  # MONAI/PIL/nibabel raise many types for unreadable files
         raise ValueError(f"{path}: not a readable image file ({_first_line(err)})") from None
-    channel_dim = meta.get("original_channel_dim")
-    if isinstance(channel_dim, (int, np.integer)):
-        array = np.moveaxis(array, int(channel_dim), 0)
-    else:  # MONAI marks "no channel" with NaN
-        array = array[None]
-    if is_nifti(path) and array.ndim == 4 and array.shape[-1] == 1:  # a 2D image saved as (X, Y, 1)
-        array = array[..., 0]
+    geometry = None
+    if is_nifti(path):
+        array, geometry = _nifti_array(path, array, meta)
+    else:
+        channel_dim = meta.get("original_channel_dim")
+        if isinstance(channel_dim, (int, np.integer)):
+            array = np.moveaxis(array, int(channel_dim), 0)
+        else:  # MONAI marks "no channel" with NaN
+            array = array[None]
     array = np.ascontiguousarray(array)
-    return array if array.flags.writeable else array.copy()  # PIL hands out read-only buffers
+    return (array if array.flags.writeable else array.copy()), geometry  # PIL hands out read-only buffers
+
+
+def read_array(path: PathLike) -> np.ndarray:
+    """Read one image or volume as a channel-first, contiguous, writable array with the file's own
+    dtype (values never rescaled).
+
+    PNG/JPEG give ``(C, H, W)`` as the picture is seen; NIfTI gives ``(1, X, Y, Z)`` for a volume
+    and ``(1, X, Y)`` for a 2D image (also when saved as ``(X, Y, 1)``), reoriented to RAS
+    (:data:`COMMON_ORIENTATION`) unless the header holds no orientation; see the module docstring.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: ``"<path>: not a readable image file (<reason>)"`` if the file has another
+            ending or cannot be decoded; for a NIfTI with a 4th axis of size > 1, naming its shape.
+    """
+    return read_array_with_geometry(path)[0]
+
+
+def check_same_geometry(
+    image_path: PathLike,
+    image: Optional[NiftiGeometry],
+    mask_path: PathLike,
+    mask: Optional[NiftiGeometry],
+    tolerance: float = AFFINE_TOLERANCE,
+) -> None:
+    """Refuse an image and its mask (both read with :func:`read_array_with_geometry`) whose voxels
+    do not lie on one grid.
+
+    Both arrays are already in :data:`COMMON_ORIENTATION`, so a mask stored LPS and its image stored
+    RAS pass; their affines after the reorientation must then agree within ``tolerance`` (mm, per
+    entry: spacing, direction and origin).  Nothing is checked when either file is not a NIfTI.
+    When only one of the two has an orientation in its header, it must be stored in
+    :data:`COMMON_ORIENTATION` (else nothing tells whether the other should be flipped).
+
+    Raises:
+        ValueError: ``"<mask_path>: field 'mask' expected the grid of its image <image_path> ..."``,
+            naming both files and both stored affines.
+    """
+    if image is None or mask is None:
+        return
+    if image.affine is None and mask.affine is None:
+        return
+    common = "".join(COMMON_ORIENTATION)
+    if image.affine is None or mask.affine is None:
+        known, known_path, unknown_path = (image, image_path, mask_path) if mask.affine is None else (mask, mask_path, image_path)
+        if known.stored_axcodes != COMMON_ORIENTATION:
+            raise ValueError(
+                f"{mask_path}: field 'mask' cannot be aligned with its image {image_path}: {unknown_path} has no orientation "
+                f"in its header (qform_code and sform_code are 0), {known_path} is stored {''.join(known.stored_axcodes)} "
+                f"(affine {_fmt_affine(known.stored_affine)}), so nothing tells whether one of them is flipped; "
+                f"save both files with their affine"
+            )
+        return
+    if image.affine.shape != mask.affine.shape or not np.allclose(image.affine, mask.affine, rtol=0.0, atol=tolerance):
+        raise ValueError(
+            f"{mask_path}: field 'mask' expected the grid of its image {image_path} (affines equal within {tolerance:g} mm "
+            f"after both are reoriented to {common}), found image affine {_fmt_affine(image.stored_affine)} "
+            f"(stored {''.join(image.stored_axcodes)}) and mask affine {_fmt_affine(mask.stored_affine)} "
+            f"(stored {''.join(mask.stored_axcodes)}); resample the mask onto the image's grid"
+        )
 
 
 def scale_intensities(array: np.ndarray, source: object) -> np.ndarray:
@@ -194,7 +343,7 @@ def read_image(path: PathLike) -> np.ndarray:
     """Read one image or volume as a channel-first float32 array in ``[0, 1]``.
 
     :func:`read_array` followed by :func:`scale_intensities`: same shapes and axis order as
-    :func:`read_array` (PNG/JPEG ``(C, H, W)`` as seen; NIfTI stored order ``(C, X, Y[, Z])``).
+    :func:`read_array` (PNG/JPEG ``(C, H, W)`` as seen; NIfTI ``(C, X, Y[, Z])`` reoriented to RAS).
 
     Raises:
         FileNotFoundError: if the file does not exist.

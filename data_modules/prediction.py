@@ -2,28 +2,56 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
-from data_modules.io import file_id, list_image_files, open_npz, read_image
+from data_modules.io import IMAGE_SUFFIXES, file_id, list_image_files, open_npz, read_image, unsupported_files
 from framework.specs import TaskSpec
 
-__all__ = ["PredictionSource"]
+__all__ = ["PredictionSource", "unique_ids"]
 
 #: array names tried, in order, for the images and (optional) known targets of an ``.npz``
 _NPZ_IMAGES = ("images", "test_images")
 _NPZ_TARGETS = {"classification": ("labels", "test_labels"), "multilabel": ("labels", "test_labels"), "segmentation": ("masks",)}
 
 
+def _first(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def unique_ids(files: Sequence[Path]) -> List[str]:
+    """One id per file: the file id (:func:`data_modules.io.file_id`, the name without its image
+    ending) where no other file of ``files`` has the same id in any letter case, else the whole
+    file name (``case1.png``, ``case1.jpg``, ``case1.PNG``).
+
+    The ids are unique, so the mask files named after them (``masks/<id>.png``) are too; names that
+    differ only in letter case (``case1.png`` / ``case1.PNG``) stay apart on a case-sensitive file
+    system only.
+    """
+    ids = [file_id(f) for f in files]
+    while True:  # a whole name may clash with another file's id (a.png + a.png.png): repeat until none does
+        groups: Dict[str, List[int]] = {}
+        for i, value in enumerate(ids):
+            groups.setdefault(value.lower(), []).append(i)
+        clashing = [i for members in groups.values() if len(members) > 1 for i in members if ids[i] != files[i].name]
+        if not clashing:
+            return ids
+        for i in clashing:
+            ids[i] = files[i].name
+
+
 class PredictionSource(Dataset):
     """Images for ``medcl predict``, checked against the task they are predicted for.
 
     * a **folder** of ``.png``/``.jpg``/``.nii``/``.nii.gz`` files (read with MONAI, see
-      :func:`data_modules.io.read_image`); items carry the file id, and images may differ in size
-      (the loader then uses batches of one);
+      :func:`data_modules.io.read_image`); items carry the file id (:func:`unique_ids`: the name
+      without its ending, or the whole file name where two files share that), and images may differ
+      in size (the loader then uses batches of one).  Files with other endings (``.dcm``, ``.txt``)
+      are skipped with one warning that counts and names them;
     * an **.npz** with ``images`` (or a MedMNIST file's ``test_images``), uint8 ``(N, H, W[, C])``
       or ``(N, D, H, W)`` volumes, and optionally the known targets of the task's kind, passed
       through to the prediction files: ``labels`` (or ``test_labels``) for classification,
@@ -31,9 +59,14 @@ class PredictionSource(Dataset):
 
     Items: ``{"image": FloatTensor, "id": str[, "target": Tensor]}``.
 
+    With ``input_size``, one warning counts the images whose (in-plane) size differs from it: the
+    backbone resizes them (a segmentation head resizes its masks back to each image's size).
+
     Args:
         path: the folder or ``.npz`` file.
         spec: the task whose head will predict.
+        input_size: ``(H, W)`` the model's image tower takes (``backbone.image_size``), or ``None``
+            to say nothing about resizing.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -42,21 +75,60 @@ class PredictionSource(Dataset):
             name the file.
     """
 
-    def __init__(self, path: Union[str, Path], spec: TaskSpec) -> None:
+    def __init__(self, path: Union[str, Path], spec: TaskSpec, input_size: Optional[Sequence[int]] = None) -> None:
         self.path = Path(path)
         self.spec = spec
         if not self.path.exists():
             raise FileNotFoundError(f"predict: file or folder not found: {self.path}")
         self.targets: Optional[torch.Tensor] = None
+        self.names: List[str] = []
         if self.path.is_dir():
             self.files = list_image_files(self.path)
+            skipped = unsupported_files(self.path)
+            suffixes = sorted({f.suffix or "(no suffix)" for f in skipped})
+            plural = ("s" if len(skipped) != 1 else "", "es" if len(suffixes) != 1 else "")
+            skipped_text = (
+                f"{len(skipped)} file{plural[0]} with unsupported suffix{plural[1]} {suffixes}: {_first([f.name for f in skipped])}"
+            )
             if not self.files:
-                raise ValueError(f"predict: folder {self.path} holds no image files (.png, .jpg, .jpeg, .nii, .nii.gz)")
-            self.ids = [file_id(f) for f in self.files]
+                raise ValueError(
+                    f"predict: folder {self.path} expected image files ({', '.join(IMAGE_SUFFIXES)}), found none"
+                    + (f" (only {skipped_text})" if skipped else "")
+                )
+            if skipped:
+                rank_zero_warn(
+                    f"predict: skipped {skipped_text} in {self.path} (MedCL reads {', '.join(IMAGE_SUFFIXES)}; "
+                    f"DICOM is not read: convert it to NIfTI first)"
+                )
+            self.ids = unique_ids(self.files)
+            renamed = [i for f, i in zip(self.files, self.ids) if i != file_id(f)]
+            if renamed:
+                rank_zero_warn(
+                    f"predict: {len(renamed)} files in {self.path} share a name without their ending, so their ids (and "
+                    f"mask file names) are their whole file names: {_first(renamed)}"
+                )
+            self.names = [f.name for f in self.files]
             self.images: List[np.ndarray] = [self._check(read_image(f), f) for f in self.files]
         else:
             self._load_npz()
         self.same_size = len({tuple(im.shape) for im in self.images}) == 1
+        if input_size is not None:
+            self._report_resizing(tuple(int(n) for n in input_size))
+
+    def _report_resizing(self, input_size: Tuple[int, ...]) -> None:
+        """One warning counting the images whose in-plane size is not ``input_size`` (the backbone resizes them)."""
+        other = [i for i, image in enumerate(self.images) if tuple(image.shape[-2:]) != input_size]
+        if not other:
+            return
+        sizes = sorted({tuple(self.images[i].shape[-2:]) for i in other})
+        what = "volumes' slices" if self.spec.spatial_dims == 3 else "images"
+        example = self.names[other[0]] if self.names else f"{self.path.name}[{other[0]}]"
+        masks = "; predicted masks are resized back to each image's size" if self.spec.kind == "segmentation" else ""
+        rank_zero_warn(
+            f"predict: resized {len(other)} of {len(self.images)} {what} in {self.path} from {_first([str(s) for s in sizes], 3)} "
+            f"(first: {example}) to the model input {input_size} of task '{self.spec.name}'{masks}; an image of another "
+            f"aspect ratio is stretched"
+        )
 
     def _load_npz(self) -> None:
         with open_npz(self.path) as archive:

@@ -37,10 +37,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
-from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_array, scale_intensities
+from data_modules.io import (
+    IMAGE_SUFFIXES,
+    check_same_geometry,
+    image_files_by_id,
+    open_npz,
+    read_array_with_geometry,
+    scale_intensities,
+)
 from framework.specs import TaskSpec
 
 __all__ = [
@@ -224,9 +232,10 @@ def load_segmentation_npz(
 # ---------------------------------------------------------------------------------------------
 # folder source
 # ---------------------------------------------------------------------------------------------
-def _read_file(path: Path, field: str, spatial_dims: int) -> np.ndarray:
-    """Read one file as a channel-first array (raw values) and check its dimensionality."""
-    array = read_array(path)
+def _read_file(path: Path, field: str, spatial_dims: int):
+    """Read one file as a channel-first array (raw values; NIfTI reoriented to RAS) and check its
+    dimensionality; returns ``(array, geometry)`` (geometry ``None`` for PNG/JPEG)."""
+    array, geometry = read_array_with_geometry(path)
     shape = tuple(array.shape[1:])
     if len(shape) != spatial_dims:
         if spatial_dims == 2:
@@ -236,7 +245,7 @@ def _read_file(path: Path, field: str, spatial_dims: int) -> np.ndarray:
         raise ValueError(
             f"{path}: field '{field}': the task is 3D (spatial_dims=3) but the file holds a {len(shape)}D image of shape {shape}"
         )
-    return array
+    return array, geometry
 
 
 def load_segmentation_folder(
@@ -246,9 +255,13 @@ def load_segmentation_folder(
 
     Files are read with :func:`data_modules.io.read_array` (hidden files are skipped); ``<ext>`` is
     one of :data:`data_modules.io.IMAGE_SUFFIXES`.  PNG/JPEG arrays are ``(C, H, W)`` as the image is
-    displayed; NIfTI arrays keep the stored axis order (a 2D image saved as ``(X, Y, 1)`` counts as
-    2D).  Scaling (:func:`data_modules.io.scale_intensities`): uint8 / 255 (kept uint8 and served as
-    uint8 when every image of the folder is 8-bit), uint16 / 65535, other dtypes min-max per image to
+    displayed; NIfTI images and masks are both reoriented to RAS (an image stored LPS and its mask
+    stored RAS are paired voxel by voxel correctly), and their affines must then agree (spacing,
+    direction, origin within :data:`data_modules.io.AFFINE_TOLERANCE` mm); a NIfTI with a 4th axis
+    is refused (a 2D image saved as ``(X, Y, 1)`` counts as 2D).  All images of one split must have
+    one size (batches are stacked): the first image of another size is refused.  Scaling
+    (:func:`data_modules.io.scale_intensities`): uint8 / 255 (kept uint8 and served as uint8 when
+    every image of the folder is 8-bit), uint16 / 65535, other dtypes min-max per image to
     ``[0, 1]``.  Grayscale is never converted to RGB (or back).  Masks are never rescaled and must
     have one channel; float NIfTI masks are accepted if their values are whole numbers.
 
@@ -267,8 +280,9 @@ def load_segmentation_folder(
         FileNotFoundError: if ``root`` does not exist.
         ValueError: on a missing split folder, an unsupported extension, two files with one id, an
             unreadable file, an image without a mask (or a mask without an image), an empty split, a
-            wrong number of channels, a 3D file for a 2D task (or the reverse), image/mask shapes
-            that differ, or invalid mask values.  Messages name the file(s) and the field.
+            wrong number of channels, a 3D file for a 2D task (or the reverse), a 4D NIfTI, image/mask
+            shapes or NIfTI affines (after reorientation) that differ, images of different sizes in
+            one split, or invalid mask values.  Messages name the file(s) and the field.
     """
     root = Path(root)
     if not root.is_dir():
@@ -297,7 +311,10 @@ def load_segmentation_folder(
         data: SplitData = {"images": [], "masks": [], "ids": []}
         for stem in sorted(images):
             image_path, mask_path = images[stem], masks[stem]
-            image, mask = _read_file(image_path, "image", spatial_dims), _read_file(mask_path, "mask", spatial_dims)
+            (image, image_geometry), (mask, mask_geometry) = (
+                _read_file(image_path, "image", spatial_dims), _read_file(mask_path, "mask", spatial_dims)
+            )
+            check_same_geometry(image_path, image_geometry, mask_path, mask_geometry)
             if in_channels is not None and image.shape[0] != in_channels:
                 raise ValueError(
                     f"{image_path}: field 'image' expected {in_channels} channel(s) (in_channels={in_channels}), found "
@@ -313,11 +330,13 @@ def load_segmentation_folder(
             data["images"].append(image if image.dtype == np.uint8 else scale_intensities(image, image_path))
             data["masks"].append(_check_mask_values(mask[0], num_labels, str(mask_path), "mask"))
             data["ids"].append(stem)
-        shapes = sorted({tuple(im.shape) for im in data["images"]})
-        if len(shapes) > 1:
-            log.warning(
-                "%s/%s: images have different shapes %s; batches of more than one will fail to collate", root, split, shapes[:5]
-            )
+            first = data["images"][0]
+            if image.shape[1:] != first.shape[1:]:  # batches of a split are stacked: one size per split
+                raise ValueError(
+                    f"{image_path}: field 'image' expected the size of the first image of the '{split}' split "
+                    f"({images[sorted(images)[0]].name}) {tuple(first.shape[1:])}, found {tuple(image.shape[1:])}; "
+                    f"batches are stacked, so the images (and masks) of a split must have one size: resize them"
+                )
         out[split] = data
     if any(im.dtype != np.uint8 for data in out.values() for im in data["images"]):
         # one dtype per task: mixed uint8/float items would not collate (or would promote 0..255 to float)
@@ -416,6 +435,27 @@ def _derive_task_name(source: str) -> str:
     if not name:
         return "segmentation"
     return name if name[0].isalpha() and name.isascii() else f"seg_{name}"
+
+
+def _any_foreground(masks: Sequence[np.ndarray]) -> bool:
+    return bool(masks.any()) if isinstance(masks, np.ndarray) else any(m.any() for m in masks)
+
+
+def _warn_if_no_foreground(owner: str, spec: TaskSpec, masks: Dict[str, Sequence[np.ndarray]]) -> None:
+    """One warning (per call, i.e. per task's ``setup``) naming every split whose masks are all background (0)."""
+    empty = {
+        split: len(split_masks) for split, split_masks in masks.items()
+        if len(split_masks) and not _any_foreground(split_masks)
+    }
+    if not empty:
+        return
+    where = " and ".join(f"the '{split}' split (all {n} mask{'s' if n != 1 else ''})" for split, n in empty.items())
+    labels = len(spec.label_names)
+    label_text = f"label 1 = {spec.label_names[0]!r}" if labels == 1 else f"labels 1..{labels} = {list(spec.label_names)}"
+    effect = "the model would learn to predict background only" if "train" in empty else "its Dice is 0 or undefined"
+    rank_zero_warn(
+        f"{owner}: no foreground in {where}: every pixel is background, none has {label_text}; {effect}: check the mask files"
+    )
 
 
 class SegmentationDataModule(DomainDataModule):
@@ -542,6 +582,8 @@ class SegmentationDataModule(DomainDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         """Load every split into memory and check it against :attr:`task_spec` (idempotent).
 
+        Warns once (naming the task and the splits) when every mask of a split is background.
+
         Raises:
             FileNotFoundError: if the file or folder does not exist.
             ValueError: on invalid data (see the loaders) or a subset larger than its split.
@@ -577,6 +619,7 @@ class SegmentationDataModule(DomainDataModule):
                 serve_uint8=True,
             )
         self._datasets = datasets
+        _warn_if_no_foreground(f"SegmentationDataModule({spec.name})", spec, {split: datasets[split].masks for split in SPLITS})
 
     def dataset(self, split: str) -> SegmentationDataset:
         if split not in SPLITS:

@@ -221,7 +221,9 @@ class DomainStream(pl.LightningDataModule):
         from data_modules.prediction import PredictionSource
 
         domain = self.domain(self.predict_task)
-        source = PredictionSource(self.predict_path, domain.task_spec)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        size = getattr(module.model_for(self.predict_task).backbone, "image_size", None) if hasattr(module, "model_for") else None
+        source = PredictionSource(self.predict_path, domain.task_spec, input_size=size)  # warns once if it resizes
         batch_size = domain.eval_batch_size if source.same_size else 1
         return [
             DataLoader(

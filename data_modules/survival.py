@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import logging
 import math
 import warnings
@@ -53,6 +54,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
@@ -72,6 +74,43 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
+#: the columns of a survival CSV and the fields of a survival .npz MedCL reads (names must match exactly)
+_CSV_COLUMNS = ("id", "time", "event", "split")
+_NPZ_FIELDS = ("images", "time", "event", "split", "ids")
+
+
+def _check_names(found: Sequence[str], known: Sequence[str], source: object, what: str, expected: str) -> None:
+    """Refuse a column (or field) name that is not one of ``known`` but looks like one.
+
+    A name equal to a known one but for letter case (``Split``) is refused always; a name close to
+    a known one (``difflib`` ratio >= 0.8: ``splits``, ``evnt``) only when that known name is
+    absent.  Either would otherwise be ignored in silence (an optional ``split`` column: the rows
+    would be split at random) or reported only as missing.
+
+    Raises:
+        ValueError: ``"<source>: <what> 'Split' looks like 'split' but ..."``.
+    """
+    present = set(found)
+    for name in found:
+        if name in known:
+            continue
+        lower = name.lower()
+        match = lower if lower in known else None
+        if match is None:
+            close = difflib.get_close_matches(lower, [k for k in known if k not in present], n=1, cutoff=0.8)
+            match = close[0] if close else None
+        if match is None:
+            continue
+        if match in present:
+            extra = f"; the {what}s also hold {match!r}: keep one"
+        elif match == "split":
+            extra = " (an unknown name is ignored, and without 'split' the rows would be split at random)"
+        else:
+            extra = ""
+        raise ValueError(
+            f"{source}: {what} {name!r} looks like {match!r} but {what} names must match exactly (case-sensitive; expected "
+            f"{expected}), found {list(found)}; rename {name!r} to {match!r}{extra}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -214,6 +253,24 @@ class _SurvivalDomain(DomainDataModule):
         self._check_split(split)
         return {}
 
+    def _warn_if_degenerate(self) -> None:
+        """One warning (per ``setup``) naming every split whose times are all 0 or that holds no event.
+
+        A training split without events is refused earlier (:func:`survival_time_bins`).
+        """
+        problems = []
+        for split in SPLITS:
+            time, event = self._survival(split)
+            if len(time) and not np.any(time > 0):
+                problems.append(f"every time in the '{split}' split is 0 ({len(time)} samples)")
+            if len(event) and not np.any(event > 0):
+                problems.append(f"the '{split}' split holds no event ({len(event)} samples, all censored)")
+        if problems:
+            rank_zero_warn(
+                f"{type(self).__name__}({self._base_spec.name}): {'; '.join(problems)}; such a split has no comparable pair "
+                f"(its C-index is undefined) and teaches a model nothing: check the survival data ({self._source()})"
+            )
+
 
 # ---------------------------------------------------------------------------------------------- user data
 class SurvivalDataModule(_SurvivalDomain):
@@ -223,14 +280,17 @@ class SurvivalDataModule(_SurvivalDomain):
 
     * **Image folder + CSV**: ``images`` is a folder of ``<id>.png|.jpg|.jpeg|.nii|.nii.gz`` files
       read with :func:`data_modules.io.read_array`; ``table`` is a CSV with header columns
-      ``id,time,event`` and an optional ``split`` column (``train``/``val``/``test``).  PNG/JPEG
-      images come out as ``(C, H, W)`` with rows as in the picture; NIfTI arrays keep their stored
-      voxel order (``(C, X, Y[, Z])``, no reorientation; ``(X, Y, 1)`` counts as 2D).  Image files
-      with no row in the CSV are ignored with a logged warning; hidden files and files with other
-      extensions are ignored.
+      ``id,time,event`` and an optional ``split`` column (``train``/``val``/``test``); column names
+      must match exactly: a column that differs from one of these only in letter case (``Split``)
+      or is close to a missing one (``splits``, ``evnt``) is refused.  PNG/JPEG images come out as
+      ``(C, H, W)`` with rows as in the picture; NIfTI arrays are ``(C, X, Y[, Z])`` reoriented to
+      RAS (``(X, Y, 1)`` counts as 2D; a 4th axis is refused), see :mod:`data_modules.io`.  Image
+      files with no row in the CSV are ignored with a logged warning; hidden files and files with
+      other extensions are ignored.
     * **``.npz`` file** (``table=None``): keys ``images`` (uint8, ``(N, H, W)`` or ``(N, H, W, C)``;
       for ``spatial_dims=3``: ``(N, D, H, W)`` or ``(N, D, H, W, C)``), ``time`` ``(N,)``, ``event``
-      ``(N,)``, optional ``split`` ``(N,)`` with 0/1/2 = train/val/test, optional ``ids`` ``(N,)``.
+      ``(N,)``, optional ``split`` ``(N,)`` with 0/1/2 = train/val/test, optional ``ids`` ``(N,)``
+      (field names checked like the CSV's column names).
 
     Intensities (:mod:`data_modules.io` conventions): uint8 images are served as uint8 (the backbone
     divides by 255); uint16 is divided by 65535; any other dtype (float or other integer NIfTI) is
@@ -239,6 +299,8 @@ class SurvivalDataModule(_SurvivalDomain):
     finite and >= 0 (any unit; ``time_bins`` are in the same unit); events are 0 (censored) or 1.
     Without a split column, rows are split at random (seeded by ``split_seed``) into
     ``test_fraction`` / ``val_fraction`` / rest for training; each split keeps the file order.
+    ``setup`` warns once (naming the task and the splits) when a split's times are all 0 or a
+    validation/test split holds no event (a training split without events is refused).
 
     Args:
         images: an image folder, or an ``.npz`` file.
@@ -259,7 +321,8 @@ class SurvivalDataModule(_SurvivalDomain):
     Raises:
         ValueError: at construction, on invalid arguments.  On first :attr:`task_spec` access or in
             ``setup``, on a bad table or image (one line naming the file, the column/field, the
-            line/id and what was expected and found): missing column, negative/non-finite/non-numeric
+            line/id and what was expected and found): missing column, a column name that matches a
+            known one only in letter case or closely, negative/non-finite/non-numeric
             time, event not 0/1, duplicate id (in the CSV, or two image files with one id), CSV id
             without image file, unreadable or non-finite image, unknown split value, empty
             split, channel mismatch, a 3D volume for a 2D task (or a 2D image for a 3D task),
@@ -356,6 +419,7 @@ class SurvivalDataModule(_SurvivalDomain):
             reader = csv.DictReader(handle)
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
+            _check_names(header, _CSV_COLUMNS, path, "column", "header columns id,time,event and optional split")
             missing = [c for c in ("id", "time", "event") if c not in header]
             if missing:
                 raise ValueError(
@@ -413,6 +477,7 @@ class SurvivalDataModule(_SurvivalDomain):
         if not path.is_file():
             raise FileNotFoundError(f"SurvivalDataModule: .npz file not found: {path}")
         with open_npz(path) as archive:
+            _check_names(list(archive.files), _NPZ_FIELDS, path, "field", "fields images, time, event and optional split, ids")
             missing = [k for k in ("images", "time", "event") if k not in archive.files]
             if missing:
                 raise ValueError(
@@ -545,6 +610,7 @@ class SurvivalDataModule(_SurvivalDomain):
             for split in SPLITS:
                 part = table[split]
                 self._datasets[split] = SurvivalImageDataset(images[part["rows"]], part["time"], part["event"])
+            self._warn_if_degenerate()
             return
         loaded = {}
         for split in SPLITS:
@@ -569,6 +635,7 @@ class SurvivalDataModule(_SurvivalDomain):
             arrays = [scale_intensities(a, self.images_path) if as_float and a.dtype == np.uint8 else a for a in loaded[split]]
             part = table[split]
             self._datasets[split] = SurvivalImageDataset(np.stack(arrays), part["time"], part["event"])
+        self._warn_if_degenerate()
 
     def _check_image(self, array: np.ndarray, file: Path) -> np.ndarray:
         spec = self._base_spec
@@ -826,3 +893,4 @@ class SemiSyntheticSurvivalDataModule(_SurvivalDomain):
             images = arrays[f"{split}_images"][part["index"]]
             images = images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
             self._datasets[split] = SurvivalImageDataset(images, part["time"], part["event"])
+        self._warn_if_degenerate()

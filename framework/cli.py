@@ -8,8 +8,9 @@ import inspect
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import yaml
@@ -18,12 +19,15 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
 from framework.checkpoints import AtomicCheckpointIO, load_checkpoint
+from framework.config_record import RecordConfig
 from framework.paradigms import MedCLModule
 from framework.paradigms.base import hparam_differences
+from framework.resume_check import resume_differences, signature_defaults
+from framework.run_folder import RunFolders, find_last_in_config, keep_csv_history
 
-__all__ = ["MedCLCLI", "main", "run_cli", "check_class_paths", "one_line_errors", "error_line", "find_last_checkpoint"]
+__all__ = ["MedCLCLI", "main", "run_cli", "check_class_paths", "one_line_errors", "error_line"]
 
-#: ``--ckpt_path`` values Lightning resolves itself (``last`` is resolved by MedCL, see ``MedCLCLI._resolve_last``)
+#: ``--ckpt_path`` values Lightning resolves itself (``last`` is resolved by MedCL, see ``MedCLCLI.before_instantiate_classes``)
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 
 
@@ -39,7 +43,7 @@ class MedCLCLI(LightningCLI):
         LightningCLI would copy the checkpoint's hyper-parameters over the user's ``model`` section,
         silently swapping the paradigm and backbone.  MedCL keeps the user's configuration and
         refuses loudly when the checkpoint's model cannot be what the configuration builds.
-        ``--ckpt_path last`` is resolved (and checked) once the trainer exists (:meth:`_resolve_last`).
+        ``--ckpt_path last`` is resolved (and checked) in :meth:`before_instantiate_classes`.
 
         Raises:
             ValueError: naming the checkpoint, the differing fields and the two ways out; or an
@@ -53,12 +57,12 @@ class MedCLCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if not ckpt_path or ckpt_path in LIGHTNING_CKPT_KEYWORDS:
             return
-        self._check_ckpt_model(ckpt_path, self.config[subcommand]["model"])
+        self._check_ckpt_model(ckpt_path, self.config[subcommand]["model"], subcommand)
 
     @staticmethod
-    def _check_ckpt_model(ckpt_path: str, model: Any) -> None:
+    def _check_ckpt_model(ckpt_path: str, model: Any, subcommand: str = "test") -> None:
         stored = dict(load_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters", {}))
-        wanted = dict(vars(model.init_args)) if getattr(model, "init_args", None) is not None else {}
+        wanted = _plain_args(model)
         problems = hparam_differences(stored, wanted)
         stored_class = stored.get("_class_path")
         if stored_class and stored_class != model.class_path:
@@ -69,28 +73,47 @@ class MedCLCLI(LightningCLI):
                 f"--ckpt_path resumes or tests the same run: use the configuration it was written with. To start a new run "
                 f"from this trained model, use --model.init_args.init_from {ckpt_path} instead"
             )
+        if subcommand == "fit":
+            changed = resume_differences(stored, wanted, signature_defaults(_import(model.class_path)))
+            if changed:
+                raise ValueError(
+                    f"--ckpt_path {ckpt_path}: resuming would change what the run computes ({'; '.join(changed)}); a resumed run "
+                    f"continues with the settings it started with. Resume with those values, or start a new run from this "
+                    f"model with --model.init_args.init_from {ckpt_path}"
+                )
 
-    def _resolve_last(self, subcommand: str) -> None:
-        """Replace ``--ckpt_path last`` by the newest ``last.ckpt`` of this run's folders, or refuse.
-
-        Lightning looks for ``last`` only in the new run's own (empty) version folder, warns and
-        trains from scratch; MedCL looks where the previous runs of this config wrote.
-
-        Raises:
-            ValueError: if no earlier run of this config left a ``last.ckpt``, naming where it looked.
-        """
-        config = self.config_init[subcommand]
-        if config.get("ckpt_path") != "last":
+    def before_instantiate_classes(self) -> None:
+        """Resolve ``--ckpt_path last`` and settle the run folder (:mod:`framework.run_folder`) before
+        anything is built: a new run claims its own folder, a checkpoint's command writes into the
+        checkpoint's run folder and W&B run."""
+        subcommand = self.subcommand
+        if not subcommand:
             return
-        found, searched = find_last_checkpoint(self.trainer)
-        if found is None:
-            raise ValueError(
-                f"--ckpt_path last: no last.ckpt in {', '.join(searched)} (expected a checkpoints/last.ckpt written by an earlier "
-                f"run of this config, with ModelCheckpoint(save_last=true)); pass the checkpoint's path instead"
-            )
-        rank_zero_info(f"medcl: --ckpt_path last -> {found}")
-        self._check_ckpt_model(str(found), self.config[subcommand]["model"])
-        config["ckpt_path"] = str(found)
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            found, searched = find_last_in_config(config.get("trainer"))
+            if found is None:
+                raise ValueError(
+                    f"--ckpt_path last: no last.ckpt in {', '.join(searched)} (expected a checkpoints/last.ckpt written by an earlier "
+                    f"run of this config, with ModelCheckpoint(save_last=true)); pass the checkpoint's path instead"
+                )
+            rank_zero_info(f"medcl: --ckpt_path last -> {found}")
+            self._check_ckpt_model(str(found), config["model"], subcommand)
+            config["ckpt_path"] = ckpt_path = str(found)
+        self.run_folders = RunFolders(subcommand)
+        _ACTIVE.append(self.run_folders)
+        self.run_folders.prepare(config, ckpt_path if ckpt_path not in LIGHTNING_CKPT_KEYWORDS else None)
+        if self.run_folders.path is not None:
+            rank_zero_info(f"medcl: run folder {self.run_folders.path}" + (" (continued)" if self.run_folders.continued else ""))
+
+    def instantiate_classes(self) -> None:
+        """Build the classes with the run folder's settings (see :meth:`RunFolders.applied`)."""
+        folders = getattr(self, "run_folders", None)
+        with folders.applied() if folders is not None else contextlib.nullcontext():
+            super().instantiate_classes()
+        if folders is not None and folders.continued:
+            keep_csv_history(self.trainer)
 
     def _instantiate_trainer(self, config: Dict[str, Any], callbacks: List[pl.Callback]) -> pl.Trainer:
         """Every MedCL trainer writes checkpoints atomically and loads them safely (:class:`AtomicCheckpointIO`)."""
@@ -103,14 +126,10 @@ class MedCLCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the subcommand; if it fails, remove the output it started but never checkpointed."""
-        self._resolve_last(subcommand)
-        before = _snapshot(_output_roots(self.trainer))
         try:
             super()._run_subcommand(subcommand)
-        except BaseException:
-            if self.trainer.is_global_zero:
-                _remove_partial_output(before, _output_roots(self.trainer))
-            raise
+        finally:
+            _finish(self.run_folders if hasattr(self, "run_folders") else None, failed=sys.exc_info()[0] is not None)
 
     def before_predict(self) -> None:
         """``medcl predict`` writes files: add a :class:`PredictionWriter` unless the config has one."""
@@ -132,20 +151,30 @@ def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
     # data must not leave the machine by accident, whatever a config's `offline:` says).
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    return MedCLCLI(
-        MedCLModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        # Paradigms build their own AdamW with one named parameter group per head, so that groups
-        # can be added as the model grows and line up again on resume.
-        auto_configure_optimizers=False,
-        # raise instead of printing the usage and exiting, so a typo gets one line (see error_line)
-        parser_kwargs={"exit_on_error": False, **{sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict")}},
-        args=args,
-        run=run,
-    )
+    # the run folder is MedCL's own (framework/run_folder.py): a new one is empty but for its lock, a
+    # continued one keeps its metrics.csv (keep_csv_history), so Lightning's warning does not apply
+    warnings.filterwarnings("ignore", message=r".*exists and is not empty\. Previous log files.*")
+    try:
+        return MedCLCLI(
+            MedCLModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            # never replaces a run's config.yaml; W&B gets the whole resolved config (framework/config_record.py)
+            save_config_callback=RecordConfig,
+            save_config_kwargs={"overwrite": True},
+            # Paradigms build their own AdamW with one named parameter group per head, so that groups
+            # can be added as the model grows and line up again on resume.
+            auto_configure_optimizers=False,
+            # raise instead of printing the usage and exiting, so a typo gets one line (see error_line)
+            parser_kwargs={"exit_on_error": False, **{sub: {"exit_on_error": False} for sub in ("fit", "validate", "test", "predict")}},
+            args=args,
+            run=run,
+        )
+    except BaseException:
+        while _ACTIVE:  # failed before its trainer ran (building the data, the model or the trainer)
+            _finish(_ACTIVE[-1], failed=True)
+        raise
 
 
 def _config_files(args: List[str]) -> Iterator[Path]:
@@ -211,61 +240,33 @@ def check_class_paths(args: List[str]) -> None:
                 raise ValueError(f"class_path {class_path!r} ({where}): module {module_name!r} has no {attr!r} (it has {names[:20]})")
 
 
-def find_last_checkpoint(trainer: pl.Trainer) -> Tuple[Optional[Path], List[str]]:
-    """The most recently written ``last*.ckpt`` of the runs of this trainer's config, and the folders searched.
-
-    Looked for where Lightning's ``ModelCheckpoint`` writes: its ``dirpath`` if the config sets one,
-    else ``<save_dir>/<name>/<any version>/checkpoints`` of the first logger, else
-    ``<default_root_dir>/checkpoints``.
-    """
-    folders: List[Path] = [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
-    patterns: List[Tuple[Path, str]] = [(folder, "last*.ckpt") for folder in folders]
-    if not folders:
-        if trainer.loggers:
-            logger = trainer.loggers[0]
-            base = Path(logger.save_dir if logger.save_dir is not None else trainer.default_root_dir) / str(logger.name)
-            patterns.append((base, "*/checkpoints/last*.ckpt"))
-        else:
-            patterns.append((Path(trainer.default_root_dir) / "checkpoints", "last*.ckpt"))
-    found = [path for folder, pattern in patterns for path in folder.glob(pattern) if path.is_file()]
-    searched = [str(folder / pattern) for folder, pattern in patterns]
-    return (max(found, key=lambda p: p.stat().st_mtime) if found else None), searched
+def _import(class_path: str) -> type:
+    module_name, _, attr = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)
 
 
-def _output_roots(trainer: pl.Trainer) -> List[Path]:
-    roots = [Path(trainer.default_root_dir)]
-    roots += [Path(logger.save_dir) for logger in trainer.loggers if getattr(logger, "save_dir", None)]
-    return sorted({root.absolute() for root in roots})
+def _plain_args(model: Any) -> Dict[str, Any]:
+    args = getattr(model, "init_args", None)
+    if args is None:
+        return {}
+    return args.as_dict() if hasattr(args, "as_dict") else dict(vars(args))
 
 
-_SNAPSHOT_DEPTH = 3  # <save_dir>/<name>/<version>, <save_dir>/wandb/<offline-run-...>
+#: run folders of the commands of this process that have not ended (cleaned up if a command fails
+#: before its trainer runs, e.g. while the data module is built)
+_ACTIVE: List[RunFolders] = []
 
 
-def _entries(root: Path, depth: int = _SNAPSHOT_DEPTH) -> Set[Path]:
-    found: Set[Path] = set()
-    if depth == 0 or not root.is_dir() or root.is_symlink():
-        return found
-    for child in root.iterdir():
-        found.add(child)
-        found |= _entries(child, depth - 1)
-    return found
-
-
-def _snapshot(roots: List[Path]) -> Dict[Path, Optional[Set[Path]]]:
-    """What exists under each output root (``None`` for a root that does not exist yet)."""
-    return {root: (_entries(root) if root.exists() else None) for root in roots}
-
-
-def _holds_checkpoint(path: Path) -> bool:
-    if path.is_file():
-        return path.suffix == ".ckpt"
-    return path.is_dir() and not path.is_symlink() and any(p.suffix == ".ckpt" for p in path.rglob("*"))
-
-
-def _remove_partial_output(before: Dict[Path, Optional[Set[Path]]], roots: List[Path]) -> None:
-    """Remove what a failed run created under its output roots, unless it holds a checkpoint."""
-    import shutil
-
+def _finish(folders: Optional[RunFolders], failed: bool) -> None:
+    """End a command: release its run folder; after a failure remove what it created (never a
+    checkpoint, never another run's output) and say so."""
+    if folders is None:
+        return
+    if folders in _ACTIVE:
+        _ACTIVE.remove(folders)
+    if not failed:
+        folders.release()
+        return
     try:  # close an open W&B run first: it holds files in its run folder
         import wandb
 
@@ -273,22 +274,7 @@ def _remove_partial_output(before: Dict[Path, Optional[Set[Path]]], roots: List[
             wandb.finish(exit_code=1)
     except Exception:  # pragma: no cover - W&B missing or already closed
         pass
-    removed: List[Path] = []
-    kept: List[Path] = []  # a new folder with a checkpoint is kept whole
-    for root in roots:
-        existed = before.get(root)
-        new = sorted(_entries(root) - existed, key=lambda p: len(p.parts)) if existed is not None else ([root] if root.exists() else [])
-        for path in new:
-            if any(path == r or r in path.parents for r in removed + kept):
-                continue
-            if _holds_checkpoint(path):
-                kept.append(path)
-                continue
-            if path.is_symlink() or path.is_file():
-                path.unlink(missing_ok=True)
-            elif path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    removed = folders.remove_partial()
     if removed:
         print(f"medcl: the run failed; removed its partial output {[str(p) for p in removed]} (no checkpoint in it)", file=sys.stderr)
 

@@ -66,11 +66,12 @@ def test_debug_preset_stacks_on_an_experiment_config(tmp_path):
                    "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
     assert cli.trainer.limit_train_batches == 2 and cli.trainer.loggers == []
     assert cli.trainer.global_step == 2 * 10  # 2 batches x 10 epochs (2 domains x 5 epochs each)
-    assert (tmp_path / "continual_metrics.json").is_file()
+    run = tmp_path / "version_0"  # without a logger, the run still claims its own folder under default_root_dir
+    assert (run / "continual_metrics.json").is_file()
     # 1 means one batch (not 100%), in the Lightning loops and in the experience-end matrix
     assert cli.trainer.limit_val_batches == 1 and cli.trainer.num_val_batches == [1, 1]
     assert [len(cli.datamodule.eval_dataloader(t)) for t in ("bloodmnist", "organamnist")] == [1, 1]
     assert len(cli.datamodule.domain("bloodmnist").loader("test")) > 1  # the limit is what cut it
     # the shipped checkpoint schedule: last.ckpt and one per experience end, not one per epoch
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "experience=0-epoch=4.ckpt", "experience=1-epoch=9.ckpt", "last.ckpt"]

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from data_modules.base import single_sample_last_batches
 from framework.adapters import AdapterSpec, check_lora_options
 from framework.checkpoints import load_checkpoint
+from framework.divergence import check_loss, check_module, check_state_dict
 from framework.heads import TaskHead
 from framework.metrics.evaluation import evaluate_head
 from framework.model import MedCLModel
@@ -366,10 +367,12 @@ class MedCLModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int) -> Tensor:
         total = None
+        losses: Dict[str, Tensor] = {}
         # "samples": each task's mean loss times its share of the batch (None: "equal", a plain sum)
         samples = sum(len(sub["target"]) for sub in batch.values()) if self.hparams.task_loss_weighting == "samples" else None
         for task, sub in batch.items():
             _, _, loss = self._forward_task(task, sub)
+            losses[task] = loss
             self.log(f"train/{task}/loss", loss, batch_size=len(sub["target"]), on_step=False, on_epoch=True)
             if samples is not None:
                 loss = loss * (len(sub["target"]) / samples)
@@ -380,6 +383,7 @@ class MedCLModule(pl.LightningModule):
         if reg is not None:
             self.log("train/regularization", reg, batch_size=1, on_step=False, on_epoch=True)
             total = total + reg
+        check_loss(self, total, losses, reg)  # a diverged run stops here (framework/divergence.py)
         self.log("train/loss", total, prog_bar=True, batch_size=1)
         return total
 
@@ -430,6 +434,7 @@ class MedCLModule(pl.LightningModule):
         Returns:
             metric name -> value (the head's :meth:`make_metrics`, plus ``score`` = the primary metric).
         """
+        check_module(self, f"evaluating task {task!r}")
         model = self.model_for(task)
         was_training = self.training
         self.eval()
@@ -452,6 +457,7 @@ class MedCLModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        check_module(self, "saving a checkpoint")  # a non-finite model never becomes last.ckpt
         adapters = {}
         for name in self.task_specs:
             adapter = self.model_for(name).adapter_of_task.get(name)
@@ -468,6 +474,8 @@ class MedCLModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Rebuild the heads and adapters stored in the checkpoint before Lightning loads the weights (strictly)."""
         meta = checkpoint.get(CHECKPOINT_KEY)
+        ckpt = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        check_state_dict(checkpoint.get("state_dict", {}), f"--ckpt_path {ckpt}" if ckpt else "checkpoint")
         if meta is None:
             raise ValueError(
                 f"checkpoint has no '{CHECKPOINT_KEY}' entry with task specs; it was not written by a MedCL module"
@@ -488,7 +496,6 @@ class MedCLModule(pl.LightningModule):
                 self.add_task(spec, adapter=adapter)
         stored = [t.get("name") for t in meta.get("tasks", [])]
         if list(self.task_specs) != stored:
-            ckpt = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
             raise ValueError(
                 f"{'--ckpt_path ' + str(ckpt) if ckpt else 'checkpoint'}: it was written for the tasks {stored}, but this config's "
                 f"stream is {list(self.stream_specs) or list(self.task_specs)}; resume with the same domains in the same order, or grow the "
@@ -535,6 +542,7 @@ class MedCLModule(pl.LightningModule):
         problems = hparam_differences(checkpoint.get("hyper_parameters", {}), self.hparams)
         if problems:
             raise ValueError(f"{where}: the checkpoint's model differs from this configuration ({'; '.join(problems)}); set the config to the checkpoint's values")
+        check_state_dict(checkpoint["state_dict"], where)
         for _, spec, adapter in self._stored_tasks(meta, where):
             self.add_task(spec, adapter=adapter)
         try:
