@@ -20,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from framework.checkpoints import AtomicCheckpointIO, load_checkpoint
 from framework.config_record import RecordConfig
+from framework.console import quiet_known_noise
 from framework.paradigms import MedCLModule
 from framework.paradigms.base import hparam_differences
 from framework.resume_check import resume_differences, signature_defaults
@@ -35,7 +36,8 @@ class MedCLCLI(LightningCLI):
     """LightningCLI with MedCL defaults: any paradigm as ``model``, any data module as ``data``."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.set_defaults({"seed_everything": 0})
+        # Lightning's summary counts parameters before the heads grow and shows 0 FLOPs (framework/console.py)
+        parser.set_defaults({"seed_everything": 0, "trainer.enable_model_summary": False})
 
     def _parse_ckpt_path(self) -> None:
         """Refuse a ``--ckpt_path`` whose model differs from the configuration.
@@ -154,6 +156,7 @@ def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
     # the run folder is MedCL's own (framework/run_folder.py): a new one is empty but for its lock, a
     # continued one keeps its metrics.csv (keep_csv_history), so Lightning's warning does not apply
     warnings.filterwarnings("ignore", message=r".*exists and is not empty\. Previous log files.*")
+    quiet_known_noise()
     try:
         return MedCLCLI(
             MedCLModule,
@@ -185,59 +188,79 @@ def _config_files(args: List[str]) -> Iterator[Path]:
             yield Path(arg.split("=", 1)[1])
 
 
-def _class_paths(node: Any, where: str, base: Path, seen: set) -> Iterator[Tuple[str, str]]:
-    """``(class_path, location)`` pairs of a parsed YAML tree, following nested YAML file references."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            here = f"{where}.{key}" if where else str(key)
-            if key == "class_path" and isinstance(value, str):
-                yield value, where or "(top level)"
-            else:
-                yield from _class_paths(value, here, base, seen)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _class_paths(value, f"{where}[{i}]", base, seen)
-    elif isinstance(node, str) and node.endswith((".yaml", ".yml")) and (base / node).is_file():
-        yield from _yaml_class_paths(base / node, seen, prefix=where)
+#: top-level config keys whose values are classes (``model``, ``data``) or hold them (``trainer``)
+_CLASS_KEYS = ("model", "data", "optimizer", "lr_scheduler")
 
 
-def _yaml_class_paths(path: Path, seen: set, prefix: str = "") -> Iterator[Tuple[str, str]]:
+def _load_yaml(path: Path, seen: set) -> Any:
     path = path.resolve()
     if path in seen or not path.is_file():
-        return
+        return None
     seen.add(path)
     try:
-        tree = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError:
-        return  # the CLI's own parser reports malformed YAML
-    for class_path, where in _class_paths(tree, prefix, path.parent, seen):
-        yield class_path, f"{path}: {where}"
+        return None  # the CLI's own parser reports malformed YAML
+
+
+def _check_node(node: Any, where: str, base: Path, seen: set) -> None:
+    """Import the classes of a value at a key the parser accepts: a ``class_path`` spec (then its
+    ``init_args`` at the class's own parameters), a list of them, or a YAML file naming one."""
+    if isinstance(node, str) and node.endswith((".yaml", ".yml")) and (base / node).is_file():
+        _check_node(_load_yaml(base / node, seen), f"{base / node}: {where}", (base / node).parent, seen)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_node(value, f"{where}[{i}]", base, seen)
+    elif isinstance(node, dict) and isinstance(node.get("class_path"), str):
+        cls = _import_class_path(node["class_path"], where)
+        accepted = set(_parameters(cls))
+        for key, value in (node.get("init_args") or {}).items() if isinstance(node.get("init_args"), dict) else ():
+            if key in accepted:  # an unknown key is rejected by the parser: its value is never imported
+                _check_node(value, f"{where}.init_args.{key}", base, seen)
+
+
+def _import_class_path(class_path: str, where: str) -> type:
+    module_name, _, attr = class_path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name) if module_name else None
+    except ImportError as err:
+        raise ValueError(
+            f"class_path {class_path!r} ({where}) could not be imported: {err}. medcl imports classes the way Python "
+            f"does: install your package (`pip install -e /path/to/your_package`), or run medcl from the folder that "
+            f"contains it, or add that folder to PYTHONPATH"
+        ) from None
+    if module is None or not hasattr(module, attr):
+        names = sorted(n for n in dir(module) if not n.startswith("_")) if module is not None else []
+        raise ValueError(f"class_path {class_path!r} ({where}): module {module_name!r} has no {attr!r} (it has {names[:20]})")
+    return getattr(module, attr)
 
 
 def check_class_paths(args: List[str]) -> None:
-    """Import every ``class_path`` of the ``--config`` files before the CLI parses them.
+    """Import the ``class_path`` classes of the ``--config`` files before the CLI parses them.
 
     jsonargparse reports an import failure deep inside a full usage dump; this names the class,
-    where it is configured and how to make a user package importable.
+    where it is configured and how to make a user package importable.  Only classes at keys the
+    parser accepts are imported (``model``, ``data``, the trainer's arguments, and the arguments
+    of those classes, recursively): a ``class_path`` under an unknown key (``notes: {class_path:
+    mymod.X}``) is never imported, because the parser rejects that key before anything runs.
 
     Raises:
         ValueError: for the first class that cannot be imported.
     """
     seen: set = set()
+    trainer_args = set(_parameters(pl.Trainer))
     for config in _config_files(args):
-        for class_path, where in _yaml_class_paths(config, seen):
-            module_name, _, attr = class_path.rpartition(".")
-            try:
-                module = importlib.import_module(module_name) if module_name else None
-            except ImportError as err:
-                raise ValueError(
-                    f"class_path {class_path!r} ({where}) could not be imported: {err}. medcl imports classes the way Python "
-                    f"does: install your package (`pip install -e /path/to/your_package`), or run medcl from the folder that "
-                    f"contains it, or add that folder to PYTHONPATH"
-                ) from None
-            if module is not None and not hasattr(module, attr):
-                names = sorted(n for n in dir(module) if not n.startswith("_"))
-                raise ValueError(f"class_path {class_path!r} ({where}): module {module_name!r} has no {attr!r} (it has {names[:20]})")
+        tree = _load_yaml(config, seen)
+        if not isinstance(tree, dict):
+            continue
+        base = config.resolve().parent
+        for key in _CLASS_KEYS:
+            if key in tree:
+                _check_node(tree[key], f"{config.resolve()}: {key}", base, seen)
+        trainer = tree.get("trainer")
+        for key, value in trainer.items() if isinstance(trainer, dict) else ():
+            if key in trainer_args:
+                _check_node(value, f"{config.resolve()}: trainer.{key}", base, seen)
 
 
 def _import(class_path: str) -> type:
@@ -310,7 +333,27 @@ def error_line(err: BaseException) -> str:
     if any(line.startswith(("Traceback (most recent call last)", "Original Traceback")) for line in lines):
         return lines[-1]
     line = f"{type(err).__name__}: {' '.join(lines)}" if lines else type(err).__name__
-    return line + _option_hint(outer, line)
+    return _field_of(outer, line) + _option_hint(outer, line)
+
+
+def _field_of(outer: BaseException, line: str) -> str:
+    """Name the config field of a jsonargparse type error that names none
+    (``"Expected a <class 'str'>. Got value: 1"``), from the keys and class of its wrappers."""
+    if "Parser key" in line or not re.search(r"Expected a .*Got value", line):
+        return line
+    text = _chain_text(outer)
+    keys = list(dict.fromkeys(re.findall(r'Parser key "([\w.]+)"', text)))
+    classes = re.findall(r"class_path '([\w.]+)'", text)
+    if not keys:
+        return line
+    outer_keys = sorted(keys, key=lambda k: not k.startswith(("trainer", "model", "data")))  # "trainer.callbacks", then "filename"
+    field = outer_keys[0] + (f" ({classes[0]})" if classes else "") + "".join(f".init_args.{k}" for k in outer_keys[1:])
+    hint = ""
+    found = re.search(r"Expected a <class 'str'>\. Got value: (-?[\d.]+)$", line)
+    if found:
+        hint = f"; YAML reads an unquoted number (such as 01) as the number {found.group(1)}: put the value in quotes"
+    kind, _, message = line.partition(": ")
+    return f"{kind}: field {field}: {message}{hint}"
 
 
 def _chain_text(err: BaseException) -> str:
@@ -360,8 +403,8 @@ def one_line_errors(prog: str) -> Iterator[None]:
     """Run a console script's body: any error becomes one line naming the file or field, with MedCL's
     own message (``MEDCL_TRACEBACK=1`` shows the traceback); the current folder is importable, as
     with ``python -m``, so a package next to the user's configs can be named by ``class_path``."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    if os.getcwd() not in sys.path:  # last, so a file in the current folder cannot shadow an installed module
+        sys.path.append(os.getcwd())
     try:
         yield
     except Exception as err:

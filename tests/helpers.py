@@ -109,8 +109,8 @@ def shrink_stages(paths, out_dir: Path, **kwargs) -> list:
         if model.get("init_from"):
             model["init_from"] = str(Path(out_dir) / "checkpoints" / Path(model["init_from"]).name)
         for callback in config["trainer"]["callbacks"]:
-            if callback["class_path"].endswith("ModelCheckpoint"):
-                callback["init_args"]["dirpath"] = str(Path(out_dir) / "checkpoints")
+            if callback["class_path"].endswith("StageCheckpoint"):
+                callback["init_args"]["path"] = str(Path(out_dir) / "checkpoints" / Path(callback["init_args"]["path"]).name)
         named = shrunk.with_name(f"{stage}.yaml")  # medcl-stages names a stage after its file
         named.write_text(yaml.safe_dump(config, sort_keys=False))
         shrunk.unlink()
