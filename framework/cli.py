@@ -287,16 +287,16 @@ def _finish(folders: Optional[RunFolders], failed: bool) -> None:
         return
     if folders in _ACTIVE:
         _ACTIVE.remove(folders)
-    if not failed:
-        folders.release()
-        return
-    try:  # close an open W&B run first: it holds files in its run folder
+    try:  # one command, one W&B run: close it (a later command in this process opens its own)
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(exit_code=1)
+            wandb.finish(exit_code=1 if failed else 0)
     except Exception:  # pragma: no cover - W&B missing or already closed
         pass
+    if not failed:
+        folders.release()
+        return
     removed = folders.remove_partial()
     if removed:
         print(f"medcl: the run failed; removed its partial output {[str(p) for p in removed]} (no checkpoint in it)", file=sys.stderr)
