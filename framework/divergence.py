@@ -100,7 +100,7 @@ def check_module(module: nn.Module, when: str) -> None:
         trainer = getattr(module, "_trainer", None)
         kept = f"; {_last_checkpoint(trainer)}" if trainer is not None else ""
         raise DivergenceError(
-            f"training diverged: the weights are not finite ({', '.join(bad)} hold nan/inf) at {_where(module)} while {when}; "
+            f"training diverged: the weights are not finite (nan/inf in {', '.join(bad)}) at {_where(module)} while {when}; "
             f"nothing was saved or scored{kept}. Lower the learning rate or check the data"
         )
 
@@ -114,6 +114,6 @@ def check_state_dict(state_dict: Mapping[str, Any], where: str) -> None:
     bad = non_finite_entries(state_dict, nan_only=True)
     if bad:
         raise ValueError(
-            f"{where}: the checkpoint's weights are not finite ({', '.join(bad)} hold nan): it was written by a run that "
+            f"{where}: the checkpoint's weights are not finite (nan in {', '.join(bad)}): it was written by a run that "
             f"diverged and cannot be tested, predicted with, resumed or grown; use an earlier checkpoint of that run"
         )

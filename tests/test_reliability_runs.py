@@ -77,7 +77,7 @@ def test_divergence_after_a_checkpoint_keeps_the_last_finite_one_and_test_uses_i
 
 def test_a_non_finite_checkpoint_is_refused_for_test_and_growth(tmp_path):
     state = {"model.w": torch.tensor([1.0, float("nan")]), "model.mask": torch.tensor([0.0, float("-inf")])}
-    with pytest.raises(ValueError, match=r"--ckpt_path x\.ckpt: the checkpoint's weights are not finite \(model\.w hold nan\)"):
+    with pytest.raises(ValueError, match=r"--ckpt_path x\.ckpt: the checkpoint's weights are not finite \(nan in model\.w\)"):
         check_state_dict(state, "--ckpt_path x.ckpt")
     check_state_dict({"model.mask": torch.tensor([0.0, float("-inf")])}, "ok")  # an attention mask's -inf is fine
 
