@@ -12,18 +12,26 @@ It also drops ``datamodule_hyper_parameters`` (data file paths can hold patient 
 loads with ``load_from_checkpoint``, tests, predicts and grows a new run
 (``--model.init_args.init_from``); resuming a replay run from it is refused, naming the reason.
 See ``docs/patient_data.md``.
+
+A checkpoint folder can also hold **orphan temporary files** (``.last.ckpt.<random>.tmp``) left by a
+checkpoint write that was killed; they hold whole checkpoints, exemplars included.  ``medcl-share``
+warns naming them (it only reads the input's folder, so it does not delete them unless asked with
+``--remove-orphans``; see :func:`strip_exemplars`).
 """
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
 
-from framework.checkpoints import atomic_save, load_checkpoint
+from framework.checkpoints import atomic_save, find_orphan_temporaries, load_checkpoint, remove_orphan_temporaries
 
-__all__ = ["strip_exemplars", "main", "STRIPPED_KEY"]
+__all__ = ["strip_exemplars", "main", "STRIPPED_KEY", "orphan_warning"]
+
+log = logging.getLogger(__name__)
 
 #: the marker field of a stripped replay entry (``ReplayCallback.load_state_dict`` looks for it)
 STRIPPED_KEY = "stripped"
@@ -74,7 +82,20 @@ def _strip_replay(state: Mapping[str, Any]) -> Tuple[Dict[str, Any], int]:
     return marker, removed
 
 
-def strip_exemplars(src: PathLike, dst: PathLike, overwrite: bool = False) -> Dict[str, Any]:
+def orphan_warning(orphans: List[Path]) -> str:
+    """The warning ``medcl-share`` gives about orphan temporary checkpoint files it leaves in place."""
+    megabytes = sum(p.stat().st_size for p in orphans if p.exists()) / 1e6
+    folders = sorted({str(p.parent) for p in orphans})
+    names = ", ".join(str(p) for p in orphans)
+    return (
+        f"medcl-share: warning: {', '.join(folders)} holds {len(orphans)} orphan temporary checkpoint file(s) "
+        f"({megabytes:.1f} MB), left by a checkpoint write that was killed: {names}; they hold whole checkpoints, replay "
+        f"exemplars (patient images) included: do not share that folder as it is; delete them, or run medcl-share again "
+        f"with --remove-orphans"
+    )
+
+
+def strip_exemplars(src: PathLike, dst: PathLike, overwrite: bool = False, remove_orphans: bool = False) -> Dict[str, Any]:
     """Write a copy of the MedCL checkpoint ``src`` to ``dst`` without replay exemplars.
 
     Every replay buffer's stored samples (images and targets, of every rank) are removed and the
@@ -84,14 +105,24 @@ def strip_exemplars(src: PathLike, dst: PathLike, overwrite: bool = False) -> Di
     unchanged.  ``dst`` is written atomically (:func:`framework.checkpoints.atomic_save`); ``src``
     is only read.
 
+    **Orphan temporaries.** The folders of ``src`` and ``dst`` are searched for temporary checkpoint
+    files left by a killed write (``.<name>.ckpt.<random>.tmp``,
+    :func:`framework.checkpoints.find_orphan_temporaries`): each holds a whole checkpoint, replay
+    exemplars (patient images) included, so whoever shares such a folder shares them too.  They are
+    named in a logged warning and in the result; they are deleted only with ``remove_orphans``,
+    because ``medcl-share`` otherwise only reads the input's folder (a run of that folder may be
+    writing; ``medcl fit`` removes them when a run starts).
+
     Args:
         src: the checkpoint to share.
         dst: where the copy goes.
         overwrite: replace an existing ``dst``.
+        remove_orphans: delete the orphan temporary files found (default: only warn).
 
     Returns:
         ``{"src", "dst", "removed_samples", "tasks" ({task: samples removed}), "dropped" (top-level
-        fields dropped), "bytes_before", "bytes_after"}``.
+        fields dropped), "bytes_before", "bytes_after", "orphans" (paths of the orphan temporary
+        files found), "orphans_removed" (whether they were deleted)}``.
 
     Raises:
         FileNotFoundError: if ``src`` does not exist.
@@ -130,6 +161,13 @@ def strip_exemplars(src: PathLike, dst: PathLike, overwrite: bool = False) -> Di
     dropped = [field for field in _DROPPED_FIELDS if field in checkpoint]
     for field in dropped:
         del checkpoint[field]
+    folders = [src.parent] + ([dst.parent] if dst.parent.resolve() != src.parent.resolve() else [])
+    orphans = [path for folder in folders for path in find_orphan_temporaries(folder)]
+    if orphans and remove_orphans:
+        for folder in folders:
+            remove_orphan_temporaries(folder)  # logs how many files and MB it removed
+    elif orphans:
+        log.warning(orphan_warning(orphans))
     atomic_save(checkpoint, dst)
     return {
         "src": str(src),
@@ -139,6 +177,8 @@ def strip_exemplars(src: PathLike, dst: PathLike, overwrite: bool = False) -> Di
         "dropped": dropped,
         "bytes_before": src.stat().st_size,
         "bytes_after": dst.stat().st_size,
+        "orphans": [str(p) for p in orphans],
+        "orphans_removed": bool(orphans) and remove_orphans,
     }
 
 
@@ -164,9 +204,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("src", type=Path, help="the checkpoint to share (e.g. runs/quickstart/version_0/checkpoints/last.ckpt)")
     parser.add_argument("dst", type=Path, help="the new file to write (e.g. shared.ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace dst if it exists")
+    parser.add_argument(
+        "--remove-orphans", action="store_true",
+        help="delete orphan temporary checkpoint files (.<name>.ckpt.<random>.tmp, left by a killed write; they hold "
+             "replay exemplars) found beside src or dst; without it they are only named in a warning",
+    )
     args = parser.parse_args(argv)
     with one_line_errors("medcl-share"):
-        print(summary_line(strip_exemplars(args.src, args.dst, overwrite=args.overwrite)), flush=True)
+        result = strip_exemplars(args.src, args.dst, overwrite=args.overwrite, remove_orphans=args.remove_orphans)
+        print(summary_line(result), flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["run_stages", "stage_table", "format_stage_table", "main"]
+__all__ = ["run_stages", "stage_table", "format_stage_table", "load_stage_runs", "main"]
 
 
 def _run_one(config: Path, extra_args: Sequence[str]) -> Dict[str, Any]:
@@ -51,6 +51,99 @@ def run_stages(configs: Sequence[Path], alternatives: Sequence[Path] = (), extra
     for config, alternative in [*((c, False) for c in configs), *((c, True) for c in alternatives)]:
         print(f"\n=== medcl-stages: {'alternative' if alternative else 'stage'} {Path(config).stem} ===", flush=True)
         runs.append({"stage": Path(config).stem, "alternative": alternative, "result": _run_one(Path(config), extra_args)})
+    return runs
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def _found(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return f"{_type_name(value)} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def load_stage_runs(path: Path) -> List[Dict[str, Any]]:
+    """The ``runs`` of a ``stages.json`` written by ``medcl-stages``, checked field by field.
+
+    Checks what :func:`stage_table` reads: ``runs`` is a list of ``{"stage": str, "alternative":
+    bool, "result": {...}}``; each result has ``tasks`` (a list of names), ``accuracy_matrix`` (a
+    non-empty list of rows of one number or null per task), ``experience_tasks`` (a non-empty list
+    of lists of names) and optionally ``metrics`` (task -> name) and ``trainable_parameters``
+    (experience -> ``{"total": int}``).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: one line naming the file and the field, what was expected and what was found
+            (also for a file that is not JSON).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"medcl-stages --table-only: no results file {path}; run the stages first")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: expected the JSON results file written by medcl-stages, found text that is not JSON ({err})") from None
+
+    def fail(field: str, expected: str, value: Any) -> None:
+        raise ValueError(f"{path}: field '{field}' expected {expected}, found {_found(value)}; re-run the stages to write it again")
+
+    def is_name_list(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    if not isinstance(data, dict):
+        fail("(top level)", "an object with a 'runs' list", data)
+    if "runs" not in data:
+        raise ValueError(f"{path}: field 'runs' expected a list of stage runs, found no such field (fields: {sorted(data)}); re-run the stages to write it again")
+    runs = data["runs"]
+    if not isinstance(runs, list) or not runs:
+        fail("runs", "a non-empty list of stage runs", runs)
+    for i, run in enumerate(runs):
+        where = f"runs[{i}]"
+        if not isinstance(run, dict):
+            fail(where, "an object with 'stage', 'alternative' and 'result'", run)
+        for key, check, expected in (
+            ("stage", lambda v: isinstance(v, str), "a string"),
+            ("alternative", lambda v: isinstance(v, bool), "true or false"),
+            ("result", lambda v: isinstance(v, dict), "an object (a continual_metrics result)"),
+        ):
+            if key not in run:
+                raise ValueError(f"{path}: field '{where}.{key}' expected {expected}, found no such field; re-run the stages to write it again")
+            if not check(run[key]):
+                fail(f"{where}.{key}", expected, run[key])
+        result = run["result"]
+        for key, expected in (("tasks", "a list of task names"), ("accuracy_matrix", "a non-empty list of rows"),
+                              ("experience_tasks", "a non-empty list of lists of task names")):
+            if key not in result:
+                raise ValueError(f"{path}: field '{where}.result.{key}' expected {expected}, found no such field; re-run the stages to write it again")
+        tasks = result["tasks"]
+        if not is_name_list(tasks):
+            fail(f"{where}.result.tasks", "a list of task names", tasks)
+        matrix = result["accuracy_matrix"]
+        if not isinstance(matrix, list) or not matrix:
+            fail(f"{where}.result.accuracy_matrix", "a non-empty list of rows", matrix)
+        for r, row in enumerate(matrix):
+            if not isinstance(row, list) or len(row) != len(tasks):
+                fail(f"{where}.result.accuracy_matrix[{r}]", f"a list of {len(tasks)} scores (one per task)", row)
+            for c, value in enumerate(row):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    fail(f"{where}.result.accuracy_matrix[{r}][{c}]", "a number or null", value)
+        trained = result["experience_tasks"]
+        if not isinstance(trained, list) or not trained or not all(is_name_list(t) for t in trained):
+            fail(f"{where}.result.experience_tasks", "a non-empty list of lists of task names", trained)
+        metrics = result.get("metrics", {})
+        if not isinstance(metrics, dict) or not all(isinstance(v, str) for v in metrics.values()):
+            fail(f"{where}.result.metrics", "an object of task -> metric name", metrics)
+        counts = result.get("trainable_parameters", {})
+        if not isinstance(counts, dict):
+            fail(f"{where}.result.trainable_parameters", "an object of experience -> {\"total\": count}", counts)
+        for key, value in counts.items():
+            try:
+                int(key)
+            except ValueError:
+                fail(f"{where}.result.trainable_parameters", "experience numbers as keys", key)
+            if not isinstance(value, dict) or isinstance(value.get("total"), bool) or not isinstance(value.get("total"), int):
+                fail(f"{where}.result.trainable_parameters.{key}", "an object with an integer 'total'", value)
     return runs
 
 
@@ -131,6 +224,7 @@ def format_stage_table(table: Dict[str, Any], digits: int = 3) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of ``medcl-stages``; errors are printed as one line (``MEDCL_TRACEBACK=1`` for the traceback)."""
+    from framework.callbacks.continual_report import json_ready
     from framework.cli import check_class_paths, one_line_errors
 
     parser = argparse.ArgumentParser(prog="medcl-stages", description=__doc__.split("\n\n")[0])
@@ -141,21 +235,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     args, extra = parser.parse_known_args(argv)
     with one_line_errors("medcl-stages"):
         if args.table_only:
-            saved = args.output / "stages.json"
-            if not saved.is_file():
-                raise FileNotFoundError(f"medcl-stages --table-only: no results file {saved}; run the stages first")
-            runs = json.loads(saved.read_text())["runs"]
+            runs = load_stage_runs(args.output / "stages.json")
         else:
             if not args.configs:
                 raise ValueError("medcl-stages: expected one or more stage configs (or --table-only), found none")
             for config in [*args.configs, *args.alternatives]:
                 check_class_paths(["--config", str(config)])
             runs = run_stages(args.configs, args.alternatives, extra)
-    table = stage_table(runs)
-    text = format_stage_table(table)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "stages.json").write_text(json.dumps({"table": table, "runs": runs}, indent=2))
-    (args.output / "stages.md").write_text(text + "\n")
+        table = stage_table(runs)
+        text = format_stage_table(table)
+        args.output.mkdir(parents=True, exist_ok=True)
+        # allow_nan=False: an undefined score (NaN) is written as null, listed under "undefined"
+        (args.output / "stages.json").write_text(json.dumps(json_ready({"table": table, "runs": runs}), indent=2, allow_nan=False))
+        (args.output / "stages.md").write_text(text + "\n")
     print(f"\nmedcl-stages: every task's score after every stage ({args.output / 'stages.md'})\n{text}", flush=True)
 
 

@@ -86,7 +86,12 @@ def predict(replay_run, tmp_path, path, task):
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
         "--data.init_args.predict_path", str(path), "--data.init_args.predict_task", task,
     ])
-    return tmp_path / "predictions" / task, cli
+    from framework.callbacks import PredictionWriter
+
+    (writer,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, PredictionWriter)]
+    run = Path(replay_run["ckpt"]).parent.parent
+    assert writer.root.parent == run and writer.root.name.startswith("predictions")  # under the checkpoint's run folder
+    return writer.root / task, cli
 
 
 def read_csv(path):

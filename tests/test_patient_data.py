@@ -379,14 +379,17 @@ def test_names_in_nifti_headers_reach_no_output_file(tmp_path):
     assert cli.model.task_specs.keys() == {"organ3d", "survival"}
     buffer = load_checkpoint(ckpt)["callbacks"]["ReplayCallback"]["ranks"][0]["tasks"]
     assert set(buffer) == {"organ3d", "survival"}  # the exemplars read from the NIfTI files are in the checkpoint
+    from framework.callbacks import PredictionWriter
+
+    written = {}
     for path, task in ((seg / "test" / "images", "organ3d"), (surv, "survival")):
-        run_cli(["predict", "--config", str(cfg), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
-                 "--trainer.default_root_dir", str(out / f"predict_{task}"),
-                 "--data.init_args.predict_path", str(path), "--data.init_args.predict_task", task])
-    masks = sorted((out / "predict_organ3d" / "predictions" / "organ3d" / "masks").glob("*.nii.gz"))
+        predicted = run_cli(["predict", "--config", str(cfg), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
+                             "--data.init_args.predict_path", str(path), "--data.init_args.predict_task", task])
+        written[task] = next(cb for cb in predicted.trainer.callbacks if isinstance(cb, PredictionWriter)).root / task
+    masks = sorted((written["organ3d"] / "masks").glob("*.nii.gz"))
     assert [m.name for m in masks] == ["case0.nii.gz", "case1.nii.gz"]
     assert nib.load(str(masks[0])).header["descrip"].item() == b""  # only the geometry is written
-    assert (out / "predict_survival" / "predictions" / "survival" / "predictions.csv").read_text().count("\n") == 25
+    assert (written["survival"] / "predictions.csv").read_text().count("\n") == 25
     assert any(p.startswith("samples/organ3d") for p in _media_images(out / "wandb"))
     assert any(p.startswith("samples/survival") for p in _media_images(out / "wandb"))
     assert _leaks(tmp_path / "data")  # the check finds the planted name where it is

@@ -212,5 +212,5 @@ def test_shipped_configs_keep_last_and_experience_end_checkpoints_only():
             cls, args = callback["class_path"], callback.get("init_args") or {}
             if cls.endswith("ModelCheckpoint"):  # one named file per stage (experiments/unicon)
                 assert args.get("save_top_k") == 1 and not args.get("save_last") and args.get("filename"), path
-            elif "Checkpoint" in cls:
-                assert cls == "framework.callbacks.ExperienceCheckpoint", path
+            elif "Checkpoint" in cls:  # StageCheckpoint: the finished stage's model for the next stage (experiments/unicon)
+                assert cls in ("framework.callbacks.ExperienceCheckpoint", "framework.callbacks.StageCheckpoint"), path

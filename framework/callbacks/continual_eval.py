@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
 from framework.callbacks.continual_report import (
-    INITIAL_ROW, SECONDARY_METRICS, column_labels, format_report, plot_curves, plot_matrix, row_label, write_csv,
+    INITIAL_ROW, SECONDARY_METRICS, column_labels, format_report, json_ready, plot_curves, plot_matrix, row_label, write_csv,
 )
 from framework.heads import HEAD_REGISTRY
 from framework.metrics.continual import summarize
@@ -49,7 +49,11 @@ class ContinualEvaluation(pl.Callback):
       (scikit-learn logistic regression on ``probe_samples_per_class`` seeded training images per
       class; the same images after every experience).
     * Secondary metrics (AUC and balanced accuracy for classification) come from each head's
-      torchmetrics collection.
+      torchmetrics collection; the AUROC is the macro one-vs-rest average over the classes where it
+      is defined, and undefined (``NaN``) on a test split holding a single class, never 0
+      (:func:`~framework.metrics.evaluation.with_defined_auroc`).  Undefined values are written as
+      ``null`` in the JSON (listed by JSON pointer under ``undefined``), left empty in the CSV,
+      printed as ``undefined`` and skipped by every average.
 
     Everything is written to ``<run dir>/continual_metrics.{json,csv}``, ``accuracy_matrix.png``
     (heat map) and ``task_curves.png`` after every experience, logged to every logger against a
@@ -295,6 +299,7 @@ class ContinualEvaluation(pl.Callback):
             "accuracy_matrix": matrix,
             "average_accuracy": summary["average_accuracy"],
             "average_accuracy_per_experience": summary["average_accuracy_per_experience"],
+            "average_accuracy_undefined": summary["average_accuracy_undefined"],
             "forgetting": summary["forgetting"],
             "forgetting_per_task": summary["forgetting_per_task"],
             "bwt": summary["backward_transfer"],
@@ -320,7 +325,9 @@ class ContinualEvaluation(pl.Callback):
     def _write(self, out: Path, result: Dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / (METRICS_JSON + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
+        # JSON has no NaN: an undefined metric (an AUROC of a one-class split) is written as null and
+        # listed, by its JSON pointer, under "undefined" (see continual_report.json_ready)
+        tmp.write_text(json.dumps(json_ready(result), indent=2, allow_nan=False))
         os.replace(tmp, out / METRICS_JSON)  # never leave a half-written file behind
         write_csv(result, out / METRICS_CSV)
         for name, draw in ((METRICS_PNG, plot_matrix), (CURVES_PNG, plot_curves)):

@@ -10,12 +10,24 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from framework.metrics.continual import format_matrix
+from framework.metrics.continual import UNDEFINED, format_matrix
 
 __all__ = [
     "INITIAL_ROW", "row_label", "average_label", "column_labels", "pending_mask", "format_report",
-    "write_csv", "plot_matrix", "plot_curves", "SECONDARY_METRICS",
+    "write_csv", "plot_matrix", "plot_curves", "SECONDARY_METRICS", "json_ready", "restore_undefined", "UNDEFINED_NOTE",
 ]
+
+#: what ``continual_metrics.json`` says about its ``undefined`` list
+UNDEFINED_NOTE = (
+    "JSON has no NaN: each JSON pointer in 'undefined' marks a null that is a metric undefined on the test data "
+    "(e.g. an AUROC of a test split holding a single class), not a value that was never evaluated; averages skip "
+    "undefined values, never counting them as 0"
+)
+#: printed under a report that shows an undefined value
+_UNDEFINED_FOOTNOTE = (
+    f"({UNDEFINED}: the metric has no value on this test data, e.g. an AUROC needs positive and negative samples of a "
+    f"class and the split holds one class; it is skipped by every average, never counted as 0)"
+)
 
 #: experience index of the row evaluated before training a model loaded with ``init_from``
 INITIAL_ROW = -1
@@ -55,12 +67,76 @@ def pending_mask(result: Dict[str, Any]) -> List[List[bool]]:
     ]
 
 
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _pointer(path: List[Any]) -> str:
+    return "".join("/" + str(key).replace("~", "~0").replace("/", "~1") for key in path)
+
+
+def json_ready(result: Any) -> Any:
+    """A copy of a result dict that ``json.dumps(..., allow_nan=False)`` accepts: every ``NaN``
+    (an undefined metric) becomes ``null``, and a top-level ``undefined`` list names each of them by
+    its JSON pointer (RFC 6901, e.g. ``/details/1/bloodmnist/auroc``), with ``undefined_note``
+    saying so.  :func:`restore_undefined` turns them back into ``NaN``."""
+    found: List[str] = []
+
+    def walk(value: Any, path: List[Any]) -> Any:
+        if _is_nan(value):
+            found.append(_pointer(path))
+            return None
+        if isinstance(value, dict):
+            return {key: walk(item, [*path, key]) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(item, [*path, i]) for i, item in enumerate(value)]
+        return value
+
+    body = {key: item for key, item in result.items() if key not in ("undefined", "undefined_note")}
+    out = walk(body, [])
+    out["undefined"] = found
+    out["undefined_note"] = UNDEFINED_NOTE
+    return out
+
+
+def restore_undefined(result: Dict[str, Any]) -> Dict[str, Any]:
+    """``result`` (as read from ``continual_metrics.json``) with ``NaN`` back at the pointers of its
+    ``undefined`` list; a result without the list is returned as it is."""
+    pointers = result.get("undefined") or []
+    if not pointers:
+        return result
+    import copy
+
+    out = copy.deepcopy(result)
+    for pointer in pointers:
+        keys = [part.replace("~1", "/").replace("~0", "~") for part in pointer.split("/")[1:]]
+        node: Any = out
+        try:
+            for key in keys[:-1]:
+                node = node[int(key)] if isinstance(node, list) else node[key]
+            last = keys[-1]
+            if isinstance(node, list):
+                node[int(last)] = math.nan
+            elif last in node:
+                node[last] = math.nan
+        except (KeyError, IndexError, ValueError, TypeError):
+            continue  # a pointer that does not fit the result: leave the value as it is
+    return out
+
+
 def _fmt(value: Optional[float]) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+    if value is None:
+        return "n/a"
+    return UNDEFINED if _is_nan(value) else f"{value:.4f}"
 
 
 def format_report(result: Dict[str, Any]) -> str:
-    """The printed report: the matrix, the summary line, secondary metrics, cross-domain and cross-task tables."""
+    """The printed report: the matrix, the summary line, secondary metrics, cross-domain and cross-task tables.
+
+    ``n/a``: not evaluated or does not apply; ``undefined``: evaluated, but the metric has no value
+    on that test data (e.g. an AUROC of a split with one class); averages skip both.
+    """
+    result = restore_undefined(result)
     labels = [row_label(e, t) for e, t in zip(result["experiences"], result["experience_tasks"])]
     mixed = isinstance(result["metric"], list)
     parts = [
@@ -71,8 +147,9 @@ def format_report(result: Dict[str, Any]) -> str:
     if any(any(row) for row in pending_mask(result)):
         parts.append("(in parentheses: scored zero-shot from class prompts before the task was trained)")
     parts.append(
-        f"{average_label(result)}: {_fmt(result['average_accuracy'])}   forgetting: {_fmt(result['forgetting'])}"
-        f"   BWT: {_fmt(result['bwt'])}   FWT: {_fmt(result['fwt'])}"
+        f"{average_label(result)}: {_fmt(result['average_accuracy'])}"
+        + (f" (skipping {result['average_accuracy_undefined']} undefined score(s))" if result.get("average_accuracy_undefined") else "")
+        + f"   forgetting: {_fmt(result['forgetting'])}   BWT: {_fmt(result['bwt'])}   FWT: {_fmt(result['fwt'])}"
         + ("" if result.get("random_init") else "   (FWT needs zero-shot tasks and the random-init reference)")
     )
     secondary = result.get("secondary", {})
@@ -104,6 +181,8 @@ def format_report(result: Dict[str, Any]) -> str:
         body = [[label, *[_fmt(entry[k][i]) for entry in cross_task.values() for k in ("zero_shot", "linear_probe")]] for i, label in enumerate(labels)]
         body.append(["random init", *[_fmt((entry.get("random_init") or {}).get(k)) for entry in cross_task.values() for k in ("zero_shot", "linear_probe")]])
         parts.append(_table(header, body))
+    if any(UNDEFINED in part for part in parts[1:]):
+        parts.append(_UNDEFINED_FOOTNOTE)
     return "\n".join(parts) + "\n"
 
 

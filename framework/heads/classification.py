@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MultilabelAccuracy, MultilabelAUROC
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
+
 
 from framework.heads.base import TaskHead, soft_kl_divergence
+from framework.metrics.auroc import DefinedAUROC
 from framework.heads.registry import register_head
 from framework.specs import TaskSpec
 
@@ -106,7 +108,7 @@ class ClassificationHead(TaskHead):
             {
                 "acc": MulticlassAccuracy(num_classes=n, average="micro"),
                 "balanced_acc": MulticlassAccuracy(num_classes=n, average="macro"),
-                "auroc": MulticlassAUROC(num_classes=n),
+                "auroc": DefinedAUROC(n),  # NaN, not 0, where undefined (framework/metrics/auroc.py)
             }
         )
 
@@ -142,7 +144,7 @@ class MultilabelHead(ClassificationHead):
     def make_metrics(self) -> MetricCollection:
         n = self.spec.num_classes
         return MetricCollection(
-            {"acc": MultilabelAccuracy(num_labels=n, average="micro"), "auroc": MultilabelAUROC(num_labels=n)}
+            {"acc": MultilabelAccuracy(num_labels=n, average="micro"), "auroc": DefinedAUROC(n, multilabel=True)}
         )
 
     def metric_inputs(self, outputs: Tensor, target: Tensor):

@@ -1,7 +1,9 @@
 """Continual-learning summary metrics computed from an accuracy matrix.
 
-``R[i][j]`` is the score on task ``j`` after training experience ``i`` (``NaN`` while task ``j``
-has no head yet).  torchmetrics has no continual-learning summaries and Avalanche's are bound to
+``R[i][j]`` is the score on task ``j`` after training experience ``i`` (``None`` while task ``j``
+has no head yet; ``NaN`` when it was evaluated but its metric is undefined on the test data, e.g.
+a Dice of empty masks).  Every average skips both (a mean over the defined values, never counting
+them as 0).  torchmetrics has no continual-learning summaries and Avalanche's are bound to
 its own strategy objects, so these few lines are written here, following Lopez-Paz & Ranzato
 (2017, GEM) for backward and forward transfer and Chaudhry et al. (2018) for forgetting.
 
@@ -15,7 +17,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ContinualSummary", "summarize", "format_matrix"]
+__all__ = ["ContinualSummary", "summarize", "format_matrix", "UNDEFINED"]
+
+#: how a value that was computed but is undefined (``NaN``) is printed; ``None`` (not evaluated) prints as ``-`` or ``n/a``
+UNDEFINED = "undefined"
 
 
 def _as_matrix(matrix: Sequence[Sequence[Optional[float]]]) -> np.ndarray:
@@ -42,7 +47,8 @@ def summarize(
     """Summaries of an accuracy matrix.
 
     Args:
-        matrix: rows = after experience ``i``, columns = tasks (``None``/NaN = not evaluated).
+        matrix: rows = after experience ``i``, columns = tasks (``None`` = not evaluated, ``NaN`` =
+            undefined; both are left out of every mean).
         tasks: column names.
         experience_tasks: tasks trained in each experience (defaults to one task per experience,
             in column order).  A task's "learned at" row is the first experience that trained it.
@@ -53,6 +59,9 @@ def summarize(
         ``average_accuracy_per_experience``: mean of row ``i`` over the tasks learned in rows
         ``<= i`` (a grown model's old tasks are "learned" in its start row);
         ``average_accuracy``: its last value;
+        ``average_accuracy_undefined``: how many learned tasks of the last row it skipped because
+        their score is undefined (``NaN``, e.g. a Dice of empty masks; ``None`` = not evaluated is
+        not counted): every average here is a mean over the defined values (never counting them as 0);
         ``forgetting``: mean over tasks learned before the last experience of
         ``max_{learned <= i < last} R[i][j] - R[last][j]`` (``None`` if there is no such task);
         ``forgetting_per_task``; ``backward_transfer``: mean of ``R[last][j] - R[learned_j][j]``;
@@ -62,6 +71,7 @@ def summarize(
     Raises:
         ValueError: if the matrix is ragged or its width differs from ``len(tasks)``.
     """
+    undefined = [[v is not None and isinstance(v, float) and math.isnan(v) for v in row] for row in matrix]
     R = _as_matrix(matrix)
     if R.size and R.shape[1] != len(tasks):
         raise ValueError(f"accuracy matrix has {R.shape[1]} columns but {len(tasks)} task names")
@@ -84,6 +94,8 @@ def summarize(
     out["average_accuracy_per_experience"] = [mean([v for v, name in zip(row, tasks) if learned_by(i, name)]) for i, row in enumerate(R)]
     out["average_accuracy"] = out["average_accuracy_per_experience"][-1] if len(R) else None
     last = len(R) - 1
+    # learned tasks of the last row whose score is undefined (NaN): skipped by the average, never 0
+    out["average_accuracy_undefined"] = sum(1 for j, name in enumerate(tasks) if len(R) and learned_by(last, name) and undefined[last][j])
     forgetting: Dict[str, Optional[float]] = {}
     bwt: List[float] = []
     for j, name in enumerate(tasks):
@@ -118,17 +130,20 @@ def format_matrix(
     """Plain-text table of the accuracy matrix (rows: after experience i; columns: tasks).
 
     ``pending[i][j]`` marks a cell scored before its task was trained; it is shown in parentheses.
+    A cell that was not evaluated (``None``) is shown as ``-``; one evaluated but undefined
+    (``NaN``, e.g. an AUROC of a split with one class) as ``undefined``.
     """
+    undefined = [[v is not None and isinstance(v, float) and math.isnan(v) for v in row] for row in matrix]
     R = _as_matrix(matrix)
     row_labels = list(row_labels or [f"after exp {i}" for i in range(len(R))])
-    widths = [max(len(t), digits + 5) for t in tasks]
+    widths = [max(len(t), digits + 5, len(UNDEFINED) if any(row[j] for row in undefined) else 0) for j, t in enumerate(tasks)]
     first = max([len(r) for r in row_labels] + [len("trained \\ tested")])
     lines = ["trained \\ tested".ljust(first) + " | " + " | ".join(t.rjust(w) for t, w in zip(tasks, widths))]
     lines.append("-" * len(lines[0]))
     for i, (label, row) in enumerate(zip(row_labels, R)):
         cells = []
         for j, (v, w) in enumerate(zip(row, widths)):
-            text = "-" if math.isnan(v) else f"{v:.{digits}f}"
+            text = (UNDEFINED if undefined[i][j] else "-") if math.isnan(v) else f"{v:.{digits}f}"
             if pending is not None and pending[i][j] and not math.isnan(v):
                 text = f"({text})"
             cells.append(text.rjust(w))

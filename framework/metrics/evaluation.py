@@ -6,6 +6,13 @@ Lightning cannot run ``trainer.test`` inside ``fit``, so the experience-end prot
 data across DDP ranks without padding (rank ``r`` of ``W`` takes samples ``r, r + W, ...``), and the
 torchmetrics collections synchronise their states across ranks in ``compute()``, so each test
 sample is counted exactly once however many processes run.
+
+**Undefined AUROC.** A one-vs-rest AUROC needs positive and negative samples of a class.
+torchmetrics scores a class without them as 0, so a test split holding one class scored 0.0000.
+These loops use :class:`DefinedAUROC` instead of a head's macro ``MulticlassAUROC`` /
+``MultilabelAUROC``: the macro average over the classes whose AUROC is defined (a class absent
+from the test set is skipped, never counted as 0), and ``NaN`` when no class has both, e.g. a test
+split with a single class.
 """
 from __future__ import annotations
 
@@ -18,8 +25,11 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassAUROC, MultilabelAUROC
 
 from framework.distributed import rank_and_world_size
+from framework.metrics.auroc import DefinedAUROC, defined_auroc
 from framework.heads import HEAD_REGISTRY, TaskHead
 from framework.specs import TaskSpec
 
@@ -32,6 +42,9 @@ __all__ = [
     "extract_features",
     "linear_probe",
     "PROBE_DEFAULTS",
+    "DefinedAUROC",
+    "defined_auroc",
+    "with_defined_auroc",
 ]
 
 #: the fixed budget of the linear probe (see :func:`linear_probe`)
@@ -51,6 +64,21 @@ def shard_loader(loader: DataLoader) -> DataLoader:
         loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
         generator=loader.generator,
     )
+
+
+def with_defined_auroc(metrics: MetricCollection) -> MetricCollection:
+    """``metrics`` with every exact macro ``MulticlassAUROC``/``MultilabelAUROC`` replaced by a
+    :class:`DefinedAUROC` (NaN, not 0, where undefined); other metrics are kept as they are."""
+    replaced: Dict[str, Metric] = {}
+    changed = False
+    for name, metric in metrics.items(keep_base=True, copy_state=False):
+        exact_macro = getattr(metric, "average", None) == "macro" and getattr(metric, "thresholds", None) is None
+        if isinstance(metric, MulticlassAUROC) and exact_macro and metric.ignore_index is None:
+            metric, changed = DefinedAUROC(metric.num_classes), True
+        elif isinstance(metric, MultilabelAUROC) and exact_macro and metric.ignore_index is None:
+            metric, changed = DefinedAUROC(metric.num_labels, multilabel=True), True
+        replaced[name] = metric
+    return MetricCollection(replaced, prefix=metrics.prefix, postfix=metrics.postfix) if changed else metrics
 
 
 def can_route(model: nn.Module, spec: TaskSpec) -> bool:
@@ -91,9 +119,10 @@ def evaluate_head(
     """The head's metric collection over a keyed loader (``batch[key]`` holds image and target).
 
     The model is routed to the head's modality.  Returns metric name -> value plus ``score``
-    (the head's primary metric).  The caller sets eval mode.
+    (the head's primary metric); an AUROC is ``NaN`` where undefined (:func:`with_defined_auroc`).
+    The caller sets eval mode.
     """
-    metrics = head.make_metrics().to(device)
+    metrics = with_defined_auroc(head.make_metrics()).to(device)
     if isinstance(loader, DataLoader):
         loader = shard_loader(loader)
     with _route(model, head.spec):
@@ -156,13 +185,14 @@ def linear_probe(
     backbone.  Every DDP rank computes the same probe on the full data (it is small by design).
 
     Returns:
-        ``acc``, ``balanced_acc``, ``auroc`` (one-vs-rest macro) and ``score`` (= ``acc``).
+        ``acc``, ``balanced_acc``, ``auroc`` (one-vs-rest macro over the classes present, ``NaN``
+        when the test set holds one class; :func:`defined_auroc`) and ``score`` (= ``acc``).
 
     Raises:
         ValueError: if the task is not single-label classification.
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     if spec.kind != "classification":
         raise ValueError(f"linear_probe: task '{spec.name}' is of kind {spec.kind!r}; the probe serves kind 'classification'")
@@ -176,14 +206,8 @@ def linear_probe(
     out = {"acc": float(accuracy_score(y_test, predicted)), "balanced_acc": float(balanced_accuracy_score(y_test, predicted))}
     probabilities = np.zeros((len(x_test), spec.num_classes))
     probabilities[:, classifier.classes_] = classifier.predict_proba(x_test)
-    present = np.unique(y_test)
-    if len(present) > 1:
-        scores = probabilities[:, 1] if spec.num_classes == 2 else probabilities
-        labels = None if spec.num_classes == 2 else list(range(spec.num_classes))
-        try:
-            out["auroc"] = float(roc_auc_score(y_test, scores, multi_class="ovr", labels=labels))
-        except ValueError:  # a class absent from the test set
-            out["auroc"] = float("nan")
+    # macro one-vs-rest over the classes present (with negatives); NaN with a single class
+    out["auroc"] = defined_auroc(torch.as_tensor(probabilities), torch.as_tensor(y_test).long())[0]
     out["score"] = out["acc"]
     out["train_samples"] = float(len(keep))
     return out
