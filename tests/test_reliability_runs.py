@@ -275,3 +275,18 @@ def test_an_unquoted_yaml_number_names_its_field(tmp_path):
     line = error_line(err.value)
     assert "field trainer.callbacks (framework.callbacks.ExperienceCheckpoint).init_args.filename" in line
     assert "put the value in quotes" in line
+
+
+# ---------------------------------------------------------------------------------------------- 10. orphan temporaries
+def test_continuing_a_run_removes_the_temporaries_a_killed_write_left(tmp_path):
+    first = RunFolders("fit")
+    first.prepare(_plain_config(tmp_path), None)
+    first.release()
+    checkpoints = first.path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "last.ckpt").write_bytes(b"x")
+    orphans = [checkpoints / ".last.ckpt.k3j2x9.tmp", checkpoints / ".experience=0-epoch=0.ckpt.a1b2c3.tmp"]
+    for orphan in orphans:
+        orphan.write_bytes(b"exemplars")
+    RunFolders("fit").prepare(_plain_config(tmp_path), str(checkpoints / "last.ckpt"))
+    assert not any(o.exists() for o in orphans) and (checkpoints / "last.ckpt").is_file()
