@@ -9,7 +9,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
-from data_modules.io import IMAGE_SUFFIXES, file_id, list_image_files, open_npz, read_image, unsupported_files
+from data_modules.io import (
+    IMAGE_SUFFIXES, file_id, list_image_files, open_npz, read_array_with_geometry, scale_intensities, unsupported_files,
+)
 from framework.specs import TaskSpec
 
 __all__ = ["PredictionSource", "unique_ids"]
@@ -108,9 +110,16 @@ class PredictionSource(Dataset):
                     f"mask file names) are their whole file names: {_first(renamed)}"
                 )
             self.names = [f.name for f in self.files]
-            self.images: List[np.ndarray] = [self._check(read_image(f), f) for f in self.files]
+            self.images: List[np.ndarray] = []
+            #: a NIfTI input's affine as read (RAS, data_modules.io): its predicted mask is written on the same grid
+            self.affines: List[Optional[np.ndarray]] = []
+            for f in self.files:
+                array, geometry = read_array_with_geometry(f)
+                self.images.append(self._check(np.ascontiguousarray(scale_intensities(array, f)), f))
+                self.affines.append(None if geometry is None else geometry.affine)
         else:
             self._load_npz()
+            self.affines = [None] * len(self.images)
         self.same_size = len({tuple(im.shape) for im in self.images}) == 1
         if input_size is not None:
             self._report_resizing(tuple(int(n) for n in input_size))
@@ -176,6 +185,9 @@ class PredictionSource(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         item: Dict[str, object] = {"image": torch.from_numpy(self.images[index]), "id": self.ids[index]}
+        if any(a is not None for a in self.affines):  # every item of a folder with NIfTI files has one (identity for others)
+            affine = self.affines[index]
+            item["affine"] = torch.as_tensor(np.eye(4) if affine is None else affine, dtype=torch.float64)
         if self.targets is not None:
             item["target"] = self.targets[index]
         return item

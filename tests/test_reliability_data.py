@@ -329,3 +329,29 @@ def test_predict_folder_gives_every_file_its_own_id_and_mask_file(tmp_path):
 def test_unique_ids(tmp_path, names, expected):
     ids = unique_ids([tmp_path / n for n in names])
     assert ids == expected and len(set(ids)) == len(ids)
+
+
+def test_a_predicted_volume_mask_lies_on_its_input_grid_not_mirrored(tmp_path):
+    """An LPS input's predicted mask, written with the affine it was read on, overlays the input in
+    world coordinates (a viewer, or nibabel's canonical view of both files, shows the same voxels)."""
+    image, truth = _pair((6, 8, 3))
+    data, affine = _as_lps(image, RAS)
+    folder = tmp_path / "to_predict"
+    _save_nii(folder / "case0.nii.gz", data, affine)
+    spec = TaskSpec(name="organ3d", kind="segmentation", label_names=("organ",), in_channels=1, spatial_dims=3)
+    source = PredictionSource(folder, spec)
+    item = source[0]
+    predicted = (item["image"][0] > 0.5).to(torch.uint8)  # a perfect "model": the bright voxels, in the order read
+    head = SimpleNamespace(spec=SimpleNamespace(num_classes=2), column_names=lambda key, n: [key])
+    module = SimpleNamespace(model_for=lambda task: SimpleNamespace(head=lambda task: head))
+    writer = PredictionWriter(output_dir=str(tmp_path / "out"))
+    trainer = SimpleNamespace(log_dir=None, default_root_dir=str(tmp_path), is_global_zero=True)
+    writer.on_predict_start(trainer, module)
+    prediction = {"organ3d": {"id": [item["id"]], "mask": predicted[None], "affine": item["affine"][None]}}
+    writer.write_on_batch_end(trainer, module, prediction, None, None, 0, 0)
+    writer.on_predict_end(trainer, module)
+    written = nib.load(str(tmp_path / "out" / "organ3d" / "masks" / "case0.nii.gz"))
+    original = nib.load(str(folder / "case0.nii.gz"))
+    assert np.allclose(nib.as_closest_canonical(written).affine, nib.as_closest_canonical(original).affine)
+    assert np.array_equal(np.asarray(nib.as_closest_canonical(written).dataobj), truth)
+    assert written.header["descrip"].item() == b""  # geometry only

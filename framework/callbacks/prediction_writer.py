@@ -107,8 +107,9 @@ class PredictionWriter(BasePredictionWriter):
       ``time``/``event`` for prognosis) and the head's per-sample predictions (class
       probabilities ``p(<class>)``, ``risk``, survival curves ...);
     * ``masks/<id>.png`` for 2D masks (binary masks as 0/255, multi-label masks as label indices)
-      and ``masks/<id>.nii.gz`` for volumes (in the axis order volumes are read in, see
-      :mod:`data_modules.io`).
+      and ``masks/<id>.nii.gz`` for volumes (in the axis order volumes are read in, RAS, see
+      :mod:`data_modules.io`, with the input file's affine as read, so the mask overlays its image;
+      only the geometry is written, no other header field).
 
     **Nothing is ever overwritten.** Every predict writes to a folder of its own: ``predictions/``,
     or ``predictions-1/``, ``predictions-2/`` ... when an earlier predict's output is there (claimed
@@ -164,6 +165,7 @@ class PredictionWriter(BasePredictionWriter):
         folder = self.root / task
         ids = values.pop("id", None)
         target = values.pop("target", None)
+        affines = values.pop("affine", None)  # NIfTI inputs: the grid their arrays were read on
         columns: Dict[str, List[Any]] = {}
         masks: Dict[str, Tensor] = {}
         named = dict(head.describe_target(target)) if target is not None else {}
@@ -190,8 +192,9 @@ class PredictionWriter(BasePredictionWriter):
         for key, tensor in masks.items():
             out = folder / ("masks" if key == "mask" else key)
             out.mkdir(parents=True, exist_ok=True)
-            for name, mask in zip(names, tensor.numpy()):
-                self._save_mask(out, name, mask, head.spec.num_classes)
+            for j, (name, mask) in enumerate(zip(names, tensor.numpy())):
+                affine = None if affines is None else affines[j].detach().cpu().numpy()
+                self._save_mask(out, name, mask, head.spec.num_classes, affine)
 
     def _check_names(self, task: str, names: List[str], index: List[int]) -> None:
         """Every sample of a task gets its own output name (its id): refuse a repeated one."""
@@ -223,13 +226,15 @@ class PredictionWriter(BasePredictionWriter):
             writer.writerow(cells)
 
     @staticmethod
-    def _save_mask(folder: Path, name: str, mask: np.ndarray, num_classes: int) -> None:
+    def _save_mask(folder: Path, name: str, mask: np.ndarray, num_classes: int, affine: Optional[np.ndarray] = None) -> None:
         mask = mask.astype(np.uint8)
         if mask.ndim == 3:
             import nibabel as nib
 
-            # the same stored axis order volumes are read in (data_modules.io), identity affine
-            image = nib.Nifti1Image(np.ascontiguousarray(mask), np.eye(4))
+            # in the axis order volumes are read in (RAS, data_modules.io), with the input's affine as read
+            # (its geometry only: no header field is copied), so the mask overlays its image in any viewer;
+            # identity for inputs without one (.npz volumes)
+            image = nib.Nifti1Image(np.ascontiguousarray(mask), np.eye(4) if affine is None else affine)
             with _open_new(folder / f"{name}.nii.gz", "xb", name) as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as gz:
                 gz.write(image.to_bytes())
             return

@@ -409,13 +409,14 @@ class MedCLModule(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Dict[str, Any]]:
-        """``{task: {**head.predict(outputs), "target": ..., "id": ...}}`` (the last two when the data has them)."""
+        """``{task: {**head.predict(outputs), "target": ..., "id": ..., "affine": ...}}`` (the last three when the data
+        has them; ``affine``: a NIfTI input's grid, for its predicted mask)."""
         out = {}
         for task, sub in batch.items():
             model = self.model_for(task)
             head = model.head(task)
             predictions: Dict[str, Any] = dict(head.predict(model(sub["image"], task)))
-            predictions.update({key: sub[key] for key in ("target", "id") if key in sub})
+            predictions.update({key: sub[key] for key in ("target", "id", "affine") if key in sub})
             out[task] = predictions
         return out
 
