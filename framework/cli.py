@@ -294,6 +294,7 @@ def _finish(folders: Optional[RunFolders], failed: bool) -> None:
             wandb.finish(exit_code=1 if failed else 0)
     except Exception:  # pragma: no cover - W&B missing or already closed
         pass
+    folders.end_record("failed" if failed else "finished")
     if not failed:
         folders.release()
         return
@@ -416,6 +417,9 @@ def one_line_errors(prog: str) -> Iterator[None]:
 
 def main() -> None:
     """Entry point of the ``medcl`` console script (see :func:`one_line_errors`)."""
+    # its own W&B service: one inherited from a parent process (WANDB_SERVICE) still holds the run id of a
+    # sibling that was killed, and a resume of that run would be refused ("run ID ... is in use")
+    os.environ.pop("WANDB_SERVICE", None)
     with one_line_errors("medcl"):
         check_class_paths(sys.argv[1:])
         run_cli()

@@ -173,6 +173,10 @@ class RunFolders:
     created_parents: List[Path] = field(default_factory=list)
     #: ``<save_dir>/wandb`` folders of the W&B loggers, and whether each existed before this run
     wandb_dirs: Dict[Path, bool] = field(default_factory=dict)
+    #: the run folder of a checkpoint this ``fit`` branches from (not its newest: a new folder is claimed)
+    branched_from: Optional[Path] = None
+    _wandb_before: set = field(default_factory=set)
+    _started: float = field(default_factory=time.time)
     _lock: Optional[Path] = None
     _overrides: List[Tuple[Any, str, Any]] = field(default_factory=list)
 
@@ -193,6 +197,16 @@ class RunFolders:
         trainer = _get(config, "trainer")
         versioned = _loggers(trainer, _VERSIONED)
         continued = run_folder_of_checkpoint(ckpt_path)
+        newer = _newer_checkpoints(Path(ckpt_path)) if continued is not None and self.subcommand == "fit" else []
+        if newer:  # a branch from an earlier point: continuing in place would overwrite the run's later checkpoints
+            from pytorch_lightning.utilities import rank_zero_info
+
+            rank_zero_info(
+                f"medcl: --ckpt_path {ckpt_path} is not the newest checkpoint of its run ({newer[0].name} is newer): this run "
+                f"starts a new run folder and leaves {continued} as it is"
+            )
+            self.branched_from = continued
+            continued = None
         if continued is not None:
             self.path, self.continued = continued, True
             self._plan_existing(trainer, versioned, continued)
@@ -298,6 +312,7 @@ class RunFolders:
         for logger in loggers:
             folder = Path(_get(_get(logger, "init_args"), "save_dir") or ".").absolute() / "wandb"
             self.wandb_dirs[folder] = folder.exists()
+            self._wandb_before |= set(folder.iterdir()) if folder.is_dir() else set()
         stored = self.record().get("wandb_run_id")
         args = _get(loggers[0], "init_args")
         given = _get(args, "id") or _get(args, "version")
@@ -319,6 +334,18 @@ class RunFolders:
         tmp = self.path / f".{RUN_RECORD}.tmp"
         tmp.write_text(json.dumps(record, indent=2))
         os.replace(tmp, self.path / RUN_RECORD)
+
+    def end_record(self, status: str) -> None:
+        """Note in ``medcl_run.json`` how this command ended (``"finished"`` or ``"failed"``)."""
+        if self.path is None or not self.path.is_dir():
+            return
+        record = self.record()
+        commands = record.get("commands") or []
+        if commands:
+            commands[-1].update(ended=time.strftime("%Y-%m-%d %H:%M:%S"), status=status)
+            tmp = self.path / f".{RUN_RECORD}.tmp"
+            tmp.write_text(json.dumps(record, indent=2))
+            os.replace(tmp, self.path / RUN_RECORD)
 
     def record(self) -> Dict[str, Any]:
         """The run folder's ``medcl_run.json`` (``{}`` if none)."""
@@ -357,30 +384,44 @@ class RunFolders:
     def remove_partial(self) -> List[Path]:
         """After a failure: remove what this process created and no checkpoint made worth keeping.
 
-        Only this run's own version folder (if this process created it and it holds no
-        checkpoint), its own W&B run folder (``*-<run id>``, for a new run only) and the parent
-        folders it created if they are left empty.  Never another run's output.
+        A new run: its own version folder (if it holds no checkpoint), its own W&B run folder and
+        the parent folders it created if they are left empty.  A continued run (a checkpoint's
+        folder): only the W&B run folder this command added, and only if it wrote no checkpoint.
+        Never another run's output.
         """
         self.release()
         removed: List[Path] = []
-        if self.path is None or not self.created or _holds_checkpoint(self.path):
+        if self.path is None:
             return removed
-        for folder, existed in self.wandb_dirs.items():
-            for run in folder.glob(f"*-{self.wandb_id}") if self.wandb_id else []:
-                shutil.rmtree(run, ignore_errors=True)  # this run's own W&B folder: its id was generated for it
-                removed.append(run)
-            for link in folder.glob("*") if folder.is_dir() else []:
-                if link.is_symlink() and not link.exists():  # latest-run, debug.log pointing into it
-                    link.unlink()
-            if not existed:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+        if self.continued:  # an earlier command's run: keep it all, unless this command only added a W&B folder
+            if not _holds_checkpoint(self.path, since=self._started):
+                removed += self._remove_new_wandb_runs()
+            return removed
+        if not self.created or _holds_checkpoint(self.path):
+            return removed
+        removed += self._remove_new_wandb_runs()
         shutil.rmtree(self.path, ignore_errors=True)
         removed.append(self.path)
         for parent in sorted(self.created_parents, key=lambda p: -len(p.parts)):
             with contextlib.suppress(OSError):
                 parent.rmdir()  # only if empty: a concurrent run's output is never touched
                 removed.append(parent)
+        return removed
+
+    def _remove_new_wandb_runs(self) -> List[Path]:
+        """The W&B run folders of this command (``*-<run id>`` that were not there when it started)."""
+        removed: List[Path] = []
+        for folder, existed in self.wandb_dirs.items():
+            for run in folder.glob(f"*-{self.wandb_id}") if self.wandb_id else []:
+                if run not in self._wandb_before:
+                    shutil.rmtree(run, ignore_errors=True)
+                    removed.append(run)
+            for link in folder.glob("*") if folder.is_dir() else []:
+                if link.is_symlink() and not link.exists():  # latest-run, debug.log pointing into it
+                    link.unlink()
+            if not existed:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         return removed
 
 
@@ -424,5 +465,16 @@ def config_file_name(folder: Path, subcommand: str, default: str = "config.yaml"
     return f"{stem}.{subcommand}-{k}.{suffix}"
 
 
-def _holds_checkpoint(path: Path) -> bool:
-    return path.is_dir() and any(p.suffix == ".ckpt" for p in path.rglob("*"))
+def _newer_checkpoints(ckpt: Path) -> List[Path]:
+    """The checkpoints beside ``ckpt`` written after it (newest first): the run went on past it."""
+    try:
+        mtime = ckpt.stat().st_mtime
+    except OSError:
+        return []
+    newer = [p for p in ckpt.parent.glob("*.ckpt") if p != ckpt and p.stat().st_mtime > mtime]
+    return sorted(newer, key=lambda p: -p.stat().st_mtime)
+
+
+def _holds_checkpoint(path: Path, since: Optional[float] = None) -> bool:
+    """Whether ``path`` holds a checkpoint (written at or after ``since``, a ``time.time()``, if given)."""
+    return path.is_dir() and any(p.suffix == ".ckpt" and (since is None or p.stat().st_mtime >= since) for p in path.rglob("*"))

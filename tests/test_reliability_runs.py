@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,7 @@ def test_a_resumed_run_is_one_folder_and_one_wandb_run(finished_run):
     run = runs[0]
     record = json.loads((run / RUN_RECORD).read_text())
     assert [c["subcommand"] for c in record["commands"]] == ["fit", "fit"]
+    assert record["commands"][1]["status"] == "finished" and "status" not in record["commands"][0]  # the first was killed
     wandb_runs = sorted(Path(tmp).rglob(f"offline-run-*-{record['wandb_run_id']}"))
     assert len(wandb_runs) == 2  # the killed part and the resumed part: one W&B run id
     assert not [p for p in Path(tmp).rglob("offline-run-*") if not p.name.endswith(record["wandb_run_id"])]
@@ -290,3 +292,24 @@ def test_continuing_a_run_removes_the_temporaries_a_killed_write_left(tmp_path):
         orphan.write_bytes(b"exemplars")
     RunFolders("fit").prepare(_plain_config(tmp_path), str(checkpoints / "last.ckpt"))
     assert not any(o.exists() for o in orphans) and (checkpoints / "last.ckpt").is_file()
+
+
+def test_fit_from_an_earlier_checkpoint_of_a_run_branches_into_a_new_folder(tmp_path):
+    first = RunFolders("fit")
+    first.prepare(_plain_config(tmp_path), None)
+    first.release()
+    checkpoints = first.path / "checkpoints"
+    checkpoints.mkdir()
+    early, last = checkpoints / "experience=0-epoch=0.ckpt", checkpoints / "last.ckpt"
+    early.write_bytes(b"early")
+    os.utime(early, (time.time() - 60, time.time() - 60))
+    last.write_bytes(b"last")
+    branch = RunFolders("fit")
+    branch.prepare(_plain_config(tmp_path), str(early))
+    assert not branch.continued and branch.path.name == "version_1" and branch.branched_from == first.path
+    resumed = RunFolders("fit")
+    resumed.prepare(_plain_config(tmp_path), str(last))  # the newest checkpoint continues its run
+    assert resumed.continued and resumed.path == first.path
+    tested = RunFolders("test")
+    tested.prepare(_plain_config(tmp_path), str(early))  # test writes no checkpoint: it goes into the run's folder
+    assert tested.continued and tested.path == first.path

@@ -70,7 +70,8 @@ class DefinedAUROC(Metric):
         self.target.append(target.detach().long())
 
     def compute(self) -> Tensor:
-        if not self.scores:
+        # a list of batches on one process, one concatenated tensor after a DDP sync
+        if isinstance(self.scores, list) and not self.scores:
             return torch.tensor(float("nan"))
         value, _ = defined_auroc(dim_zero_cat(self.scores), dim_zero_cat(self.target), self.multilabel)
         return torch.tensor(value)
