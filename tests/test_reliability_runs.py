@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import torch
@@ -280,12 +281,17 @@ def test_an_unquoted_yaml_number_names_its_field(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- 10. orphan temporaries
+def _ended_run(tmp_path: Path) -> Tuple[RunFolders, Path]:
+    """A new run folder whose command has ended (lock released), and its empty checkpoints folder."""
+    run = RunFolders("fit")
+    run.prepare(_plain_config(tmp_path), None)
+    run.release()
+    (run.path / "checkpoints").mkdir()
+    return run, run.path / "checkpoints"
+
+
 def test_continuing_a_run_removes_the_temporaries_a_killed_write_left(tmp_path):
-    first = RunFolders("fit")
-    first.prepare(_plain_config(tmp_path), None)
-    first.release()
-    checkpoints = first.path / "checkpoints"
-    checkpoints.mkdir()
+    _, checkpoints = _ended_run(tmp_path)
     (checkpoints / "last.ckpt").write_bytes(b"x")
     orphans = [checkpoints / ".last.ckpt.k3j2x9.tmp", checkpoints / ".experience=0-epoch=0.ckpt.a1b2c3.tmp"]
     for orphan in orphans:
@@ -295,11 +301,7 @@ def test_continuing_a_run_removes_the_temporaries_a_killed_write_left(tmp_path):
 
 
 def test_fit_from_an_earlier_checkpoint_of_a_run_branches_into_a_new_folder(tmp_path):
-    first = RunFolders("fit")
-    first.prepare(_plain_config(tmp_path), None)
-    first.release()
-    checkpoints = first.path / "checkpoints"
-    checkpoints.mkdir()
+    first, checkpoints = _ended_run(tmp_path)
     early, last = checkpoints / "experience=0-epoch=0.ckpt", checkpoints / "last.ckpt"
     early.write_bytes(b"early")
     os.utime(early, (time.time() - 60, time.time() - 60))
