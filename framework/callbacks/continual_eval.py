@@ -51,7 +51,7 @@ class ContinualEvaluation(pl.Callback):
     * Secondary metrics (AUC and balanced accuracy for classification) come from each head's
       torchmetrics collection; the AUROC is the macro one-vs-rest average over the classes where it
       is defined, and undefined (``NaN``) on a test split holding a single class, never 0
-      (:func:`~framework.metrics.evaluation.with_defined_auroc`).  Undefined values are written as
+      (:class:`~framework.metrics.auroc.DefinedAUROC`).  Undefined values are written as
       ``null`` in the JSON (listed by JSON pointer under ``undefined``), left empty in the CSV,
       printed as ``undefined`` and skipped by every average.
 

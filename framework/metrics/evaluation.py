@@ -9,8 +9,8 @@ sample is counted exactly once however many processes run.
 
 **Undefined AUROC.** A one-vs-rest AUROC needs positive and negative samples of a class.
 torchmetrics scores a class without them as 0, so a test split holding one class scored 0.0000.
-These loops use :class:`DefinedAUROC` instead of a head's macro ``MulticlassAUROC`` /
-``MultilabelAUROC``: the macro average over the classes whose AUROC is defined (a class absent
+The classification heads use :class:`~framework.metrics.auroc.DefinedAUROC` instead of a macro
+``MulticlassAUROC`` / ``MultilabelAUROC``: the macro average over the classes whose AUROC is defined (a class absent
 from the test set is skipped, never counted as 0), and ``NaN`` when no class has both, e.g. a test
 split with a single class.
 """
@@ -25,11 +25,9 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassAUROC, MultilabelAUROC
 
 from framework.distributed import rank_and_world_size
-from framework.metrics.auroc import DefinedAUROC, defined_auroc
+from framework.metrics.auroc import DefinedAUROC, defined_auroc  # noqa: F401 (re-exported)
 from framework.heads import HEAD_REGISTRY, TaskHead
 from framework.specs import TaskSpec
 
@@ -44,7 +42,6 @@ __all__ = [
     "PROBE_DEFAULTS",
     "DefinedAUROC",
     "defined_auroc",
-    "with_defined_auroc",
 ]
 
 #: the fixed budget of the linear probe (see :func:`linear_probe`)
@@ -64,21 +61,6 @@ def shard_loader(loader: DataLoader) -> DataLoader:
         loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
         generator=loader.generator,
     )
-
-
-def with_defined_auroc(metrics: MetricCollection) -> MetricCollection:
-    """``metrics`` with every exact macro ``MulticlassAUROC``/``MultilabelAUROC`` replaced by a
-    :class:`DefinedAUROC` (NaN, not 0, where undefined); other metrics are kept as they are."""
-    replaced: Dict[str, Metric] = {}
-    changed = False
-    for name, metric in metrics.items(keep_base=True, copy_state=False):
-        exact_macro = getattr(metric, "average", None) == "macro" and getattr(metric, "thresholds", None) is None
-        if isinstance(metric, MulticlassAUROC) and exact_macro and metric.ignore_index is None:
-            metric, changed = DefinedAUROC(metric.num_classes), True
-        elif isinstance(metric, MultilabelAUROC) and exact_macro and metric.ignore_index is None:
-            metric, changed = DefinedAUROC(metric.num_labels, multilabel=True), True
-        replaced[name] = metric
-    return MetricCollection(replaced, prefix=metrics.prefix, postfix=metrics.postfix) if changed else metrics
 
 
 def can_route(model: nn.Module, spec: TaskSpec) -> bool:
@@ -119,10 +101,10 @@ def evaluate_head(
     """The head's metric collection over a keyed loader (``batch[key]`` holds image and target).
 
     The model is routed to the head's modality.  Returns metric name -> value plus ``score``
-    (the head's primary metric); an AUROC is ``NaN`` where undefined (:func:`with_defined_auroc`).
+    (the head's primary metric); an AUROC is ``NaN`` where undefined (the heads' :class:`DefinedAUROC`).
     The caller sets eval mode.
     """
-    metrics = with_defined_auroc(head.make_metrics()).to(device)
+    metrics = head.make_metrics().to(device)
     if isinstance(loader, DataLoader):
         loader = shard_loader(loader)
     with _route(model, head.spec):
