@@ -195,13 +195,14 @@ def remove_orphan_temporaries(folder: PathLike, min_age_s: float = 0.0) -> List[
     return removed
 
 
-def load_checkpoint(path: PathLike, what: str = "checkpoint", map_location: Any = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: PathLike, what: str = "checkpoint", map_location: Any = "cpu", mmap: bool = False) -> Dict[str, Any]:
     """Load a checkpoint (or pretrained weights file) without running pickled code.
 
     Args:
         path: the file.
         what: how to name it in errors (e.g. ``"--ckpt_path"``, ``"init_from"``).
         map_location: as for ``torch.load``.
+        mmap: map the tensors instead of reading them (cheap when only the metadata is needed).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -222,7 +223,7 @@ def load_checkpoint(path: PathLike, what: str = "checkpoint", map_location: Any 
             f"a pre-1.6 legacy file loads only with {ALLOW_PICKLE_ENV}=1, and only if you trust it"
         )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=not trusted)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=not trusted, mmap=mmap or None)
     except pickle.UnpicklingError as err:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours its message
         lines = [line.strip() for line in text.splitlines() if line.strip()]

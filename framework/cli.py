@@ -18,6 +18,7 @@ from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
+from framework.backbone.architecture import register_checkpoint_architecture
 from framework.checkpoints import AtomicCheckpointIO, load_checkpoint
 from framework.config_record import RecordConfig
 from framework.console import quiet_known_noise
@@ -63,7 +64,10 @@ class MedCLCLI(LightningCLI):
 
     @staticmethod
     def _check_ckpt_model(ckpt_path: str, model: Any, subcommand: str = "test") -> None:
-        stored = dict(load_checkpoint(ckpt_path, "--ckpt_path").get("hyper_parameters", {}))
+        checkpoint = load_checkpoint(ckpt_path, "--ckpt_path", mmap=True)
+        # the model is built from the architecture the checkpoint stores (self-contained checkpoints)
+        register_checkpoint_architecture(checkpoint, f"--ckpt_path {ckpt_path}")
+        stored = dict(checkpoint.get("hyper_parameters", {}))
         wanted = _plain_args(model)
         problems = hparam_differences(stored, wanted)
         stored_class = stored.get("_class_path")
@@ -103,6 +107,9 @@ class MedCLCLI(LightningCLI):
             rank_zero_info(f"medcl: --ckpt_path last -> {found}")
             self._check_ckpt_model(str(found), config["model"], subcommand)
             config["ckpt_path"] = ckpt_path = str(found)
+        init_from = _plain_args(config["model"]).get("init_from")
+        if init_from and Path(str(init_from)).is_file():  # a missing file is refused, naming it, when the model loads it
+            register_checkpoint_architecture(str(init_from), f"init_from {str(init_from)!r}")
         self.run_folders = RunFolders(subcommand)
         _ACTIVE.append(self.run_folders)
         self.run_folders.prepare(config, ckpt_path if ckpt_path not in LIGHTNING_CKPT_KEYWORDS else None)

@@ -103,7 +103,7 @@ def test_missing_pretrained_file_is_named(tmp_path):
 
 
 def test_unknown_tag_lists_known_tags():
-    with pytest.raises(ValueError, match="neither an existing file nor a known tag"):
+    with pytest.raises(ValueError, match="neither an existing file, hf-hub:org/repo, local-dir:/path nor a known tag"):
         CLIPBackbone("medcl-vit-tiny", pretrained="laion2b")
 
 

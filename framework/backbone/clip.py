@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from framework.backbone.minilm import MINILM_SUFFIX, minilm_architectures, register_minilm_configs
+from framework.backbone.architecture import Architecture, quiet_local_dir_build, resolve_architecture, resolve_weights, schema_of
 from framework.checkpoints import ALLOW_PICKLE_ENV, allow_pickle
 
 __all__ = ["CLIPBackbone", "MODEL_CONFIG_DIR", "register_model_configs", "list_architectures"]
@@ -58,10 +58,6 @@ def list_architectures() -> List[str]:
     """All architecture names open_clip can build, MedCL's tiny ones included."""
     register_model_configs()
     return open_clip.list_models()
-
-
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or value.startswith(".") or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
 
 
 class CLIPBackbone(nn.Module):
@@ -104,51 +100,33 @@ class CLIPBackbone(nn.Module):
         freeze_text_tower: bool = True,
         unlocked_image_groups: int = 0,
         cache_dir: Optional[str] = None,
+        load_weights: bool = True,
+        architecture: Optional[Architecture] = None,
     ) -> None:
         super().__init__()
-        register_model_configs()
-        if isinstance(model_name, str) and model_name.endswith(MINILM_SUFFIX):
-            register_minilm_configs(MODEL_CONFIG_DIR)
-        if not isinstance(model_name, str) or model_name not in open_clip.list_models():
-            tiny = sorted({m for m in open_clip.list_models() if m.startswith("medcl-")} | set(minilm_architectures()))
-            raise ValueError(
-                f"CLIPBackbone: unknown open_clip architecture model_name={model_name!r}; "
-                f"MedCL's CPU-sized ones are {tiny}, see framework.backbone.list_architectures() for all"
-            )
         if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8):
             raise ValueError(f"CLIPBackbone: image_size expected None or an integer >= 8, found {image_size!r}")
         if unlocked_image_groups < 0:
             raise ValueError(f"CLIPBackbone: unlocked_image_groups expected >= 0, found {unlocked_image_groups}")
         self.model_name = model_name
-        self.pretrained = self._resolve_pretrained(model_name, pretrained)
-        try:
-            model, _, _ = open_clip.create_model_and_transforms(
-                model_name,
-                pretrained=self.pretrained,
-                force_image_size=image_size,
-                cache_dir=cache_dir,
-                weights_only=not allow_pickle(),  # never run pickled code unless MEDCL_ALLOW_PICKLE=1
+        self.pretrained = None if pretrained in (None, "", "none", "None") else pretrained
+        self.cache_dir = cache_dir
+        #: where the model came from (stored in checkpoints: see framework.backbone.architecture)
+        self.architecture = architecture if architecture is not None else resolve_architecture(model_name, self.pretrained, cache_dir)
+        # A Hugging Face text tower's own pretrained weights (e.g. MiniLM) load while it is built, as open_clip
+        # does, when no CLIP weights will replace them and they are on this machine.
+        text_source = self.architecture.text_weights
+        text_now = bool(text_source) and os.path.isdir(str(text_source)) and self.pretrained is None and self.architecture.weights is None
+        folder = self.architecture.materialise(text_source=text_source if text_now else None)
+        with quiet_local_dir_build():
+            model = open_clip.create_model(
+                f"local-dir:{folder}", force_image_size=image_size, pretrained_text=text_now, pretrained_image=False,
+                cache_dir=cache_dir, weights_only=not allow_pickle(),
             )
-        except Exception as err:
-            if self.pretrained and os.path.isfile(self.pretrained):
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(
-                    f"CLIPBackbone: pretrained file {self.pretrained!r} could not be loaded into {model_name!r} "
-                    f"({type(err).__name__}: {first}); expected open_clip weights for this architecture (.safetensors or "
-                    f"a torch.save state dict; pickled objects load only with {ALLOW_PICKLE_ENV}=1, if you trust the file)"
-                ) from None
-            if not isinstance(err, RuntimeError):
-                raise
-            if pretrained and "download" in str(err).lower():
-                raise RuntimeError(
-                    f"CLIPBackbone: could not download pretrained weights {pretrained!r} for {model_name!r} "
-                    f"(no internet?). Download them on a machine with internet, e.g. "
-                    f"`python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{pretrained}', "
-                    f"cache_dir='weights')\"`, then pass the local file: pretrained=/path/to/open_clip_model.safetensors"
-                ) from err
-            raise
         self.clip = model
-        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self._weights_loaded = text_now and not self.architecture.weights
+        plain = schema_of(model_name) is None and model_name in open_clip.list_models()
+        self.tokenizer = open_clip.get_tokenizer(model_name if plain else f"local-dir:{folder}")
         visual = model.visual
         size = getattr(visual, "image_size", None) or (image_size, image_size)
         self.image_size: Tuple[int, int] = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
@@ -156,7 +134,7 @@ class CLIPBackbone(nn.Module):
         std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        self.embed_dim: int = int(open_clip.get_model_config(model_name)["embed_dim"])
+        self.embed_dim: int = int(self.architecture.model_cfg["embed_dim"])
         self.freeze_image_tower = bool(freeze_image_tower)
         self.freeze_text_tower = bool(freeze_text_tower)
         if self.freeze_image_tower:
@@ -178,24 +156,46 @@ class CLIPBackbone(nn.Module):
         self.extra_channels: Optional[int] = None
         # Loaded weights (checkpoint restore) make cached prompt embeddings stale.
         self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_text_cache())
+        if load_weights:
+            self.load_pretrained()
 
-    @staticmethod
-    def _resolve_pretrained(model_name: str, pretrained: Optional[str]) -> Optional[str]:
-        if pretrained in (None, "", "none", "None"):
+    @property
+    def weights_source(self) -> Optional[str]:
+        """What :meth:`load_pretrained` reads: a local file, or ``None`` (random init)."""
+        return resolve_weights(self.pretrained, self.architecture, self.cache_dir)
+
+    def load_pretrained(self) -> Optional[str]:
+        """Load the pretrained CLIP weights (``pretrained``, or a hub/folder model's own) into the model.
+
+        Called when a run starts from them; a model restored from a MedCL checkpoint never calls it,
+        because the checkpoint holds every weight.
+
+        Returns:
+            the file read, or ``None`` if the backbone starts from random weights.
+
+        Raises:
+            FileNotFoundError, RuntimeError, ValueError: see :func:`~framework.backbone.architecture.resolve_weights`;
+                ValueError also for a file that does not fit the architecture or holds non-finite values.
+        """
+        path = self.weights_source
+        if path is None:
             return None
-        if not isinstance(pretrained, str):
-            raise ValueError(f"CLIPBackbone: pretrained expected None, a file path or a tag, found {pretrained!r}")
-        if os.path.isfile(pretrained):
-            return pretrained
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        if pretrained in tags:
-            return pretrained
-        if _looks_like_path(pretrained):
-            raise FileNotFoundError(f"CLIPBackbone: pretrained checkpoint file not found: {pretrained}")
-        raise ValueError(
-            f"CLIPBackbone: pretrained={pretrained!r} is neither an existing file nor a known tag for "
-            f"{model_name!r} (known tags: {tags or 'none'})"
-        )
+        try:
+            open_clip.load_checkpoint(self.clip, path, strict=True, weights_only=not allow_pickle())
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"CLIPBackbone: pretrained file {path!r} could not be loaded into {self.model_name!r} "
+                f"({type(err).__name__}: {first}); expected open_clip weights for this architecture (.safetensors or "
+                f"a torch.save state dict; pickled objects load only with {ALLOW_PICKLE_ENV}=1, if you trust the file)"
+            ) from None
+        from framework.divergence import check_state_dict
+
+        check_state_dict(self.clip.state_dict(), f"pretrained {path!r}")
+        self.clear_text_cache()
+        self._weights_loaded = True
+        log.info("CLIPBackbone %s: pretrained weights loaded from %s", self.model_name, path)
+        return path
 
     # ------------------------------------------------------------------ image side
     def prepare_images(self, images: Tensor) -> Tensor:

@@ -88,6 +88,7 @@ def register_minilm_configs(model_config_dir: Path) -> None:
                 "context_length": 64,
             },
         }
-        (out / f"{name}{MINILM_SUFFIX}.json").write_text(json.dumps(config, indent=2))
-    open_clip.add_model_config(out)
+        path = out / f"{name}{MINILM_SUFFIX}.json"
+        path.write_text(json.dumps(config, indent=2))
+        open_clip.add_model_config(path)  # these two files only: other text towers are named hf-hub:/local-dir: models
     _REGISTERED = True

@@ -11,10 +11,11 @@ module calls ``on_experience_start(trainer, module, experience, tasks)`` and aft
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from data_modules.base import single_sample_last_batches
 from framework.adapters import AdapterSpec, check_lora_options
+from framework.backbone.architecture import register_checkpoint_architecture, resolve_architecture
 from framework.checkpoints import load_checkpoint
 from framework.divergence import check_loss, check_module, check_state_dict
 from framework.heads import TaskHead
@@ -129,7 +131,14 @@ class MedCLModule(pl.LightningModule):
             image_size=image_size,
             freeze_image_tower=freeze_image_tower,
             freeze_text_tower=freeze_text_tower,
+            # resolved once (a checkpoint's stored architecture first); weights load in setup, see load_pretrained
+            architecture=resolve_architecture(backbone, pretrained),
+            load_weights=False,
         )
+        #: the weights are settled: pretrained ones loaded, or a checkpoint's loaded (nothing may overwrite them)
+        self.weights_ready = False
+        self._rebuilding = 0
+        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "weights_ready", True))
         self.head_args = dict(head_args or {})
         self.lora = check_lora_options(lora, f"{type(self).__name__}")
         if init_from is not None and (not isinstance(init_from, (str, Path)) or not str(init_from)):
@@ -143,12 +152,51 @@ class MedCLModule(pl.LightningModule):
         #: experience -> trainable parameter counts (see :class:`FreezingPolicy`)
         self.trainable_counts: Dict[int, Dict[str, int]] = {}
         self.metrics = nn.ModuleDict()
-        self.build_models()
+        with self.rebuilding():  # the weights come later: pretrained ones in setup, or a checkpoint's
+            self.build_models()
 
     # ------------------------------------------------------------------ paradigm interface
     def new_model(self) -> MedCLModel:
-        """A fresh backbone with no heads, from this module's hyper-parameters."""
-        return MedCLModel(backbone=self.backbone_config, head_args=self.head_args, lora=self.lora)
+        """A fresh backbone with no heads, from this module's hyper-parameters, with its pretrained
+        weights (none while :meth:`rebuilding` a stored model, whose weights come from a checkpoint)."""
+        model = MedCLModel(backbone=self.backbone_config, head_args=self.head_args, lora=self.lora)
+        if not self._rebuilding:
+            model.backbone.load_pretrained()
+        return model
+
+    @contextlib.contextmanager
+    def rebuilding(self) -> Iterator[None]:
+        """Models built in this block get no pretrained weights: a checkpoint's weights follow."""
+        self._rebuilding += 1
+        try:
+            yield
+        finally:
+            self._rebuilding -= 1
+
+    def load_pretrained(self) -> None:
+        """Load the pretrained weights into every model (once; never over weights a checkpoint loaded).
+
+        Called in :meth:`setup` of a run that starts neither from ``--ckpt_path`` nor from ``init_from``.
+        """
+        if self.weights_ready:
+            return
+        for model in self.all_models():
+            path = model.backbone.load_pretrained()
+            if path is not None:
+                rank_zero_info(f"{type(self).__name__}: backbone {self.hparams.backbone!r} starts from the pretrained weights {path}")
+        self.weights_ready = True
+
+    @property
+    def architecture(self):
+        """The backbone's :class:`~framework.backbone.architecture.Architecture` (stored in checkpoints)."""
+        return self.backbone_config["architecture"]
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint``, building the backbone from the architecture the
+        checkpoint stores (so neither the original model folder nor the pretrained file is needed)."""
+        register_checkpoint_architecture(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     @abstractmethod
     def build_models(self) -> None:
@@ -226,6 +274,8 @@ class MedCLModule(pl.LightningModule):
         restoring = self._trainer is not None and self.trainer.ckpt_path is not None
         if self.hparams.init_from is not None and not self.task_specs and not restoring:
             self.load_initial_model(self.hparams.init_from)
+        elif not restoring:
+            self.load_pretrained()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         specs = getattr(datamodule, "task_specs", None)
         if specs is None:
@@ -470,6 +520,8 @@ class MedCLModule(pl.LightningModule):
             "tasks": [spec.to_dict() for spec in self.task_specs.values()],
             "adapters": adapters,  # task -> the adapter it brought, rebuilt before strict loading
             "initial_tasks": list(self.initial_tasks),
+            # the backbone's architecture and tokenizer files: the checkpoint rebuilds its model anywhere
+            "architecture": self.architecture.to_record(),
         }
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
@@ -494,7 +546,8 @@ class MedCLModule(pl.LightningModule):
                     f"{spec.to_dict()} vs {offered.to_dict()}"
                 )
             if spec.name not in self.task_specs:  # heads already present were added from the data, checked above
-                self.add_task(spec, adapter=adapter)
+                with self.rebuilding():
+                    self.add_task(spec, adapter=adapter)
         stored = [t.get("name") for t in meta.get("tasks", [])]
         if list(self.task_specs) != stored:
             raise ValueError(
@@ -544,8 +597,9 @@ class MedCLModule(pl.LightningModule):
         if problems:
             raise ValueError(f"{where}: the checkpoint's model differs from this configuration ({'; '.join(problems)}); set the config to the checkpoint's values")
         check_state_dict(checkpoint["state_dict"], where)
-        for _, spec, adapter in self._stored_tasks(meta, where):
-            self.add_task(spec, adapter=adapter)
+        with self.rebuilding():
+            for _, spec, adapter in self._stored_tasks(meta, where):
+                self.add_task(spec, adapter=adapter)
         try:
             self.load_state_dict(checkpoint["state_dict"], strict=True)
         except RuntimeError as err:

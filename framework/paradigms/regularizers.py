@@ -316,9 +316,10 @@ class LwF(Regularizer):
             self.teacher = None
             return
         key = f"{CHECKPOINT_KEY}.{self.name}.teacher"
-        teacher = module.new_model()
-        for _, spec, adapter in module._stored_tasks(stored, "checkpoint", key=key):  # the same reader as the model's own tasks
-            teacher.add_task(spec, adapter)
+        with module.rebuilding():  # the stored weights follow
+            teacher = module.new_model()
+            for _, spec, adapter in module._stored_tasks(stored, "checkpoint", key=key):  # the same reader as the model's own tasks
+                teacher.add_task(spec, adapter)
         try:
             teacher.load_state_dict(stored["state_dict"], strict=True)
         except RuntimeError as err:
