@@ -135,6 +135,8 @@ class MedCLCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the subcommand; if it fails, remove the output it started but never checkpointed."""
+        if self.config[subcommand].get("ckpt_path") and isinstance(self.model, MedCLModule):
+            self.model.expect_checkpoint_weights()  # no pretrained file is read: the checkpoint holds every weight
         try:
             super()._run_subcommand(subcommand)
         finally:

@@ -137,8 +137,10 @@ class MedCLModule(pl.LightningModule):
         )
         #: the weights are settled: pretrained ones loaded, or a checkpoint's loaded (nothing may overwrite them)
         self.weights_ready = False
+        #: a checkpoint's weights are about to be loaded (see :meth:`expect_checkpoint_weights`)
+        self.checkpoint_pending = False
         self._rebuilding = 0
-        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "weights_ready", True))
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._weights_loaded())
         self.head_args = dict(head_args or {})
         self.lora = check_lora_options(lora, f"{type(self).__name__}")
         if init_from is not None and (not isinstance(init_from, (str, Path)) or not str(init_from)):
@@ -160,7 +162,7 @@ class MedCLModule(pl.LightningModule):
         """A fresh backbone with no heads, from this module's hyper-parameters, with its pretrained
         weights (none while :meth:`rebuilding` a stored model, whose weights come from a checkpoint)."""
         model = MedCLModel(backbone=self.backbone_config, head_args=self.head_args, lora=self.lora)
-        if not self._rebuilding:
+        if not self._rebuilding and not self.checkpoint_pending:
             model.backbone.load_pretrained()
         return model
 
@@ -172,6 +174,20 @@ class MedCLModule(pl.LightningModule):
             yield
         finally:
             self._rebuilding -= 1
+
+    def expect_checkpoint_weights(self) -> None:
+        """Announce that a checkpoint's weights will be loaded (``--ckpt_path``): until then no pretrained
+        file is read, so a checkpoint tests, predicts and resumes without it.
+
+        Lightning sets ``trainer.ckpt_path`` only after :meth:`setup`, so ``medcl`` calls this before
+        running a command with ``--ckpt_path``; from Python, call it before ``trainer.test(model, ckpt_path=...)``
+        (without it the pretrained file is read first and then overwritten by the checkpoint).
+        """
+        self.checkpoint_pending = True
+
+    def _weights_loaded(self) -> None:
+        self.weights_ready = True
+        self.checkpoint_pending = False
 
     def load_pretrained(self) -> None:
         """Load the pretrained weights into every model (once; never over weights a checkpoint loaded).
@@ -271,7 +287,7 @@ class MedCLModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ data coupling
     def setup(self, stage: str) -> None:
-        restoring = self._trainer is not None and self.trainer.ckpt_path is not None
+        restoring = self.checkpoint_pending or (self._trainer is not None and self.trainer.ckpt_path is not None)
         if self.hparams.init_from is not None and not self.task_specs and not restoring:
             self.load_initial_model(self.hparams.init_from)
         elif not restoring:
