@@ -425,3 +425,36 @@ def open_npz(path: PathLike) -> CheckedNpz:
     except Exception as err:  # numpy/zipfile raise several types for damaged archives
         raise ValueError(f"{path}: not a readable .npz archive ({_first_line(err)}); the file is corrupt or was cut short") from None
     return CheckedNpz(archive, path)
+
+
+def npz_member_shape(path: PathLike, key: str) -> Optional[Tuple[int, ...]]:
+    """The shape of array ``key`` in an ``.npz`` file, read from its header only (no data loaded);
+    ``None`` if the file or member cannot be read (loading it later reports why)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read(member)
+            return tuple(int(v) for v in shape)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def declared_image_size(image_size: Optional[int], found: Optional[Tuple[int, int]], where: str) -> Tuple[int, ...]:
+    """A data module's ``TaskSpec.image_size``: the given size (square), else the size its images come in.
+
+    Args:
+        image_size: the configured size, or ``None``.
+        found: ``(H, W)`` read from the data, or ``None`` if unknown yet.
+        where: the data module, for errors.
+
+    Raises:
+        ValueError: for an image_size that is not an integer >= 8.
+    """
+    if image_size is None:
+        return tuple(found) if found and min(found) >= 8 else ()
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"{where}: image_size expected null (the size the images come in) or an integer >= 8, found {image_size!r}")
+    return (image_size, image_size)

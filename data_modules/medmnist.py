@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
-from data_modules.io import open_npz
+from data_modules.io import declared_image_size, npz_member_shape, open_npz
 from data_modules.medmnist_info import MEDMNIST_INFO, official_url
 from framework.specs import TaskSpec
 
@@ -145,6 +145,8 @@ class MedMNISTDataModule(DomainDataModule):
         prompt_template: override the prompt template (one ``{}``).
         modality: override the modality.
         spatial_dims: override 2 (images) / 3 (volumes), needed for your own 3D file under a new flag.
+        image_size: the in-plane size the model runs this task at (``TaskSpec.image_size``); default:
+            the size the file's images come in (28, 64, 128 or 224 px), so no image is silently shrunk.
         train_subset: use a random subset of this many training images (``None`` = all).
         val_subset: same for validation.
         test_subset: same for test.
@@ -176,6 +178,7 @@ class MedMNISTDataModule(DomainDataModule):
         prompt_template: Optional[str] = None,
         modality: Optional[str] = None,
         spatial_dims: Optional[int] = None,
+        image_size: Optional[int] = None,
         train_subset: Optional[int] = None,
         val_subset: Optional[int] = None,
         test_subset: Optional[int] = None,
@@ -213,10 +216,18 @@ class MedMNISTDataModule(DomainDataModule):
             prompt_template=prompt_template or info.get("prompt", "a medical image of {}"),
             in_channels=info.get("channels", 3),
             spatial_dims=spatial_dims or info.get("spatial_dims", 2),
+            image_size=declared_image_size(image_size, self._file_image_size(spatial_dims or info.get("spatial_dims", 2)), f"MedMNISTDataModule({flag})"),
         )
         self.md5 = info.get("md5")
         self._names_given = bool(class_names)
         self._datasets: Dict[str, ArrayImageDataset] = {}
+
+    def _file_image_size(self, spatial_dims: int) -> Optional[Tuple[int, int]]:
+        """``(H, W)`` of the file's images, from the array header (``None`` before a download)."""
+        shape = npz_member_shape(self.path, "train_images")
+        if not shape or len(shape) < 3:
+            return None
+        return tuple(shape[-2:]) if spatial_dims == 3 else tuple(shape[1:3])
 
     @property
     def task_spec(self) -> TaskSpec:

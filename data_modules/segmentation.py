@@ -33,7 +33,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,7 +44,9 @@ from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subs
 from data_modules.io import (
     IMAGE_SUFFIXES,
     check_same_geometry,
+    declared_image_size,
     image_files_by_id,
+    npz_member_shape,
     open_npz,
     read_array_with_geometry,
     scale_intensities,
@@ -477,6 +479,8 @@ class SegmentationDataModule(DomainDataModule):
         modality: imaging modality, e.g. ``"endoscopy"``.
         in_channels: image channels the data must have (1 = grayscale, 3 = RGB).
         spatial_dims: 2 for images, 3 for volumes.
+        image_size: the in-plane size the model runs this task at (``TaskSpec.image_size``); default:
+            the size an ``.npz`` source's images come in (a folder's task runs at the backbone's size).
         augment: random flips/90-degree rotations of the training split (never val/test).
         train_subset: use a random subset of this many training samples (``None`` = all).
         val_subset: same for validation.
@@ -510,6 +514,7 @@ class SegmentationDataModule(DomainDataModule):
         modality: str = "unknown",
         in_channels: int = 3,
         spatial_dims: int = 2,
+        image_size: Optional[int] = None,
         augment: bool = True,
         train_subset: Optional[int] = None,
         val_subset: Optional[int] = None,
@@ -572,8 +577,15 @@ class SegmentationDataModule(DomainDataModule):
             label_names=tuple(label_names),
             in_channels=in_channels,
             spatial_dims=spatial_dims,
+            image_size=declared_image_size(image_size, self._source_image_size(), me),
         )
         self._datasets: Dict[str, SegmentationDataset] = {}
+
+    def _source_image_size(self) -> Optional[Tuple[int, int]]:
+        """``(H, W)`` of the masks of an ``.npz`` source, from the array header (``None`` for a folder:
+        give ``image_size`` to run a folder's task at another size than the backbone's)."""
+        shape = npz_member_shape(self.path, "masks") if self.source == "npz" else None
+        return tuple(shape[-2:]) if shape and len(shape) >= 3 else None
 
     @property
     def task_spec(self) -> TaskSpec:

@@ -1,13 +1,15 @@
 """The growing model: one backbone, per-modality adapters and a dictionary of task heads."""
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
 from framework.adapters import AdapterSpec, ModalityAdapters, check_lora_options
 from framework.backbone import CLIPBackbone
+from framework.backbone.custom import CustomBackbone
 from framework.heads import TaskHead, build_head
 from framework.heads.registry import HEAD_REGISTRY, registered_kinds
 from framework.specs import TaskSpec
@@ -26,14 +28,16 @@ class MedCLModel(nn.Module):
     is neither 1 nor 3, and, if ``lora`` is set, a LoRA for a modality no earlier task had.
 
     Args:
-        backbone: keyword arguments for :class:`~framework.backbone.CLIPBackbone`.
+        backbone: keyword arguments for :class:`~framework.backbone.CLIPBackbone`, or, with a ``tower``
+            key, for :class:`~framework.backbone.custom.CustomBackbone` (a user's own image tower).
         head_args: per-kind keyword arguments for heads, e.g.
             ``{"classification": {"learn_class_embeddings": True}}``.
         lora: LoRA options for new modalities (``r``, ``alpha``, ``dropout``, ``target_modules``),
             ``None`` for no LoRA.
 
     Raises:
-        ValueError: if ``head_args`` is not a mapping of kind -> mapping, or ``lora`` is invalid.
+        ValueError: if ``head_args`` is not a mapping of kind -> mapping, or ``lora`` is invalid (or set
+            for a custom backbone, which takes no adapters).
     """
 
     def __init__(
@@ -56,7 +60,13 @@ class MedCLModel(nn.Module):
                 raise ValueError(f"MedCLModel: head_args[{kind!r}] expected a mapping of keyword arguments, found {args!r}")
         self.head_args = head_args
         self.lora = check_lora_options(lora, "MedCLModel")
-        self.backbone = CLIPBackbone(**dict(backbone or {}))
+        config = dict(backbone or {})
+        self.backbone = CustomBackbone(**config) if "tower" in config else CLIPBackbone(**config)
+        if self.lora is not None and isinstance(self.backbone, CustomBackbone):
+            raise ValueError(
+                f"MedCLModel: lora needs an open_clip backbone (LoRA reaches into its image tower); the custom tower "
+                f"{self.backbone.class_path!r} takes no adapters: set lora: null"
+            )
         self.adapters = ModalityAdapters(self.backbone)
         self.heads = nn.ModuleDict()
         self.specs: Dict[str, TaskSpec] = {}
@@ -78,14 +88,19 @@ class MedCLModel(nn.Module):
                 ``None`` creates exactly that (checkpoint restore).
 
         Raises:
-            ValueError: if a task of that name already exists, no head serves its kind, or the
-                task's ``in_channels`` does not fit its modality's patch embedding.
+            ValueError: if a task of that name already exists, no head serves its kind, the
+                task's ``in_channels`` does not fit its modality's patch embedding, or a custom
+                tower cannot serve the task (:meth:`CustomBackbone.check_task`).
         """
         if not isinstance(spec, TaskSpec):
             raise ValueError(f"MedCLModel.add_task: expected a TaskSpec, found {type(spec).__name__}")
         if spec.name in self.heads:
             raise ValueError(f"MedCLModel.add_task: task {spec.name!r} already exists (tasks: {self.tasks})")
-        if adapter == "auto":
+        custom = isinstance(self.backbone, CustomBackbone)
+        if custom:  # no adapters; the tower's own channel count
+            self.backbone.check_task(spec, adapter)
+            adapter = None
+        elif adapter == "auto":
             adapter = None
             if spec.modality not in self.adapters.modalities:
                 needs_embedding = spec.in_channels not in (1, 3)
@@ -96,7 +111,8 @@ class MedCLModel(nn.Module):
         own = self.adapters.in_channels(spec.modality)
         if adapter is not None and adapter.needs_patch_embedding:
             own = adapter.in_channels
-        self._check_channels(spec, own)
+        if not custom:
+            self._check_channels(spec, own)
         head = self.new_head(spec)
         if adapter is not None:
             self.adapters.add(adapter)
@@ -128,7 +144,8 @@ class MedCLModel(nn.Module):
             ValueError: if no head serves the kind or it rejects the arguments.
         """
         head = build_head(spec, self.backbone.embed_dim, self.head_args.get(spec.kind) if head_args is None else head_args)
-        head.on_add(self.backbone)  # may build layers from the backbone's feature shapes
+        with self.backbone.input_size(spec.image_size or None):
+            head.on_add(self.backbone)  # may build layers from the backbone's feature shapes at the task's size
         return head.to(next(self.backbone.parameters()).device)
 
     def parameter_groups(self, select: Callable[[nn.Module], List[nn.Parameter]]) -> List[Tuple[str, List[nn.Parameter]]]:
@@ -162,5 +179,14 @@ class MedCLModel(nn.Module):
     def forward(self, images: Tensor, task: str) -> Tensor:
         """Raw outputs of ``task``'s head (logits, log-risks, mask logits), through its modality's adapters."""
         head = self.head(task)
-        with self.adapters.use(self.specs[task].modality):
+        with self.route(self.specs[task]):
             return head(self.backbone, images)
+
+    @contextlib.contextmanager
+    def route(self, spec: TaskSpec) -> Iterator[None]:
+        """Serve ``spec``: its modality's adapters (if the model has that modality) and its input size."""
+        with contextlib.ExitStack() as stack:
+            if spec.modality in self.adapters.modalities:
+                stack.enter_context(self.adapters.use(spec.modality))
+            stack.enter_context(self.backbone.input_size(spec.image_size or None))
+            yield

@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Dict, List, Mapping
 
+from framework.backbone.custom import comparable_backbone
+
 __all__ = ["RESUME_MAY_CHANGE", "resume_differences", "signature_defaults"]
 
 #: model arguments a resumed run may change: where a file was read from, never what is computed
@@ -57,6 +59,8 @@ def resume_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any], def
         if key.startswith("_") or key in RESUME_MAY_CHANGE:
             continue
         a, b = _plain(stored.get(key, defaults.get(key))), _plain(wanted.get(key, defaults.get(key)))
+        if key == "backbone":  # a custom tower's init_args: absent = empty
+            a, b = comparable_backbone(a), comparable_backbone(b)
         if a != b and not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b)):
             out.append(f"{key}: checkpoint {a!r}, config {b!r}")
     return out

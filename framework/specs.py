@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 __all__ = ["TASK_KINDS", "TaskSpec"]
@@ -46,6 +46,9 @@ class TaskSpec:
         time_bins: prognosis tasks only: increasing cut points (in the data's time unit) of the
             discrete-time grid used by discrete-time survival losses (MTLR).  Data modules derive
             them from the training event times; empty for tasks that need none.
+        image_size: ``(H, W)``: the in-plane size the image tower runs at for this task (data
+            modules declare the size their images come in); empty: the backbone's own input size
+            (what tasks of checkpoints written before this field did).
 
     Raises:
         ValueError: if any field is missing, has the wrong type or an invalid value.  The message
@@ -61,10 +64,11 @@ class TaskSpec:
     in_channels: int = 3
     spatial_dims: int = 2
     time_bins: Tuple[float, ...] = field(default_factory=tuple)
+    image_size: Tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         # Accept lists from YAML/JSON but store immutable tuples (the spec is hashable and frozen).
-        for name in ("class_names", "label_names", "time_bins"):
+        for name in ("class_names", "label_names", "time_bins", "image_size"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -107,6 +111,10 @@ class TaskSpec:
             self._fail("time_bins", "no time bins for a task that is not of kind 'prognosis'", list(self.time_bins))
         if isinstance(self.in_channels, bool) or not isinstance(self.in_channels, int) or self.in_channels < 1:
             self._fail("in_channels", "a positive integer", self.in_channels)
+        if self.image_size and (
+            len(self.image_size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in self.image_size)
+        ):
+            self._fail("image_size", "empty or [height, width], integers >= 8", list(self.image_size))
         if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
             self._fail("spatial_dims", "2 or 3", self.spatial_dims)
 
@@ -130,7 +138,16 @@ class TaskSpec:
         out["class_names"] = list(self.class_names)
         out["label_names"] = list(self.label_names)
         out["time_bins"] = list(self.time_bins)
+        out["image_size"] = list(self.image_size)
         return out
+
+    def same_task(self, other: "TaskSpec") -> bool:
+        """Whether ``other`` (e.g. the data's spec) describes this (e.g. a checkpoint's) task: equal, or
+        equal but for an ``image_size`` this spec leaves to the backbone (a checkpoint written before
+        tasks declared sizes keeps running at the size it was trained at)."""
+        if self == other:
+            return True
+        return not self.image_size and self == replace(other, image_size=())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Optional[str] = None) -> "TaskSpec":

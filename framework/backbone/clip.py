@@ -13,10 +13,11 @@ meaning before any training.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import open_clip
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from framework.backbone.architecture import Architecture, quiet_local_dir_build, resolve_architecture, resolve_weights, schema_of
+from framework.backbone.resolution import check_input_size, enable_any_input_size, patch_multiple
 from framework.checkpoints import ALLOW_PICKLE_ENV, allow_pickle
 
 __all__ = ["CLIPBackbone", "MODEL_CONFIG_DIR", "register_model_configs", "list_architectures"]
@@ -123,8 +125,10 @@ class CLIPBackbone(nn.Module):
                 f"local-dir:{folder}", force_image_size=image_size, pretrained_text=text_now, pretrained_image=False,
                 cache_dir=cache_dir, weights_only=not allow_pickle(),
             )
+        enable_any_input_size(model.visual)  # each task runs at its own size (framework/backbone/resolution.py)
         self.clip = model
-        self._weights_loaded = text_now and not self.architecture.weights
+        #: the input size of the task being served (see :meth:`input_size`), None: the tower's own
+        self._task_size: Optional[Tuple[int, int]] = None
         plain = schema_of(model_name) is None and model_name in open_clip.list_models()
         self.tokenizer = open_clip.get_tokenizer(model_name if plain else f"local-dir:{folder}")
         visual = model.visual
@@ -198,6 +202,35 @@ class CLIPBackbone(nn.Module):
         return path
 
     # ------------------------------------------------------------------ image side
+    @property
+    def current_size(self) -> Tuple[int, int]:
+        """``(H, W)`` the image tower runs at now: the served task's size, else :attr:`image_size`."""
+        return self._task_size or self.image_size
+
+    @contextlib.contextmanager
+    def input_size(self, size: Optional[Sequence[int]]) -> Iterator[None]:
+        """Run the image tower at ``size`` (a task's ``image_size``) for the duration of the block.
+
+        ViT towers resample their position embeddings to the new patch grid, convolutional towers
+        take the size as it is (:mod:`framework.backbone.resolution`).
+
+        Args:
+            size: ``(H, W)`` (a ViT runs at it rounded up to a multiple of its patch size), or
+                ``None``/empty for the tower's own :attr:`image_size`.
+
+        Raises:
+            ValueError: if the tower cannot run at that size.
+        """
+        size = tuple(int(v) for v in size) if size else None
+        if size is not None:
+            check_input_size(self.clip.visual, self.image_size, size, f"CLIPBackbone {self.model_name!r}")
+            size = patch_multiple(self.clip.visual, size)  # a ViT's patch grid covers every pixel
+        previous, self._task_size = self._task_size, size
+        try:
+            yield
+        finally:
+            self._task_size = previous
+
     def prepare_images(self, images: Tensor) -> Tensor:
         """Validate, expand to RGB, resize and normalise images for the image tower.
 
@@ -228,8 +261,8 @@ class CLIPBackbone(nn.Module):
                 f"CLIPBackbone: images expected 1 or 3 channels, found {channels}; other channel counts need a modality "
                 f"adapter (a task with that in_channels gives its modality a new patch embedding)"
             )
-        if tuple(images.shape[-2:]) != self.image_size:
-            images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
+        if tuple(images.shape[-2:]) != self.current_size:
+            images = F.interpolate(images, size=self.current_size, mode="bilinear", align_corners=False)
         return (images - mean) / std
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
@@ -262,7 +295,8 @@ class CLIPBackbone(nn.Module):
         if volumes.ndim != 5:
             raise ValueError(f"CLIPBackbone: volumes expected shape (B, C, D, H, W), found {tuple(volumes.shape)}")
         d, h, w = volumes.shape[-3:]
-        if h > self.image_size[0] or w > self.image_size[1]:
+        size = self.current_size
+        if h > size[0] or w > size[1]:
             from monai.inferers import sliding_window_inference
 
             if volumes.dtype == torch.uint8:  # MONAI accumulates windows in the input's dtype
@@ -270,7 +304,7 @@ class CLIPBackbone(nn.Module):
 
             # one embedding per slice and window: the stitched map is (B, E, D, ~H/h, ~W/w)
             maps = sliding_window_inference(
-                volumes, roi_size=(d, *self.image_size), sw_batch_size=4, overlap=0.0,
+                volumes, roi_size=(d, *size), sw_batch_size=4, overlap=0.0,
                 predictor=lambda window: self._encode_slices(window)[..., None, None],
             )
             pooled = maps.flatten(2).mean(dim=2)
@@ -305,14 +339,14 @@ class CLIPBackbone(nn.Module):
 
     @torch.no_grad()
     def intermediate_shapes(self, indices: Union[int, Sequence[int], None] = None) -> List[Tuple[int, int, int]]:
-        """``(channels, height, width)`` of each :meth:`forward_intermediates` map at the model's input size.
+        """``(channels, height, width)`` of each :meth:`forward_intermediates` map at :attr:`current_size`.
 
         Found with one dummy forward pass in eval mode, so batch-norm statistics are untouched.
         """
         was_training = self.training
         self.eval()
         try:
-            probe = torch.zeros(1, 3, *self.image_size, device=self.pixel_mean.device)
+            probe = torch.zeros(1, 3, *self.current_size, device=self.pixel_mean.device)
             return [tuple(f.shape[1:]) for f in self.forward_intermediates(probe, indices)]
         finally:
             self.train(was_training)

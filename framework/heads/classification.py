@@ -25,7 +25,8 @@ class ClassificationHead(TaskHead):
 
     Class embeddings are the text embeddings of the spec's prompts.  With
     ``learn_class_embeddings=True`` they become parameters, initialised from those text embeddings
-    when the head is added to a model (:meth:`on_add`).
+    when the head is added to a model (:meth:`on_add`).  On a backbone without a text side (a
+    vision-only custom tower, ``has_text`` false) they are always learned, from a random start.
 
     Args:
         spec: a ``classification`` task.
@@ -68,6 +69,13 @@ class ClassificationHead(TaskHead):
             self.class_embeddings = nn.Parameter(torch.zeros(spec.num_classes, embed_dim))
 
     def on_add(self, backbone: nn.Module) -> None:
+        if not getattr(backbone, "has_text", True):  # no prompt embeddings: learn the class embeddings from random
+            if not self.learn_class_embeddings:
+                self.learn_class_embeddings = True
+                self.class_embeddings = nn.Parameter(torch.zeros(self.spec.num_classes, self.embed_dim))
+            with torch.no_grad():
+                self.class_embeddings.normal_()
+            return
         if self.learn_class_embeddings:
             with torch.no_grad():
                 text = backbone.encode_prompts(self.spec.prompts)

@@ -128,7 +128,7 @@ class SegmentationHead(TaskHead):
             # a 1x1 map (a ResNet's last stage at 28 px) carries no layout and breaks instance norm
             self.feature_indices = [i for i, (_, h, w) in enumerate(shapes) if h * w > 1]
             shapes = [s for s in shapes if s[1] * s[2] > 1]
-        size = backbone.image_size[0]
+        size = backbone.current_size[0]  # the task's input size (MedCLModel.new_head sets it)
         n, stages = plan_decoder([h for _, h, _ in shapes], size)
         self.plan = (n, stages)
         self.projections = nn.ModuleList()

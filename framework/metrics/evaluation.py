@@ -16,7 +16,6 @@ split with a single class.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any, ContextManager, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
@@ -70,9 +69,7 @@ def can_route(model: nn.Module, spec: TaskSpec) -> bool:
 
 
 def _route(model: nn.Module, spec: TaskSpec) -> ContextManager:
-    if spec.modality in model.adapters.modalities:
-        return model.adapters.use(spec.modality)
-    return contextlib.nullcontext()
+    return model.route(spec)  # its modality's adapters (if any) and its input size
 
 
 def supports_zero_shot(spec: TaskSpec) -> bool:

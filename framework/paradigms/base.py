@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from data_modules.base import single_sample_last_batches
 from framework.adapters import AdapterSpec, check_lora_options
 from framework.backbone.architecture import register_checkpoint_architecture, resolve_architecture
+from framework.backbone.custom import check_backbone_value, comparable_backbone
 from framework.checkpoints import load_checkpoint
 from framework.divergence import check_loss, check_module, check_state_dict
 from framework.heads import TaskHead
@@ -55,6 +56,8 @@ def hparam_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> 
     out = []
     for key, default in MODEL_DEFINING_HPARAMS.items():
         a, b = stored.get(key, default), wanted.get(key, default)
+        if key == "backbone":  # a custom tower's init_args: absent = empty
+            a, b = comparable_backbone(a), comparable_backbone(b)
         if (a or None) != (b or None):
             out.append(f"{key}: checkpoint {a!r}, config {b!r}")
     return out
@@ -64,11 +67,14 @@ class MedCLModule(pl.LightningModule):
     """Base of :class:`SpecializedModule`, :class:`JointModule` and :class:`ContinualModule`.
 
     Args:
-        backbone: open_clip architecture name (``medcl-vit-tiny``, ``medcl-resnet18-tiny``, ``ViT-B-16`` ...).
-        pretrained: ``None``, a local checkpoint file, or an open_clip tag (needs internet).
-        image_size: override the architecture's input size.
-        freeze_image_tower: keep the image tower frozen.
-        freeze_text_tower: keep the text tower frozen (prompt embeddings are then cached).
+        backbone: open_clip architecture name (``medcl-vit-tiny``, ``medcl-resnet18-tiny``, ``ViT-B-16``,
+            ``hf-hub:org/repo``, ``local-dir:/path`` ...), or a user's own image tower as
+            ``{class_path: pkg.module.Tower, init_args: {...}}`` (protocol: :mod:`framework.backbone.custom`).
+        pretrained: ``None``, a local checkpoint file, or an open_clip tag (needs internet); open_clip
+            backbones only (a custom tower reads its weights in its own ``load_pretrained``).
+        image_size: override the architecture's input size (open_clip backbones only).
+        freeze_image_tower: keep the image tower frozen (a custom backbone: the whole tower).
+        freeze_text_tower: keep the text tower frozen (prompt embeddings are then cached); open_clip backbones only.
         head_args: per-kind head options, e.g. ``{"classification": {"learn_class_embeddings": true}}``.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -96,7 +102,7 @@ class MedCLModule(pl.LightningModule):
 
     def __init__(
         self,
-        backbone: str = "medcl-vit-tiny",
+        backbone: Union[str, Dict[str, Any]] = "medcl-vit-tiny",
         pretrained: Optional[str] = None,
         image_size: Optional[int] = None,
         freeze_image_tower: bool = False,
@@ -124,17 +130,28 @@ class MedCLModule(pl.LightningModule):
                 f"{type(self).__name__}: task_loss_weighting expected one of {list(TASK_LOSS_WEIGHTINGS)}, found {task_loss_weighting!r}"
             )
         self.freezing = FreezingPolicy(freeze)
+        # a custom backbone is stored as {class_path, init_args} (init_args always present)
+        backbone = check_backbone_value(backbone, type(self).__name__)
         self.save_hyperparameters()
-        self.backbone_config = dict(
-            model_name=backbone,
-            pretrained=pretrained,
-            image_size=image_size,
-            freeze_image_tower=freeze_image_tower,
-            freeze_text_tower=freeze_text_tower,
-            # resolved once (a checkpoint's stored architecture first); weights load in setup, see load_pretrained
-            architecture=resolve_architecture(backbone, pretrained),
-            load_weights=False,
-        )
+        if isinstance(backbone, dict):  # a custom tower (framework/backbone/custom.py)
+            for name, value in (("pretrained", pretrained), ("image_size", image_size)):
+                if value is not None:
+                    raise ValueError(
+                        f"{type(self).__name__}: {name}={value!r} applies to open_clip backbones; the custom backbone "
+                        f"{backbone['class_path']!r} takes it in its own init_args: set {name}: null"
+                    )
+            self.backbone_config = dict(tower=backbone, freeze_image_tower=freeze_image_tower, load_weights=False)
+        else:
+            self.backbone_config = dict(
+                model_name=backbone,
+                pretrained=pretrained,
+                image_size=image_size,
+                freeze_image_tower=freeze_image_tower,
+                freeze_text_tower=freeze_text_tower,
+                # resolved once (a checkpoint's stored architecture first); weights load in setup, see load_pretrained
+                architecture=resolve_architecture(backbone, pretrained),
+                load_weights=False,
+            )
         #: the weights are settled: pretrained ones loaded, or a checkpoint's loaded (nothing may overwrite them)
         self.weights_ready = False
         #: a checkpoint's weights are about to be loaded (see :meth:`expect_checkpoint_weights`)
@@ -204,8 +221,9 @@ class MedCLModule(pl.LightningModule):
 
     @property
     def architecture(self):
-        """The backbone's :class:`~framework.backbone.architecture.Architecture` (stored in checkpoints)."""
-        return self.backbone_config["architecture"]
+        """The backbone's :class:`~framework.backbone.architecture.Architecture` (stored in checkpoints);
+        ``None`` for a custom tower (its class_path and init_args are in the hyper-parameters)."""
+        return self.backbone_config.get("architecture")
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
@@ -316,7 +334,7 @@ class MedCLModule(pl.LightningModule):
                 )
         for spec in list(self.stream_specs.values()) + evaluation_only:
             mine = self.task_specs.get(spec.name)
-            if mine is not None and mine != spec:
+            if mine is not None and not mine.same_task(spec):
                 raise ValueError(f"task {spec.name!r}: the model's spec {mine.to_dict()} differs from the data's {spec.to_dict()}")
         if stage == "fit":
             warn_on_slow_precision(self.trainer)
@@ -537,7 +555,7 @@ class MedCLModule(pl.LightningModule):
             "adapters": adapters,  # task -> the adapter it brought, rebuilt before strict loading
             "initial_tasks": list(self.initial_tasks),
             # the backbone's architecture and tokenizer files: the checkpoint rebuilds its model anywhere
-            "architecture": self.architecture.to_record(),
+            "architecture": self.architecture.to_record() if self.architecture is not None else None,
         }
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
@@ -556,7 +574,7 @@ class MedCLModule(pl.LightningModule):
             )
         for i, spec, adapter in self._stored_tasks(meta, "checkpoint"):
             offered = self.stream_specs.get(spec.name)
-            if offered is not None and offered != spec:
+            if offered is not None and not spec.same_task(offered):
                 raise ValueError(
                     f"checkpoint field '{CHECKPOINT_KEY}.tasks[{i}]' ({spec.name!r}) differs from the data's task: "
                     f"{spec.to_dict()} vs {offered.to_dict()}"

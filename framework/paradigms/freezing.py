@@ -75,7 +75,8 @@ class FreezingPolicy:
             base = [p for p in model.backbone.parameters() if id(p) not in adapter_ids]
             self._set(base, not freeze_backbone, counts, "backbone")
             if freeze_backbone:
-                self.frozen_modules.append(model.backbone.clip.visual)
+                clip = getattr(model.backbone, "clip", None)  # a custom backbone: its whole tower
+                self.frozen_modules.append(clip.visual if clip is not None else model.backbone.tower)
             for modality, params in adapter_params.items():
                 if self.policy == "adapters_only":
                     train = modality in current_modalities
