@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from torch import Tensor, nn
 
 from framework.adapters import AdapterSpec, ModalityAdapters, check_lora_options
+from framework.adapters.domain_bn import DomainNorms
 from framework.backbone import CLIPBackbone
 from framework.backbone.custom import CustomBackbone
 from framework.heads import TaskHead, build_head
@@ -34,6 +35,8 @@ class MedCLModel(nn.Module):
             ``{"classification": {"learn_class_embeddings": True}}``.
         lora: LoRA options for new modalities (``r``, ``alpha``, ``dropout``, ``target_modules``),
             ``None`` for no LoRA.
+        domain_batchnorm: every task gets its own copy of the image tower's BatchNorm layers
+            (statistics and affine parameters; :mod:`framework.adapters.domain_bn`).
 
     Raises:
         ValueError: if ``head_args`` is not a mapping of kind -> mapping, or ``lora`` is invalid (or set
@@ -45,6 +48,7 @@ class MedCLModel(nn.Module):
         backbone: Optional[Mapping[str, Any]] = None,
         head_args: Optional[Mapping[str, Mapping[str, Any]]] = None,
         lora: Optional[Mapping[str, Any]] = None,
+        domain_batchnorm: bool = False,
     ):
         super().__init__()
         head_args = dict(head_args or {})
@@ -68,10 +72,20 @@ class MedCLModel(nn.Module):
                 f"{self.backbone.class_path!r} takes no adapters: set lora: null"
             )
         self.adapters = ModalityAdapters(self.backbone)
+        if not isinstance(domain_batchnorm, bool):
+            raise ValueError(f"MedCLModel: domain_batchnorm expected true or false, found {domain_batchnorm!r}")
+        #: per-task BatchNorm copies (None: the tower's BatchNorm layers are shared by every task)
+        self.domain_norms: Optional[DomainNorms] = DomainNorms(self.image_tower) if domain_batchnorm else None
         self.heads = nn.ModuleDict()
         self.specs: Dict[str, TaskSpec] = {}
         #: the adapter each task brought with it (stored in checkpoints, restored before loading)
         self.adapter_of_task: Dict[str, AdapterSpec] = {}
+
+    @property
+    def image_tower(self) -> nn.Module:
+        """The image tower module (open_clip's ``visual``, or a custom backbone's tower)."""
+        clip = getattr(self.backbone, "clip", None)
+        return clip.visual if clip is not None else self.backbone.tower
 
     @property
     def tasks(self) -> list:
@@ -119,6 +133,9 @@ class MedCLModel(nn.Module):
             self.adapters.visual.to(next(self.backbone.parameters()).device)
             self.adapter_of_task[spec.name] = adapter
         self.adapters.register_modality(spec.modality)
+        if self.domain_norms is not None:
+            self.domain_norms.add(spec.name)
+            self.image_tower.to(next(self.backbone.parameters()).device)
         self.heads[spec.name] = head
         self.specs[spec.name] = spec
         return head
@@ -156,6 +173,7 @@ class MedCLModel(nn.Module):
             select: picks a module's parameters for the optimizer (e.g. the trainable ones).
         """
         adapter_ids = {id(p) for p in self.adapters.all_parameters()}
+        adapter_ids |= {id(p) for p in self.domain_norms.all_parameters()} if self.domain_norms is not None else set()
         chosen = select(self.backbone)
         chosen_ids = {id(p) for p in chosen}
         groups = [("backbone", [p for p in chosen if id(p) not in adapter_ids])]
@@ -163,6 +181,8 @@ class MedCLModel(nn.Module):
             adapter = self.adapter_of_task.get(name)
             if adapter is not None:
                 groups.append((f"adapter:{adapter.modality}", [p for p in self.adapters.parameters(adapter.modality) if id(p) in chosen_ids]))
+            if self.domain_norms is not None and name in self.domain_norms:
+                groups.append((f"batchnorm:{name}", [p for p in self.domain_norms.parameters(name) if id(p) in chosen_ids]))
             groups.append((f"head:{name}", select(head)))
         return groups
 
@@ -184,9 +204,12 @@ class MedCLModel(nn.Module):
 
     @contextlib.contextmanager
     def route(self, spec: TaskSpec) -> Iterator[None]:
-        """Serve ``spec``: its modality's adapters (if the model has that modality) and its input size."""
+        """Serve ``spec``: its modality's adapters (if the model has that modality), its BatchNorm copies
+        (with ``domain_batchnorm``) and its input size."""
         with contextlib.ExitStack() as stack:
             if spec.modality in self.adapters.modalities:
                 stack.enter_context(self.adapters.use(spec.modality))
+            if self.domain_norms is not None:  # a task without copies (zero-shot of a new one) uses the shared layers
+                stack.enter_context(self.domain_norms.use(spec.name))
             stack.enter_context(self.backbone.input_size(spec.image_size or None))
             yield

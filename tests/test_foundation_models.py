@@ -222,3 +222,24 @@ def test_a_checkpoint_never_reads_the_pretrained_file_again(tmp_path, fresh_cach
     state = reloaded.state_dict()
     assert all(torch.equal(state[k], v) for k, v in module.state_dict().items())
     assert resolve_architecture(f"local-dir:{replica}").stored
+
+
+@pytest.mark.slow
+def test_biomedclips_real_architecture_builds_and_trains_one_step(tmp_path, fresh_cache):
+    """ViT-B/16 at 224 px + BERT-base (vocab 30522, context 256), random weights: one optimizer step."""
+    from framework.specs import TaskSpec
+    from framework.model import MedCLModel
+
+    folder = make_local_dir_replica(tmp_path / "BiomedCLIP-full", shrink=False, with_weights=False)
+    torch.manual_seed(0)
+    model = MedCLModel(backbone={"model_name": f"local-dir:{folder}", "freeze_text_tower": True})
+    assert sum(p.numel() for p in model.backbone.parameters()) > 190e6
+    assert model.backbone.tokenizer.context_length == 256 and model.backbone.image_size == (224, 224)
+    model.add_task(TaskSpec(name="t", kind="classification", class_names=("benign", "malignant"), image_size=(224, 224)))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    images, target = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8), torch.tensor([0, 1])
+    before = model.backbone.clip.visual.trunk.patch_embed.proj.weight.detach().clone()
+    loss = model.head("t").loss(model(images, "t"), target)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(before, model.backbone.clip.visual.trunk.patch_embed.proj.weight)

@@ -377,7 +377,7 @@ def resolve_weights(pretrained: Optional[str], architecture: Architecture, cache
             return open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, pretrained), cache_dir=cache_dir)
         except Exception as err:
             raise RuntimeError(
-                f"CLIPBackbone: could not download pretrained weights {pretrained!r} for {name!r} ({type(err).__name__}; no internet?). "
+                f"CLIPBackbone: could not download pretrained weights {pretrained!r} for {name!r} (no internet?). "
                 f"Download them on a machine with internet, e.g. `python -c \"import open_clip; open_clip.create_model('{name}', "
                 f"pretrained='{pretrained}', cache_dir='weights')\"`, then pass the local file: pretrained=/path/to/open_clip_model.safetensors"
             ) from err

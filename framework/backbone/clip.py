@@ -118,7 +118,12 @@ class CLIPBackbone(nn.Module):
         # A Hugging Face text tower's own pretrained weights (e.g. MiniLM) load while it is built, as open_clip
         # does, when no CLIP weights will replace them and they are on this machine.
         text_source = self.architecture.text_weights
-        text_now = bool(text_source) and os.path.isdir(str(text_source)) and self.pretrained is None and self.architecture.weights is None
+        text_now = (
+            bool(text_source) and self.pretrained is None and self.architecture.weights is None
+            and any((Path(str(text_source)) / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
+        )
+        #: the Hugging Face text tower should start from its own weights, but they are not on this machine
+        self._text_weights_missing = bool(text_source) and not text_now and self.pretrained is None and self.architecture.weights is None
         folder = self.architecture.materialise(text_source=text_source if text_now else None)
         with quiet_local_dir_build():
             model = open_clip.create_model(
@@ -183,6 +188,11 @@ class CLIPBackbone(nn.Module):
         """
         path = self.weights_source
         if path is None:
+            if self._text_weights_missing:
+                log.warning(
+                    "CLIPBackbone %s: the text tower's own weights (%s) are not on this machine: it starts from random weights",
+                    self.model_name, self.architecture.text_weights,
+                )
             return None
         try:
             open_clip.load_checkpoint(self.clip, path, strict=True, weights_only=not allow_pickle())

@@ -46,7 +46,7 @@ CHECKPOINT_FORMAT = 1
 OPTIMIZER_ON_NEW_TASK = ("extend", "reset")
 TASK_LOSS_WEIGHTINGS = ("equal", "samples")
 #: hyper-parameters that decide the shape of the stored weights, with their defaults
-MODEL_DEFINING_HPARAMS = {"backbone": "medcl-vit-tiny", "image_size": None, "head_args": None}
+MODEL_DEFINING_HPARAMS = {"backbone": "medcl-vit-tiny", "image_size": None, "head_args": None, "domain_batchnorm": False}
 #: paradigms that share one model (their checkpoints load into each other with init_from)
 SHARED_MODEL_PARADIGMS = ("ContinualModule", "JointModule")
 
@@ -93,6 +93,9 @@ class MedCLModule(pl.LightningModule):
             sums them (every task present weighs the same, however few samples it brought, e.g. a
             few replayed exemplars); ``"samples"`` weighs each by its share of the batch's samples
             (one mean over all samples, what a single-loss loop such as Avalanche's computes).
+        domain_batchnorm: every task normalises with its own copy of the image tower's BatchNorm
+            layers (DSBN: statistics and affine parameters, routed by the task like the adapters,
+            stored in checkpoints); for BatchNorm towers trained on several datasets.
 
     Raises:
         ValueError: on invalid hyper-parameters, or an ``init_from`` file that is not a MedCL
@@ -115,6 +118,7 @@ class MedCLModule(pl.LightningModule):
         freeze: str = "none",
         lora: Optional[Dict[str, Any]] = None,
         task_loss_weighting: Literal["equal", "samples"] = "equal",
+        domain_batchnorm: bool = False,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -178,7 +182,7 @@ class MedCLModule(pl.LightningModule):
     def new_model(self) -> MedCLModel:
         """A fresh backbone with no heads, from this module's hyper-parameters, with its pretrained
         weights (none while :meth:`rebuilding` a stored model, whose weights come from a checkpoint)."""
-        model = MedCLModel(backbone=self.backbone_config, head_args=self.head_args, lora=self.lora)
+        model = MedCLModel(backbone=self.backbone_config, head_args=self.head_args, lora=self.lora, domain_batchnorm=self.hparams.domain_batchnorm)
         if not self._rebuilding and not self.checkpoint_pending:
             model.backbone.load_pretrained()
         return model

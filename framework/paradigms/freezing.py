@@ -46,6 +46,7 @@ class FreezingPolicy:
         self._seen: Set[int] = set()
         self._frozen: Set[int] = set()   # frozen by this policy
         self.frozen_modules: List[nn.Module] = []
+        self.trained_modules: List[nn.Module] = []
 
     def froze(self, param: nn.Parameter) -> bool:
         """Whether this policy (not the model's configuration) froze ``param``."""
@@ -65,6 +66,7 @@ class FreezingPolicy:
         counts = dict(total=0, backbone=0, adapters=0, heads=0, all=0)
         self._frozen.clear()
         self.frozen_modules = []
+        self.trained_modules = []  # trained inside a frozen module (a task's BatchNorm copies in a frozen tower)
         freeze_backbone = self.policy in ("backbone", "backbone+old_heads", "adapters_only")
         freeze_old_heads = self.policy in ("old_heads", "backbone+old_heads", "adapters_only")
         for model in models:
@@ -72,6 +74,8 @@ class FreezingPolicy:
             old_modalities = {spec.modality for name, spec in model.specs.items() if name not in current | future}
             adapter_params = {m: model.adapters.parameters(m) for m in model.adapters.specs}
             adapter_ids = {id(p) for params in adapter_params.values() for p in params}
+            norms = getattr(model, "domain_norms", None)
+            adapter_ids |= {id(p) for p in norms.all_parameters()} if norms is not None else set()
             base = [p for p in model.backbone.parameters() if id(p) not in adapter_ids]
             self._set(base, not freeze_backbone, counts, "backbone")
             if freeze_backbone:
@@ -90,6 +94,9 @@ class FreezingPolicy:
                 self._set(list(head.parameters()), train, counts, "heads")
                 if not train:
                     self.frozen_modules.append(head)
+                if norms is not None and name in norms:  # a task's own BatchNorm copies follow its head
+                    self._set(norms.parameters(name), train, counts, "adapters")
+                    (self.trained_modules if train else self.frozen_modules).extend(norms.modules(name))
         counts["total"] = counts["backbone"] + counts["adapters"] + counts["heads"]
         return counts
 
@@ -109,6 +116,9 @@ class FreezingPolicy:
                 self._frozen.add(id(p))
 
     def set_eval(self) -> None:
-        """Put frozen modules in eval mode (call after ``module.train()``)."""
+        """Put frozen modules in eval mode (call after ``module.train()``); trained modules inside
+        them (the current tasks' BatchNorm copies) stay in training mode."""
         for module in self.frozen_modules:
             module.eval()
+        for module in self.trained_modules:
+            module.train()
