@@ -114,6 +114,9 @@ class MonaiViT3D(nn.Module):
             mlp_dim=hidden_size * mlp_ratio, num_layers=num_layers, num_heads=num_heads, classification=False,
             dropout_rate=dropout, spatial_dims=3,
         )
+        if dropout == 0:  # PyTorch's fused attention (same result; MONAI would pass dropout_p to it in eval mode too)
+            for block in self.vit.blocks:
+                block.attn.use_flash_attention = True
         if pool == "cls":  # MONAI adds its class token only with classification=True
             self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.proj = nn.Linear(hidden_size, embed_dim, bias=False)
