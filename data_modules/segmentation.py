@@ -124,7 +124,8 @@ def load_segmentation_npz(
     The archive holds ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` (2D) / ``(N, D, H, W)`` or
     ``(N, D, H, W, C)`` (3D), either uint8 (served as uint8; the backbone divides by 255) or float
     with values in ``[0, 1]``; ``masks`` ``(N, H, W)`` / ``(N, D, H, W)`` of integer labels;
-    ``split`` ``(N,)`` with 0 = train, 1 = val, 2 = test (honoured exactly).  Sample ids come from
+    ``split`` ``(N,)`` with 0 = train, 1 = val, 2 = test (honoured exactly; a split may be empty,
+    e.g. all 2 for a test-only set from another centre).  Sample ids come from
     ``names``, else ``frame``, else the sample index.
 
     Args:
@@ -139,7 +140,7 @@ def load_segmentation_npz(
     Raises:
         FileNotFoundError: if the file does not exist.
         ValueError: on an unreadable archive, missing keys, wrong dtypes, shapes, counts, channels,
-            dimensionality, mask values or split values, or an empty split.  Messages name the file
+            dimensionality, mask values or split values.  Messages name the file
             and the field, what was expected and what was found.
     """
     path = Path(path)
@@ -212,12 +213,7 @@ def load_segmentation_npz(
         raise ValueError(
             f"{path}: field 'split' expected values in {{0, 1, 2}} (train/val/test), found values {_short_values(np.array(bad))}"
         )
-    counts = {name: int((split == code).sum()) for code, name in enumerate(SPLITS)}
-    empty = [name for name, count in counts.items() if count == 0]
-    if empty:
-        raise ValueError(
-            f"{path}: field 'split' has no samples for split(s) {empty}; every split needs at least one, found counts {counts}"
-        )
+    # a split may be empty (a test-only set from another centre): the stream refuses a domain whose role needs it
 
     if images.ndim == spatial_dims + 1:
         images = images[:, None]

@@ -169,8 +169,26 @@ class DomainStream(pl.LightningDataModule):
             domain.prepare_data()
 
     def setup(self, stage: Optional[str] = None) -> None:
+        """Set up every domain, and refuse one without the samples its role needs: a trained domain
+        needs train, val and test samples, an ``eval_domains`` one val and test, a cross-domain or
+        cross-task set test samples only (a test-only set from another centre is fine).
+
+        Raises:
+            ValueError: naming the domain, its role and the empty split.
+        """
         for domain in self._all_domains():
             domain.setup(stage)
+        roles = [("domains", d, ("train", "val", "test")) for d in self.domains] + [("eval_domains", d, ("val", "test")) for d in self.eval_domains]
+        roles += [("cross_domains/cross_tasks", d, ("test",)) for d in self.cross_domains + self.cross_tasks]
+        for role, domain, splits in roles:
+            if stage not in (None, "fit"):
+                splits = tuple(s for s in splits if s == {"validate": "val"}.get(stage, stage))
+            empty = [s for s in splits if len(domain.dataset(s)) == 0]
+            if empty:
+                raise ValueError(
+                    f"DomainStream: {role} domain {domain.name!r} has no {'/'.join(empty)} samples; a domain listed under {role} "
+                    f"needs {', '.join(splits)} samples (a test-only set belongs under cross_domains)"
+                )
 
     def _module_tasks(self, method: str, *args) -> List[str]:
         module = self.trainer.lightning_module if self.trainer is not None else None

@@ -211,3 +211,36 @@ def test_a_joint_batch_holding_several_modalities_trains_each_modality_adapter(t
     for modality in ("ct", "endoscopy"):
         lora_b = [p for name, p in model.adapters.visual.named_parameters() if f"lora_B.{modality}." in name]
         assert lora_b and all(p.abs().sum() > 0 for p in lora_b), modality
+
+
+@needs_shared
+def test_grown_into_a_64px_segmentation_task_the_28px_quickstart_trains_it_at_64px(quickstart_ckpt, tmp_path):
+    """The new task runs at its own size (64 px masks, decoder planned at 64), the old ones at 28 and
+    unchanged; the start row does not score the untrained decoder (it is not a zero-shot score)."""
+    config = yaml.safe_load(shrink_config("experiments/quickstart.yaml", tmp_path, train_subset=32, eval_subset=24, batch_size=8).read_text())
+    old = config["data"]["init_args"]["domains"]
+    config["data"]["init_args"]["domains"] = [{"class_path": "data_modules.SegmentationDataModule", "init_args": {
+        "file": str(SHARED_MEDMNIST.parent / "segmentation" / "kvasir_seg_64.npz"), "task_name": "kvasir_seg", "label_names": ["polyp"],
+        "modality": "endoscopy", "batch_size": 8, "eval_batch_size": 24, "train_subset": 32, "val_subset": 24, "test_subset": 24}}]
+    config["data"]["init_args"]["eval_domains"] = old
+    config["model"]["init_args"].update(init_from=str(quickstart_ckpt), freeze="backbone+old_heads", lora={"r": 4, "alpha": 8}, epochs_per_experience=1)
+    config["trainer"]["max_epochs"] = 1
+    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"] if "ReplayCallback" not in c["class_path"]]
+    path = tmp_path / "grow_seg.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    cli = run_cli(["fit", "--config", str(path)])
+    module = cli.model
+    assert module.task_specs["kvasir_seg"].image_size == (64, 64) and module.task_specs["bloodmnist"].image_size == (28, 28)
+    assert module.model.backbone.image_size == (28, 28)  # the tower's native grid is the quickstart's
+    seen = []
+    stem = next(m for m in module.model.backbone.clip.visual.modules() if isinstance(m, torch.nn.Conv2d))  # the patch embedding
+    stem.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    module.model.eval()
+    assert module.model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "kvasir_seg").shape == (1, 2, 64, 64)
+    module.model(torch.zeros(1, 3, 28, 28, dtype=torch.uint8), "bloodmnist")
+    assert seen == [(64, 64), (28, 28)]  # the tower ran at each task's size
+    result = json.loads((Path(cli.trainer.log_dir) / "continual_metrics.json").read_text())
+    assert result["tasks"] == [*OLD, "kvasir_seg"]
+    start, after = result["accuracy_matrix"]
+    assert start[2] is None and after[2] is not None  # no "zero-shot" Dice of a random decoder
+    assert after[:2] == pytest.approx(start[:2], abs=1e-9)

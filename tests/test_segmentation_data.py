@@ -229,7 +229,6 @@ def _bad_npz_cases():
         ({"masks": masks * 3}, {"label_names": ["a", "b"]}, r"bad.npz: field 'masks' expected label values in \[0, 2\] .*found values \[0, 3\]"),
         ({"masks": masks * 0.5}, {}, r"bad.npz: field 'masks' expected integer label values, found values \[0.5\]"),
         ({"split": np.array([0] * 8 + [1, 5], np.uint8)}, {}, r"bad.npz: field 'split' expected values in \{0, 1, 2\} \(train/val/test\), found values \[5\]"),
-        ({"split": np.array([0] * 8 + [2, 2], np.uint8)}, {}, r"bad.npz: field 'split' has no samples for split\(s\) \['val'\]"),
         ({"images": np.zeros((10, 16, 16), np.uint8)}, {}, r"bad.npz: field 'images' expected 3 channel\(s\) \(in_channels=3\), found 1 channel\(s\)"),
         ({"images": np.zeros((10, 16, 16, 16), np.uint8)}, {}, r"bad.npz: field 'images' expected 2D images .*the task is 2D-only, spatial_dims=2\), found a volume of shape \(10, 16, 16, 16\)"),
         ({"images": np.zeros((10, 4, 16, 16), np.uint8), "masks": np.zeros((10, 4, 16, 16), np.uint8)}, {"in_channels": 1},
@@ -466,3 +465,16 @@ def test_folder_with_any_non_8bit_image_is_float_throughout(tmp_path):
         for item in dm.dataset(split):
             assert item["image"].dtype == torch.float32 and torch.allclose(item["image"], torch.full((1, 4, 5), 0.2))
     assert next(iter(dm.loader("train")))["mixed"]["image"].dtype == torch.float32
+
+
+def test_a_test_only_set_from_another_centre_works_as_a_cross_domain_without_code(seg_npz):
+    from data_modules import DomainStream
+
+    trained = SegmentationDataModule(file=str(seg_npz("centre_a.npz")), task_name="polyps")
+    other = SegmentationDataModule(file=str(seg_npz("centre_b.npz", split=np.full(10, 2, np.uint8))), task_name="polyps_b")
+    stream = DomainStream(domains=[trained], cross_domains={"polyps": [other]})
+    stream.setup("fit")
+    batch = next(iter(stream.domain("polyps_b").loader("test")))
+    assert batch["polyps_b"]["image"].shape[0] == 10
+    with pytest.raises(ValueError, match=r"domains domain 'polyps_b' has no train/val samples; .*needs train, val, test samples"):
+        DomainStream(domains=[SegmentationDataModule(file=str(seg_npz("centre_b2.npz", split=np.full(10, 2, np.uint8))), task_name="polyps_b")]).setup("fit")

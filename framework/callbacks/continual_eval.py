@@ -215,9 +215,13 @@ class ContinualEvaluation(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
+            trained = set(getattr(pl_module, "initial_tasks", []))
+            trained |= {t for tasks in pl_module.experiences()[: max(experience, -1) + 1] for t in tasks}
             for spec in self._progress(trainer, specs, f"evaluating {row_label(experience)}"):
                 loader = datamodule.eval_dataloader(spec.name, self.split)
-                if spec.name in pl_module.task_specs:
+                if spec.name in pl_module.task_specs and (spec.name in trained or supports_zero_shot(spec)):
+                    # a head not trained yet is scored only where that means zero-shot from class prompts
+                    # (an untrained segmentation decoder or risk head would be a random number)
                     row[spec.name] = pl_module.evaluate(spec.name, loader)
                 elif self.forward_transfer and shared is not None:
                     scores = self._untrained(shared, spec, pl_module, loader, spec.name)
