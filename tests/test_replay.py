@@ -258,9 +258,17 @@ class _Backbone:
         return torch.nn.functional.normalize(feats, dim=1) if normalize else feats
 
 
+class _Model:
+    def __init__(self):
+        self.backbone, self.adapters = _Backbone(), _Adapters()
+
+    def route(self, spec):  # as MedCLModel.route: the task's modality adapters (and input size)
+        return self.adapters.use(spec.modality)
+
+
 class _Module:
     def __init__(self):
-        self.model = SimpleNamespace(backbone=_Backbone(), adapters=_Adapters())
+        self.model = _Model()
         self.task_specs = {"a": SimpleNamespace(modality="rgb"), "b": SimpleNamespace(modality="ct")}
         self.device = torch.device("cpu")
         self.training = True
