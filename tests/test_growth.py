@@ -224,6 +224,7 @@ def test_grown_into_a_64px_segmentation_task_the_28px_quickstart_trains_it_at_64
         "modality": "endoscopy", "batch_size": 8, "eval_batch_size": 24, "train_subset": 32, "val_subset": 24, "test_subset": 24}}]
     config["data"]["init_args"]["eval_domains"] = old
     config["model"]["init_args"].update(init_from=str(quickstart_ckpt), freeze="backbone+old_heads", lora={"r": 4, "alpha": 8}, epochs_per_experience=1)
+    config["model"]["init_args"]["head_args"]["segmentation"] = {"feature_size": 8}  # growth may set the new kind's head options
     config["trainer"]["max_epochs"] = 1
     config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"] if "ReplayCallback" not in c["class_path"]]
     path = tmp_path / "grow_seg.yaml"
@@ -231,6 +232,7 @@ def test_grown_into_a_64px_segmentation_task_the_28px_quickstart_trains_it_at_64
     cli = run_cli(["fit", "--config", str(path)])
     module = cli.model
     assert module.task_specs["kvasir_seg"].image_size == (64, 64) and module.task_specs["bloodmnist"].image_size == (28, 28)
+    assert module.model.head("kvasir_seg").feature_size == 8
     assert module.model.backbone.image_size == (28, 28)  # the tower's native grid is the quickstart's
     seen = []
     stem = next(m for m in module.model.backbone.clip.visual.modules() if isinstance(m, torch.nn.Conv2d))  # the patch embedding
@@ -244,3 +246,14 @@ def test_grown_into_a_64px_segmentation_task_the_28px_quickstart_trains_it_at_64
     start, after = result["accuracy_matrix"]
     assert start[2] is None and after[2] is not None  # no "zero-shot" Dice of a random decoder
     assert after[:2] == pytest.approx(start[:2], abs=1e-9)
+
+
+def test_growing_may_add_head_options_for_a_new_kind_but_not_change_the_old_kinds():
+    from framework.paradigms.base import hparam_differences
+
+    stored = {"head_args": {"classification": {"learn_class_embeddings": True}}}
+    added = {"head_args": {"classification": {"learn_class_embeddings": True}, "segmentation": {"feature_size": 8}}}
+    changed = {"head_args": {"classification": {"learn_class_embeddings": False}}}
+    assert hparam_differences(stored, added, stored_kinds={"classification"}) == []
+    assert hparam_differences(stored, added) != []  # resuming (--ckpt_path) stays strict
+    assert "head_args: checkpoint" in hparam_differences(stored, changed, stored_kinds={"classification"})[0]

@@ -51,13 +51,22 @@ MODEL_DEFINING_HPARAMS = {"backbone": "medcl-vit-tiny", "image_size": None, "hea
 SHARED_MODEL_PARADIGMS = ("ContinualModule", "JointModule")
 
 
-def hparam_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> List[str]:
-    """``"field: checkpoint X, config Y"`` for every model-defining hyper-parameter that differs."""
+def hparam_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any], stored_kinds: Optional[Iterable[str]] = None) -> List[str]:
+    """``"field: checkpoint X, config Y"`` for every model-defining hyper-parameter that differs.
+
+    Args:
+        stored: the checkpoint's hyper-parameters.
+        wanted: this configuration's.
+        stored_kinds: growing (``init_from``): the task kinds of the checkpoint's heads; ``head_args``
+            then only has to agree for those kinds (a new kind's head options may be added).
+    """
     out = []
     for key, default in MODEL_DEFINING_HPARAMS.items():
         a, b = stored.get(key, default), wanted.get(key, default)
         if key == "backbone":  # a custom tower's init_args: absent = empty
             a, b = comparable_backbone(a), comparable_backbone(b)
+        if key == "head_args" and stored_kinds is not None:
+            a, b = ({k: v for k, v in dict(x or {}).items() if k in set(stored_kinds)} for x in (a, b))
         if (a or None) != (b or None):
             out.append(f"{key}: checkpoint {a!r}, config {b!r}")
     return out
@@ -631,7 +640,8 @@ class MedCLModule(pl.LightningModule):
                 f"{where}: written by {paradigm}, whose model layout differs from {mine}'s; "
                 f"grow it with {paradigm} (or any of {list(SHARED_MODEL_PARADIGMS)} for a shared-model checkpoint)"
             )
-        problems = hparam_differences(checkpoint.get("hyper_parameters", {}), self.hparams)
+        kinds = {t.get("kind") for t in meta.get("tasks", []) if isinstance(t, Mapping)}
+        problems = hparam_differences(checkpoint.get("hyper_parameters", {}), self.hparams, stored_kinds=kinds)
         if problems:
             raise ValueError(f"{where}: the checkpoint's model differs from this configuration ({'; '.join(problems)}); set the config to the checkpoint's values")
         check_state_dict(checkpoint["state_dict"], where)
