@@ -69,7 +69,8 @@ class MedCLCLI(LightningCLI):
         register_checkpoint_architecture(checkpoint, f"--ckpt_path {ckpt_path}")
         stored = dict(checkpoint.get("hyper_parameters", {}))
         wanted = _plain_args(model)
-        problems = hparam_differences(stored, wanted)
+        native = ((checkpoint.get("medcl") or {}).get("architecture") or {}).get("model_cfg", {}).get("vision_cfg", {}).get("image_size")
+        problems = hparam_differences(stored, wanted, native_size=native)
         stored_class = stored.get("_class_path")
         if stored_class and stored_class != model.class_path:
             problems.insert(0, f"paradigm: checkpoint {stored_class}, config {model.class_path}")

@@ -109,7 +109,7 @@ def test_init_from_refuses_files_that_are_not_medcl_checkpoints(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"backbone": "medcl-resnet18-tiny"}, "backbone: checkpoint 'medcl-vit-tiny', config 'medcl-resnet18-tiny'"),
-     ({"image_size": 32}, "image_size: checkpoint None, config 32")],
+     ({"image_size": 32}, r"image_size: checkpoint None \(the architecture's 28 px\), config 32 \(the tower's native size; a task's own input size is its data module's image_size")],
 )
 def test_init_from_refuses_a_checkpoint_whose_backbone_differs(quickstart_ckpt, kwargs, field):
     head_args = {"classification": {"learn_class_embeddings": True}}

@@ -51,7 +51,9 @@ MODEL_DEFINING_HPARAMS = {"backbone": "medcl-vit-tiny", "image_size": None, "hea
 SHARED_MODEL_PARADIGMS = ("ContinualModule", "JointModule")
 
 
-def hparam_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any], stored_kinds: Optional[Iterable[str]] = None) -> List[str]:
+def hparam_differences(
+    stored: Mapping[str, Any], wanted: Mapping[str, Any], stored_kinds: Optional[Iterable[str]] = None, native_size: Optional[Any] = None
+) -> List[str]:
     """``"field: checkpoint X, config Y"`` for every model-defining hyper-parameter that differs.
 
     Args:
@@ -59,6 +61,7 @@ def hparam_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any], sto
         wanted: this configuration's.
         stored_kinds: growing (``init_from``): the task kinds of the checkpoint's heads; ``head_args``
             then only has to agree for those kinds (a new kind's head options may be added).
+        native_size: the architecture's own input size, named where ``image_size`` is ``None``.
     """
     out = []
     for key, default in MODEL_DEFINING_HPARAMS.items():
@@ -68,6 +71,13 @@ def hparam_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any], sto
         if key == "head_args" and stored_kinds is not None:
             a, b = ({k: v for k, v in dict(x or {}).items() if k in set(stored_kinds)} for x in (a, b))
         if (a or None) != (b or None):
+            if key == "image_size":
+                shown = [repr(v) if v is not None or native_size is None else f"None (the architecture's {native_size} px)" for v in (a, b)]
+                out.append(
+                    f"image_size: checkpoint {shown[0]}, config {shown[1]} (the tower's native size; a task's own input size is its "
+                    f"data module's image_size, which needs no change of the model)"
+                )
+                continue
             out.append(f"{key}: checkpoint {a!r}, config {b!r}")
     return out
 
@@ -641,7 +651,8 @@ class MedCLModule(pl.LightningModule):
                 f"grow it with {paradigm} (or any of {list(SHARED_MODEL_PARADIGMS)} for a shared-model checkpoint)"
             )
         kinds = {t.get("kind") for t in meta.get("tasks", []) if isinstance(t, Mapping)}
-        problems = hparam_differences(checkpoint.get("hyper_parameters", {}), self.hparams, stored_kinds=kinds)
+        native = (meta.get("architecture") or {}).get("model_cfg", {}).get("vision_cfg", {}).get("image_size")
+        problems = hparam_differences(checkpoint.get("hyper_parameters", {}), self.hparams, stored_kinds=kinds, native_size=native)
         if problems:
             raise ValueError(f"{where}: the checkpoint's model differs from this configuration ({'; '.join(problems)}); set the config to the checkpoint's values")
         check_state_dict(checkpoint["state_dict"], where)
