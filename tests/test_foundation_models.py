@@ -138,11 +138,18 @@ def _run_elsewhere(code: str, cwd: Path, env: dict) -> subprocess.CompletedProce
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("route", ["local-dir", "local-file"])
+@pytest.mark.parametrize("route", ["local-dir", "hf-hub", "local-file"])
 def test_a_run_from_a_foundation_model_trains_and_its_relocated_checkpoint_reloads_without_it(route, tmp_path, monkeypatch, fresh_cache):
     replica = make_local_dir_replica(tmp_path / "BiomedCLIP")
     if route == "local-dir":
         backbone, pretrained, weights = f"local-dir:{replica}", None, _weights(replica)
+    elif route == "hf-hub":  # a filled Hugging Face cache, offline; emptied before the reload below
+        hub = tmp_path / "hf" / "hub"
+        snapshot = fill_hf_cache(hub, weights_format="safetensors", seed=3)
+        use_hf_cache(monkeypatch, hub)
+        from safetensors.torch import load_file
+
+        backbone, pretrained, weights = f"hf-hub:{BIOMEDCLIP_REPO_ID}", None, load_file(str(snapshot / "open_clip_model.safetensors"))
     else:  # a plain architecture name and a weights file of it (the file is gone on the other machine)
         torch.manual_seed(123)
         weights = CLIPBackbone("medcl-vit-tiny").clip.state_dict()
@@ -154,7 +161,7 @@ def test_a_run_from_a_foundation_model_trains_and_its_relocated_checkpoint_reloa
     last = run_dir / "checkpoints" / "last.ckpt"
     stored = torch.load(last, map_location="cpu", weights_only=True)
     assert stored["medcl"]["architecture"]["name"] == backbone
-    if route == "local-dir":
+    if route != "local-file":
         assert stored["medcl"]["architecture"]["model_cfg"]["text_cfg"]["context_length"] == 256
         assert "tokenizer.json" in stored["medcl"]["architecture"]["files"]
     # the run started from the pretrained weights: the frozen text tower still holds them
@@ -166,7 +173,11 @@ def test_a_run_from_a_foundation_model_trains_and_its_relocated_checkpoint_reloa
     elsewhere.mkdir()
     moved = Path(shutil.copy(last, elsewhere / "model.ckpt"))
     shutil.rmtree(replica)
+    shutil.rmtree(tmp_path / "hf", ignore_errors=True)
     (tmp_path / "weights.pt").unlink(missing_ok=True)
+    from framework.sharing import strip_exemplars
+
+    strip_exemplars(moved, elsewhere / "shared.ckpt")  # a medcl-share copy
     env = offline_hf_env(tmp_path / "empty-hub", base=os.environ)
     env.update(MEDCL_CACHE=str(elsewhere / "cache"), PYTHONPATH=str(REPO))
     code = f"""
@@ -177,6 +188,9 @@ from framework.cli import run_cli
 module = ContinualModule.load_from_checkpoint({str(moved)!r}, map_location="cpu")
 x = torch.randint(0, 255, (2, 3, 28, 28), dtype=torch.uint8)
 print("LOGITS", tuple(module.model(x, "bloodmnist").shape))
+shared = ContinualModule.load_from_checkpoint({str(elsewhere / "shared.ckpt")!r}, map_location="cpu")
+module.eval(), shared.eval()
+print("SHARED SAME", torch.equal(module.model(x, "bloodmnist"), shared.model(x, "bloodmnist")))
 cli = run_cli(["test", "--config", {str(config)!r}, "--ckpt_path", {str(moved)!r}])
 print("ACC", float(cli.trainer.callback_metrics["test/bloodmnist/acc"]))
 cli = run_cli(["predict", "--config", {str(config)!r}, "--ckpt_path", {str(moved)!r}])
@@ -184,7 +198,7 @@ print("PREDICTED")
 """
     result = _run_elsewhere(code, REPO, env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "LOGITS (2, 8)" in result.stdout and "PREDICTED" in result.stdout
+    assert "LOGITS (2, 8)" in result.stdout and "SHARED SAME True" in result.stdout and "PREDICTED" in result.stdout
     assert list((tmp_path / "run").rglob("predictions/bloodmnist/predictions.csv"))
 
 
