@@ -281,3 +281,24 @@ def test_a_bad_backbone_class_path_in_a_config_is_named_before_parsing(tmp_path)
         check_class_paths(["fit", "--config", str(config)])
     with pytest.raises(ValueError, match=r"backbone: class_path 'my_towers.Missing' could not be imported"):
         run_cli(["fit", "--config", str(config)])
+
+
+@pytest.mark.slow
+@needs_3d
+def test_native_3d_benchmark_script_smoke(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run(
+        [sys.executable, "native_3d.py", "--epochs", "1", "--train-subset", "32", "--flags", "adrenalmnist3d", "--results", str(tmp_path)],
+        cwd=REPO / "benchmarks", capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "native_3d.json").read_text())
+    runs = result["runs"]["adrenalmnist3d"]
+    assert len(runs) == 2 and all(r["seconds_per_train_epoch"] > 0 and 0 <= r["test_auc"] <= 1 for r in runs.values())
+    assert result["setup"]["torch_threads"] >= 1 and result["setup"]["cpu"]
+    assert "| adrenalmnist3d | native 3D" in (tmp_path / "native_3d.md").read_text()
