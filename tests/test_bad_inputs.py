@@ -282,7 +282,7 @@ CASES = [
          lambda c: ["fit", "--config", config(c, domains=[custom_file(
              flag="toy", class_names=["a", "b", "c"], file=str(write_npz(c.tmp / "toy.npz", blood_arrays((12, 6, 0), classes=3)))
          )])],
-         ("toy", "test split", "expected at least one sample, found 0")),
+         ("domain 'toy' has no test samples", "needs train, val, test samples")),
     Case("class-names-12-for-8", "12 class_names for the 8-class official bloodmnist",
          lambda c: fit(c, domains=[medmnist(class_names=BLOOD_NAMES + ["a", "b", "c", "d"])]),
          ("MedMNISTDataModule(bloodmnist)", "class_names has 12 names", "bloodmnist has 8 classes")),

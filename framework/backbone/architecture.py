@@ -161,13 +161,14 @@ class Architecture:
 
 class _NoWeightsNote(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "no CLIP weights found" not in record.getMessage()
+        message = record.getMessage()
+        return "no CLIP weights found" not in message and not ("No pretrained weights loaded" in message and "architectures" in message)
 
 
 @contextlib.contextmanager
 def quiet_local_dir_build() -> Iterator[None]:
-    """Drop open_clip's "Local config loaded, but no CLIP weights found" while MedCL builds from a
-    materialised folder: it never holds weights, they are loaded separately."""
+    """Drop open_clip's "no CLIP weights found" / "No pretrained weights loaded" while MedCL builds
+    from a materialised folder: it never holds weights, they are loaded separately (or come from a checkpoint)."""
     note = _NoWeightsNote()
     root = logging.getLogger()
     root.addFilter(note)
