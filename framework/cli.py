@@ -18,7 +18,7 @@ from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
-from framework.backbone.architecture import register_checkpoint_architecture
+from framework.backbone.architecture import forget_checkpoint_architectures, register_checkpoint_architecture
 from framework.checkpoints import AtomicCheckpointIO, load_checkpoint
 from framework.config_record import RecordConfig
 from framework.console import quiet_known_noise
@@ -167,6 +167,8 @@ def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
     # continued one keeps its metrics.csv (keep_csv_history), so Lightning's warning does not apply
     warnings.filterwarnings("ignore", message=r".*exists and is not empty\. Previous log files.*")
     quiet_known_noise()
+    # architectures registered by an earlier command of this process belong to its checkpoint only
+    forget_checkpoint_architectures()
     try:
         return MedCLCLI(
             MedCLModule,

@@ -235,7 +235,12 @@ def test_a_checkpoint_never_reads_the_pretrained_file_again(tmp_path, fresh_cach
     assert reloaded.weights_ready  # setup() will not load pretrained weights over the checkpoint's
     state = reloaded.state_dict()
     assert all(torch.equal(state[k], v) for k, v in module.state_dict().items())
-    assert resolve_architecture(f"local-dir:{replica}").stored
+    # the checkpoint's architecture served this reload only: a fresh model of that name builds from its source
+    from framework.backbone import architecture
+
+    assert architecture._FROM_CHECKPOINTS == {}
+    with pytest.raises(FileNotFoundError, match="folder not found"):
+        resolve_architecture(f"local-dir:{replica}")
 
 
 @pytest.mark.slow

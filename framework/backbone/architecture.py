@@ -39,6 +39,7 @@ __all__ = [
     "quiet_local_dir_build",
     "SCHEMAS",
     "architecture_of_checkpoint",
+    "forget_checkpoint_architectures",
     "register_checkpoint_architecture",
     "resolve_architecture",
     "resolve_weights",
@@ -397,6 +398,12 @@ def architecture_of_checkpoint(checkpoint: Mapping[str, Any], source: str) -> Op
     meta = checkpoint.get("medcl") if isinstance(checkpoint, Mapping) else None
     record = meta.get("architecture") if isinstance(meta, Mapping) else None
     return None if record is None else Architecture.from_record(record, f"{source} field 'medcl.architecture'")
+
+
+def forget_checkpoint_architectures() -> None:
+    """Forget the architectures registered from checkpoints: a fresh run then builds its backbone
+    from the source again (with, e.g., its text tower's own pretrained weights)."""
+    _FROM_CHECKPOINTS.clear()
 
 
 def register_checkpoint_architecture(checkpoint: Union[str, os.PathLike, Mapping[str, Any]], source: Optional[str] = None) -> Optional[Architecture]:

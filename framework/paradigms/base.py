@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from data_modules.base import single_sample_last_batches
 from framework.adapters import AdapterSpec, check_lora_options
-from framework.backbone.architecture import register_checkpoint_architecture, resolve_architecture
+from framework.backbone.architecture import forget_checkpoint_architectures, register_checkpoint_architecture, resolve_architecture
 from framework.backbone.custom import check_backbone_value, comparable_backbone
 from framework.checkpoints import load_checkpoint
 from framework.divergence import check_loss, check_module, check_state_dict
@@ -253,7 +253,10 @@ class MedCLModule(pl.LightningModule):
         """Lightning's ``load_from_checkpoint``, building the backbone from the architecture the
         checkpoint stores (so neither the original model folder nor the pretrained file is needed)."""
         register_checkpoint_architecture(checkpoint_path)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            forget_checkpoint_architectures()  # a later fresh model of that name builds from its source again
 
     @abstractmethod
     def build_models(self) -> None:
