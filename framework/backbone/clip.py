@@ -62,6 +62,21 @@ def list_architectures() -> List[str]:
     return open_clip.list_models()
 
 
+def slice_average(encode_slices, volumes: Tensor, size: Tuple[int, int]) -> Tensor:
+    """``(B, E)``: per-slice embeddings (``encode_slices``: ``(B, C, D, H, W) -> (B, E, D)``) averaged;
+    slices larger in-plane than ``size`` are tiled with MONAI ``sliding_window_inference`` (one
+    embedding per slice and window, stitched to ``(B, E, D, ~H/h, ~W/w)``), never shrunk."""
+    d, h, w = volumes.shape[-3:]
+    if h > size[0] or w > size[1]:
+        from monai.inferers import sliding_window_inference
+
+        maps = sliding_window_inference(
+            volumes, roi_size=(d, *size), sw_batch_size=4, overlap=0.0, predictor=lambda window: encode_slices(window)[..., None, None]
+        )
+        return maps.flatten(2).mean(dim=2)
+    return encode_slices(volumes).mean(dim=2)
+
+
 class CLIPBackbone(nn.Module):
     """An open_clip model with a MedCL-friendly interface.
 
@@ -207,7 +222,6 @@ class CLIPBackbone(nn.Module):
 
         check_state_dict(self.clip.state_dict(), f"pretrained {path!r}")
         self.clear_text_cache()
-        self._weights_loaded = True
         log.info("CLIPBackbone %s: pretrained weights loaded from %s", self.model_name, path)
         return path
 
@@ -304,22 +318,9 @@ class CLIPBackbone(nn.Module):
         """
         if volumes.ndim != 5:
             raise ValueError(f"CLIPBackbone: volumes expected shape (B, C, D, H, W), found {tuple(volumes.shape)}")
-        d, h, w = volumes.shape[-3:]
-        size = self.current_size
-        if h > size[0] or w > size[1]:
-            from monai.inferers import sliding_window_inference
-
-            if volumes.dtype == torch.uint8:  # MONAI accumulates windows in the input's dtype
-                volumes = volumes.to(self.pixel_mean.dtype).div_(255.0)
-
-            # one embedding per slice and window: the stitched map is (B, E, D, ~H/h, ~W/w)
-            maps = sliding_window_inference(
-                volumes, roi_size=(d, *size), sw_batch_size=4, overlap=0.0,
-                predictor=lambda window: self._encode_slices(window)[..., None, None],
-            )
-            pooled = maps.flatten(2).mean(dim=2)
-        else:
-            pooled = self._encode_slices(volumes).mean(dim=2)
+        if volumes.dtype == torch.uint8 and (volumes.shape[-2] > self.current_size[0] or volumes.shape[-1] > self.current_size[1]):
+            volumes = volumes.to(self.pixel_mean.dtype).div_(255.0)  # MONAI accumulates windows in the input's dtype
+        pooled = slice_average(self._encode_slices, volumes, self.current_size)
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def forward(self, images: Tensor) -> Tensor:

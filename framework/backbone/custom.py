@@ -64,6 +64,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from framework.backbone.clip import slice_average
 
 __all__ = ["CustomBackbone", "check_backbone_value", "comparable_backbone", "import_class_path"]
 
@@ -380,16 +381,10 @@ class CustomBackbone(nn.Module):
 
     def _encode_slice_average(self, volumes: Tensor) -> Tensor:
         """A 2D tower's embedding of volumes: slice embeddings averaged (as CLIPBackbone.encode_volume)."""
-        d, h, w = volumes.shape[-3:]
+        h, w = volumes.shape[-2:]
         if h > self.image_size[0] or w > self.image_size[1]:
-            from monai.inferers import sliding_window_inference
-
-            maps = sliding_window_inference(
-                self._to_float(volumes), roi_size=(d, *self.image_size), sw_batch_size=4, overlap=0.0,
-                predictor=lambda window: self._encode_slices(window)[..., None, None],
-            )
-            return maps.flatten(2).mean(dim=2)
-        return self._encode_slices(volumes).mean(dim=2)
+            volumes = self._to_float(volumes)  # MONAI accumulates windows in the input's dtype
+        return slice_average(self._encode_slices, volumes, self.image_size)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.encode_image(images)
