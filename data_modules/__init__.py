@@ -1,6 +1,7 @@
 """Data modules, one per data family.  A new modality = one DomainDataModule subclass."""
 from data_modules.base import DomainDataModule
 from data_modules.medmnist import MedMNISTDataModule
+from data_modules.pairs import CsvPairsDataModule, PromptPairsDataModule
 from data_modules.pet_ct import SemiSyntheticPETCTDataModule
 from data_modules.segmentation import SegmentationDataModule
 from data_modules.shifted import ShiftedCopyDataModule
@@ -10,4 +11,5 @@ from data_modules.survival import SemiSyntheticSurvivalDataModule, SurvivalDataM
 __all__ = [
     "DomainDataModule", "MedMNISTDataModule", "SegmentationDataModule", "SurvivalDataModule",
     "SemiSyntheticSurvivalDataModule", "SemiSyntheticPETCTDataModule", "ShiftedCopyDataModule", "DomainStream",
+    "PromptPairsDataModule", "CsvPairsDataModule",
 ]

@@ -1,4 +1,4 @@
-"""``medcl fit|validate|test|predict --config experiments/<name>.yaml`` — a LightningCLI."""
+"""``medcl fit|validate|test|predict --config experiments/<name>.yaml`` — a LightningCLI (``medcl pretrain``: framework/pretraining/cli.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -151,13 +151,15 @@ class MedCLCLI(LightningCLI):
             self.trainer.callbacks.append(PredictionWriter())
 
 
-def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
+def run_cli(args: Optional[List[str]] = None, run: bool = True, model_class: type = MedCLModule, cli_class: type = MedCLCLI) -> MedCLCLI:
     """Run the MedCL CLI in-process and return it (its ``trainer``, ``model``, ``datamodule``).
 
     Args:
         args: command-line arguments (``["fit", "--config", "experiments/quickstart.yaml"]``);
             ``None`` reads ``sys.argv``.
         run: run the subcommand; ``False`` only instantiates the objects (then ``args`` has no subcommand).
+        model_class: the base class of ``model`` (``medcl pretrain`` passes its own).
+        cli_class: :class:`MedCLCLI` or a subclass.
     """
     # Offline-first: W&B writes locally unless the user opts in with WANDB_MODE=online (patient
     # data must not leave the machine by accident, whatever a config's `offline:` says).
@@ -170,8 +172,8 @@ def run_cli(args: Optional[List[str]] = None, run: bool = True) -> MedCLCLI:
     # architectures registered by an earlier command of this process belong to its checkpoint only
     forget_checkpoint_architectures()
     try:
-        return MedCLCLI(
-            MedCLModule,
+        return cli_class(
+            model_class,
             pl.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
@@ -434,7 +436,12 @@ def main() -> None:
     os.environ.pop("WANDB_SERVICE", None)
     with one_line_errors("medcl"):
         check_class_paths(sys.argv[1:])
-        run_cli()
+        if sys.argv[1:2] == ["pretrain"]:  # contrastive image-text pretraining (framework/pretraining/cli.py)
+            from framework.pretraining.cli import run_pretrain
+
+            run_pretrain(sys.argv[2:])
+        else:
+            run_cli()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -373,7 +373,12 @@ def resolve_weights(pretrained: Optional[str], architecture: Architecture, cache
                 errors.append(f"{filename}: {type(err).__name__}")
         raise RuntimeError(f"CLIPBackbone: pretrained={pretrained!r}: no weights file could be read ({'; '.join(errors)}). " + _offline_hint(pretrained))
     name = architecture.name
-    tags = open_clip.list_pretrained_tags_by_model(name) if schema_of(name) is None else []
+    from framework.backbone.shipped import shipped_tags, shipped_weights
+
+    shipped = shipped_weights(name, pretrained)  # MedCL's own pretrained models (framework/backbone/shipped.py)
+    if shipped is not None:
+        return shipped
+    tags = [*shipped_tags(name), *(open_clip.list_pretrained_tags_by_model(name) if schema_of(name) is None else [])]
     if pretrained in tags:
         try:
             return open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, pretrained), cache_dir=cache_dir)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from framework.backbone.architecture import Architecture, quiet_local_dir_build, resolve_architecture, resolve_weights, schema_of
 from framework.backbone.resolution import check_input_size, enable_any_input_size, patch_multiple
+from framework.backbone.weights_file import OMITTED_KEY, load_weights_into, read_metadata
 from framework.checkpoints import ALLOW_PICKLE_ENV, allow_pickle
 
 __all__ = ["CLIPBackbone", "MODEL_CONFIG_DIR", "register_model_configs", "list_architectures"]
@@ -75,6 +76,16 @@ def slice_average(encode_slices, volumes: Tensor, size: Tuple[int, int]) -> Tens
         )
         return maps.flatten(2).mean(dim=2)
     return encode_slices(volumes).mean(dim=2)
+
+
+def _eval_frozen(module: nn.Module) -> None:
+    """Put every submodule of ``module`` whose parameters are all frozen into eval mode (top-down)."""
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        module.eval()
+        return
+    for child in module.children():
+        _eval_frozen(child)
 
 
 class CLIPBackbone(nn.Module):
@@ -131,12 +142,12 @@ class CLIPBackbone(nn.Module):
         #: where the model came from (stored in checkpoints: see framework.backbone.architecture)
         self.architecture = architecture if architecture is not None else resolve_architecture(model_name, self.pretrained, cache_dir)
         # A Hugging Face text tower's own pretrained weights (e.g. MiniLM) load while it is built, as open_clip
-        # does, when no CLIP weights will replace them and they are on this machine.
+        # does, when they are on this machine: full CLIP weights loaded later replace them, a MedCL weights
+        # file that leaves the frozen text tower out keeps them (framework/backbone/weights_file.py).
         text_source = self.architecture.text_weights
-        text_now = (
-            bool(text_source) and self.pretrained is None and self.architecture.weights is None
-            and any((Path(str(text_source)) / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
-        )
+        text_now = bool(text_source) and any((Path(str(text_source)) / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
+        #: the text transformer holds its own public weights (see load_pretrained)
+        self._text_loaded = text_now
         #: the Hugging Face text tower should start from its own weights, but they are not on this machine
         self._text_weights_missing = bool(text_source) and not text_now and self.pretrained is None and self.architecture.weights is None
         folder = self.architecture.materialise(text_source=text_source if text_now else None)
@@ -209,6 +220,10 @@ class CLIPBackbone(nn.Module):
                     self.model_name, self.architecture.text_weights,
                 )
             return None
+        if OMITTED_KEY in read_metadata(path):  # a MedCL file without its frozen text tower's public weights
+            load_weights_into(self.clip, path, self._text_loaded, self.architecture.text_weights)
+            self._check_and_note(path)
+            return path
         try:
             open_clip.load_checkpoint(self.clip, path, strict=True, weights_only=not allow_pickle())
         except Exception as err:
@@ -218,12 +233,15 @@ class CLIPBackbone(nn.Module):
                 f"({type(err).__name__}: {first}); expected open_clip weights for this architecture (.safetensors or "
                 f"a torch.save state dict; pickled objects load only with {ALLOW_PICKLE_ENV}=1, if you trust the file)"
             ) from None
+        self._check_and_note(path)
+        return path
+
+    def _check_and_note(self, path: str) -> None:
         from framework.divergence import check_state_dict
 
         check_state_dict(self.clip.state_dict(), f"pretrained {path!r}")
         self.clear_text_cache()
         log.info("CLIPBackbone %s: pretrained weights loaded from %s", self.model_name, path)
-        return path
 
     # ------------------------------------------------------------------ image side
     @property
@@ -363,15 +381,22 @@ class CLIPBackbone(nn.Module):
             self.train(was_training)
 
     # ------------------------------------------------------------------ text side
-    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+    def encode_prompts(self, prompts: Sequence[str], cache: bool = True) -> Tensor:
         """L2-normalised text embeddings ``(len(prompts), embed_dim)``.
 
         While the text tower is frozen the result is computed once per prompt tuple and device and
         cached (no gradient); with a trainable text tower it is recomputed so gradients flow.
+
+        Args:
+            prompts: the texts.
+            cache: keep a frozen tower's result for this tuple (``False`` for one-off texts, e.g. captions).
         """
         key = tuple(prompts)
         device = self.pixel_mean.device
         text_trainable = any(p.requires_grad for p in self._text_params)
+        if not text_trainable and not cache:
+            with torch.no_grad():
+                return self._encode_text(key, device)
         if not text_trainable:
             cached = self._text_cache.get(key)
             if cached is None or cached.device != device:
@@ -388,6 +413,22 @@ class CLIPBackbone(nn.Module):
     def clear_text_cache(self) -> None:
         """Drop cached prompt embeddings (call after changing text-tower weights by hand)."""
         self._text_cache.clear()
+
+    def text_modules(self) -> List[nn.Module]:
+        """The modules of the text tower (a Hugging Face tower's ``text``, or open_clip's own text transformer parts)."""
+        if isinstance(getattr(self.clip, "text", None), nn.Module):
+            return [self.clip.text]
+        return [m for m in (getattr(self.clip, name, None) for name in ("transformer", "token_embedding", "ln_final")) if isinstance(m, nn.Module)]
+
+    def train(self, mode: bool = True) -> "CLIPBackbone":
+        """As :meth:`nn.Module.train`, but the frozen parts of the text tower stay in eval mode: their dropout (a
+        Hugging Face tower has some) would otherwise make every prompt embedding, and the cached ones forever, a
+        noisy draw."""
+        super().train(mode)
+        if mode:
+            for module in self.text_modules():
+                _eval_frozen(module)
+        return self
 
     def _apply(self, fn, *args, **kwargs):  # device/dtype moves invalidate the cache
         self._text_cache.clear()
