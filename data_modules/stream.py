@@ -39,6 +39,11 @@ class DomainStream(pl.LightningDataModule):
       describe the same task (kind, classes, label names, dimensions) as the task it is keyed by.
     * ``cross_tasks``: classification tasks the model never trains, scored after every experience
       zero-shot from their class prompts and by a linear probe on frozen features.
+    * ``known_tasks``: classification tasks the *pretrained* model already knew (its pretraining
+      domains), never trained in the stream, scored zero-shot before training and after every
+      experience: how much of the pretrained skill the stream keeps (ZSCL's "Transfer",
+      ``zero_shot_retention`` in the results).  Their images were seen in pretraining, so they are
+      reported apart from the unseen ``cross_tasks``.
 
     ``medcl predict`` predicts every task's test split, or, with ``predict_path``, the images of a
     folder or an ``.npz`` for one task (``predict_task``; optional when the stream has one task).
@@ -48,6 +53,7 @@ class DomainStream(pl.LightningDataModule):
         eval_domains: domains of old tasks, evaluated (val/test, experience-end matrix) but never trained.
         cross_domains: task name -> domains of the same task from other sources (evaluation only).
         cross_tasks: classification domains never trained (zero-shot and linear-probe evaluation only).
+        known_tasks: classification domains of the pretrained model's pretraining data (zero-shot retention only).
         predict_path: a folder of images or an ``.npz`` to predict on instead of the test splits.
         predict_task: the task whose head predicts ``predict_path``.
 
@@ -55,7 +61,7 @@ class DomainStream(pl.LightningDataModule):
         ValueError: if ``domains`` is empty, an item is not a :class:`DomainDataModule`, two domains
             share a task name, ``predict_task`` is missing or unknown while ``predict_path`` is set, a
             cross-domain set is keyed by an unknown task or describes another task, or a cross task
-            is not a classification task.
+            or known task is not a classification task.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class DomainStream(pl.LightningDataModule):
         predict_task: Optional[str] = None,
         cross_domains: Optional[Dict[str, List[DomainDataModule]]] = None,
         cross_tasks: Optional[List[DomainDataModule]] = None,
+        known_tasks: Optional[List[DomainDataModule]] = None,
     ) -> None:
         super().__init__()
         if not domains:
@@ -79,6 +86,7 @@ class DomainStream(pl.LightningDataModule):
         fields = [(f"domains[{i}]", d) for i, d in enumerate(domains)] + [(f"eval_domains[{i}]", d) for i, d in enumerate(eval_domains or [])]
         fields += [(f"cross_domains.{t}[{i}]", d) for t, items in cross_domains.items() for i, d in enumerate(items)]
         fields += [(f"cross_tasks[{i}]", d) for i, d in enumerate(cross_tasks or [])]
+        fields += [(f"known_tasks[{i}]", d) for i, d in enumerate(known_tasks or [])]
         for field, domain in fields:
             if not isinstance(domain, DomainDataModule):
                 raise ValueError(
@@ -108,13 +116,15 @@ class DomainStream(pl.LightningDataModule):
                 self.cross_domain_task[domain.task_spec.name] = task
         self.cross_domains = [d for items in cross_domains.values() for d in items]
         self.cross_tasks = list(cross_tasks or [])
-        for i, domain in enumerate(self.cross_tasks):
-            if domain.task_spec.kind != "classification":
-                raise ValueError(
-                    f"DomainStream: field 'cross_tasks[{i}]' ({domain.task_spec.name}) expected a classification task "
-                    f"(scored zero-shot from class prompts and by a linear probe), found kind {domain.task_spec.kind!r}"
-                )
-        self._evaluation_only = {d.task_spec.name: d for d in self.cross_domains + self.cross_tasks}
+        self.known_tasks = list(known_tasks or [])
+        for field, items in (("cross_tasks", self.cross_tasks), ("known_tasks", self.known_tasks)):
+            for i, domain in enumerate(items):
+                if domain.task_spec.kind != "classification":
+                    raise ValueError(
+                        f"DomainStream: field '{field}[{i}]' ({domain.task_spec.name}) expected a classification task "
+                        f"(scored zero-shot from class prompts), found kind {domain.task_spec.kind!r}"
+                    )
+        self._evaluation_only = {d.task_spec.name: d for d in self.cross_domains + self.cross_tasks + self.known_tasks}
         if predict_path is not None:
             if predict_task is None and len(self.domains) == 1:
                 predict_task = self.task_names[0]
@@ -146,6 +156,11 @@ class DomainStream(pl.LightningDataModule):
         """Specs of the never-trained tasks scored zero-shot and by a linear probe."""
         return [d.task_spec for d in self.cross_tasks]
 
+    @property
+    def known_task_specs(self) -> List[TaskSpec]:
+        """Specs of the pretrained model's known tasks, scored zero-shot for retention."""
+        return [d.task_spec for d in self.known_tasks]
+
     def domain(self, task: str) -> DomainDataModule:
         """The domain serving ``task`` (trained, evaluation-only, cross-domain or cross-task).
 
@@ -162,7 +177,7 @@ class DomainStream(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def _all_domains(self) -> List[DomainDataModule]:
-        return self.eval_domains + self.domains + self.cross_domains + self.cross_tasks
+        return self.eval_domains + self.domains + self.cross_domains + self.cross_tasks + self.known_tasks
 
     def prepare_data(self) -> None:
         for domain in self._all_domains():
@@ -179,7 +194,7 @@ class DomainStream(pl.LightningDataModule):
         for domain in self._all_domains():
             domain.setup(stage)
         roles = [("domains", d, ("train", "val", "test")) for d in self.domains] + [("eval_domains", d, ("val", "test")) for d in self.eval_domains]
-        roles += [("cross_domains/cross_tasks", d, ("test",)) for d in self.cross_domains + self.cross_tasks]
+        roles += [("cross_domains/cross_tasks/known_tasks", d, ("test",)) for d in self.cross_domains + self.cross_tasks + self.known_tasks]
         for role, domain, splits in roles:
             if stage not in (None, "fit"):
                 splits = tuple(s for s in splits if s == {"validate": "val"}.get(stage, stage))

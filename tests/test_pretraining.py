@@ -16,7 +16,7 @@ from framework.backbone import CLIPBackbone
 from framework.backbone.weights_file import FINGERPRINT_KEY, OMITTED_KEY, read_metadata, save_weights
 from framework.pretraining.cli import run_pretrain
 from framework.pretraining.contrastive import ContrastivePretraining
-from tests.helpers import shrink_config
+from helpers import shrink_config
 
 CONFIG = "experiments/pretrain/medcl_vit_tiny_minilm_blood_organa.yaml"
 
@@ -265,3 +265,30 @@ def test_csv_pairs_pretrain_end_to_end_with_zero_shot_domains(tmp_path, blood):
     assert "val/loss" in cli.trainer.callback_metrics and "val/zero_shot/bloodmnist" in cli.trainer.callback_metrics
     weights = list(Path(tmp_path / "run").rglob("open_clip_weights.safetensors"))
     assert len(weights) == 1 and OMITTED_KEY not in read_metadata(weights[0])  # no HF text tower: everything stored
+
+
+# ---------------------------------------------------------------------------- the shipped model
+def test_the_shipped_model_loads_by_tag_and_knows_its_pretraining_domains_zero_shot():
+    """``pretrained: medmnist-blood-organa``: the shipped weights file, its model card, and zero-shot skill on
+    the demo subsets of its two pretraining domains (chance: 1/8 and 1/11)."""
+    from framework.backbone.shipped import SHIPPED, model_card
+
+    entry = SHIPPED["medmnist-blood-organa"]
+    assert entry.path.stat().st_size < 5 * 2**20
+    card = model_card("medmnist-blood-organa")
+    assert card["pretraining_domains"] == ["bloodmnist", "organamnist"]
+    module = ContrastivePretraining("medcl-vit-tiny-minilm", pretrained="medmnist-blood-organa").eval()
+    domains = [MedMNISTDataModule(flag=flag, data_dir="data/demo/medmnist", eval_batch_size=256) for flag in ("bloodmnist", "organamnist")]
+    for domain in domains:
+        domain.setup("test")
+    scores = module.zero_shot_scores([d.loader("test", keyed=False) for d in domains], [d.task_spec for d in domains])
+    for flag, score in scores.items():
+        assert score > 0.5, (flag, score)
+        assert abs(score - card["zero_shot_test_accuracy"][flag]) < 0.1, (flag, score, card)
+
+
+def test_a_shipped_tag_is_refused_for_another_backbone_naming_the_right_one():
+    with pytest.raises(ValueError, match="shipped model for backbone 'medcl-vit-tiny-minilm', not 'medcl-vit-tiny'"):
+        CLIPBackbone("medcl-vit-tiny", pretrained="medmnist-blood-organa")
+    with pytest.raises(ValueError, match="known tags: \\['medmnist-blood-organa'\\]"):
+        CLIPBackbone("medcl-vit-tiny-minilm", pretrained="medmnist-blod-organa")

@@ -18,7 +18,7 @@ from framework.callbacks.continual_report import (
     INITIAL_ROW, SECONDARY_METRICS, column_labels, format_report, json_ready, plot_curves, plot_matrix, row_label, write_csv,
 )
 from framework.heads import HEAD_REGISTRY
-from framework.metrics.continual import summarize
+from framework.metrics.continual import summarize, zero_shot_retention
 from framework.metrics.evaluation import PROBE_DEFAULTS, can_route, evaluate_head, fresh_head, linear_probe, supports_zero_shot
 
 __all__ = ["ContinualEvaluation", "METRICS_JSON", "METRICS_CSV", "METRICS_PNG", "CURVES_PNG", "plot_matrix", "row_label"]
@@ -48,6 +48,10 @@ class ContinualEvaluation(pl.Callback):
       zero-shot from their class prompts and by a linear probe on frozen image features
       (scikit-learn logistic regression on ``probe_samples_per_class`` seeded training images per
       class; the same images after every experience).
+    * **Zero-shot retention**: the stream's ``known_tasks`` (the pretrained model's pretraining
+      domains, never trained in the stream) are scored zero-shot from their class prompts before
+      training and after every experience: ``zero_shot_retention`` holds each task's scores and
+      ZSCL's "Transfer" (the mean over experiences), the start, the final value and the drop.
     * Secondary metrics (AUC and balanced accuracy for classification) come from each head's
       torchmetrics collection; the AUROC is the macro one-vs-rest average over the classes where it
       is defined, and undefined (``NaN``) on a test split holding a single class, never 0
@@ -188,15 +192,20 @@ class ContinualEvaluation(pl.Callback):
         weights, or the ``pretrained`` file if one is set) with untrained heads, on every zero-shot
         task, cross-domain set and cross task.  Built under a fixed seed; the hooks run it on a forked
         generator, so adding this callback does not change training."""
-        out: Dict[str, Dict[str, Any]] = {"tasks": {}, "cross_domain": {}, "cross_task": {}}
+        out: Dict[str, Dict[str, Any]] = {"tasks": {}, "cross_domain": {}, "cross_task": {}, "known_task": {}}
         datamodule = self._datamodule(trainer)
+        known = list(getattr(datamodule, "known_task_specs", []))
         cross_tasks = list(getattr(datamodule, "cross_task_specs", []))
         specs = [s for s in _evaluation_specs(datamodule) if supports_zero_shot(s)]
         cross_domains = [n for n, t in getattr(datamodule, "cross_domain_task", {}).items() if supports_zero_shot(datamodule.domain(t).task_spec)]
-        if not self.forward_transfer or not (specs or cross_domains or cross_tasks):
+        if not self.forward_transfer:  # the known tasks' start scores are part of retention, not of FWT
+            specs, cross_domains, cross_tasks = [], [], []
+        if not (specs or cross_domains or cross_tasks or known):
             return out
         torch.manual_seed(self.seed)  # the caller forked the generator
         model = pl_module.new_model().to(pl_module.device).eval()
+        for spec in known:
+            out["known_task"][spec.name] = self._untrained(model, spec, pl_module, datamodule.eval_dataloader(spec.name, self.split), spec.name)
         for spec in self._progress(trainer, specs, "evaluating the random-init reference"):
             out["tasks"][spec.name] = self._untrained(model, spec, pl_module, datamodule.eval_dataloader(spec.name, self.split), spec.name)
         for name in cross_domains:
@@ -211,7 +220,7 @@ class ContinualEvaluation(pl.Callback):
         specs = _evaluation_specs(datamodule)
         shared = self._shared_model(pl_module)
         row: Dict[str, Dict[str, float]] = {}
-        cross: Dict[str, Dict[str, Any]] = {"cross_domain": {}, "cross_task": {}}
+        cross: Dict[str, Dict[str, Any]] = {"cross_domain": {}, "cross_task": {}, "known_task": {}}
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -236,8 +245,13 @@ class ContinualEvaluation(pl.Callback):
             if shared is not None:
                 for spec in getattr(datamodule, "cross_task_specs", []):
                     cross["cross_task"][spec.name] = self._cross_task(shared, spec, pl_module, datamodule)
-            elif getattr(datamodule, "cross_task_specs", []):
-                log.warning("cross tasks need one shared model; %s has one model per task, so they are skipped", type(pl_module).__name__)
+                for spec in getattr(datamodule, "known_task_specs", []):
+                    loader = datamodule.eval_dataloader(spec.name, self.split)
+                    cross["known_task"][spec.name] = self._untrained(shared, spec, pl_module, loader, spec.name)
+            elif getattr(datamodule, "cross_task_specs", []) or getattr(datamodule, "known_task_specs", []):
+                log.warning(
+                    "cross and known tasks need one shared model; %s has one model per task, so they are skipped", type(pl_module).__name__
+                )
         finally:
             pl_module.train(was_training)
         self.rows[experience] = row
@@ -290,6 +304,17 @@ class ContinualEvaluation(pl.Callback):
                 "linear_probe_details": [v.get("linear_probe") for v in per_row],
                 "random_init": {k: score(ref.get(k)) for k in ("zero_shot", "linear_probe")},
             }
+        retention = None
+        known = [spec.name for spec in getattr(datamodule, "known_task_specs", [])]
+        if known:
+            per_row = [self.cross_rows.get(e, {}).get("known_task", {}) for e in experiences]
+            start = {name: score(((self.random_init or {}).get("known_task") or {}).get(name)) for name in known}
+            retention = {
+                "metric": "acc",
+                "scores": {name: [score(row.get(name)) for row in per_row] for name in known},
+                "details": {name: [row.get(name) for row in per_row] for name in known},
+                **zero_shot_retention(start, [{name: score(row.get(name)) for name in known} for row in per_row]),
+            }
         return {
             "paradigm": type(pl_module).__name__,
             "split": self.split,
@@ -313,6 +338,7 @@ class ContinualEvaluation(pl.Callback):
             "secondary": secondary,
             "cross_domain": cross_domain,
             "cross_task": cross_task,
+            "zero_shot_retention": retention,
             "linear_probe_budget": (
                 {"samples_per_class": self.probe_samples_per_class, "classifier": "sklearn LogisticRegression", **{k: v for k, v in PROBE_DEFAULTS.items() if k != "samples_per_class"}}
                 if cross_task and self.probe_samples_per_class else None
@@ -356,6 +382,13 @@ class ContinualEvaluation(pl.Callback):
         for key in ("average_accuracy", "forgetting", "bwt", "fwt"):
             if result.get(key) is not None:
                 metrics[f"continual/{key}"] = result[key]
+        retention = result.get("zero_shot_retention") or {}
+        for name, scores in retention.get("scores", {}).items():
+            if scores and scores[-1] is not None:
+                metrics[f"continual/zero_shot_retention/{name}"] = scores[-1]
+        for key in ("transfer", "drop"):
+            if retention.get(key) is not None:
+                metrics[f"continual/zero_shot_retention/{key}"] = retention[key]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and not self._wandb_defined:
                 # Per-experience metrics get their own x-axis instead of W&B's monotonic step.

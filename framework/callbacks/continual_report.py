@@ -181,6 +181,17 @@ def format_report(result: Dict[str, Any]) -> str:
         body = [[label, *[_fmt(entry[k][i]) for entry in cross_task.values() for k in ("zero_shot", "linear_probe")]] for i, label in enumerate(labels)]
         body.append(["random init", *[_fmt((entry.get("random_init") or {}).get(k)) for entry in cross_task.values() for k in ("zero_shot", "linear_probe")]])
         parts.append(_table(header, body))
+    retention = result.get("zero_shot_retention")
+    if retention:
+        parts.append(
+            "\nZero-shot retention (known tasks: the pretrained model's pretraining domains, seen in pretraining, never trained "
+            "here; accuracy from class prompts):"
+        )
+        scores = retention["scores"]
+        body = [["start (pretrained)", *[_fmt(retention["per_task"][n]["start"]) for n in scores], _fmt(retention["start"])]]
+        body += [[label, *[_fmt(scores[n][i]) for n in scores], _fmt(retention["per_experience"][i])] for i, label in enumerate(labels)]
+        parts.append(_table(["row", *scores, "mean"], body))
+        parts.append(f"transfer (mean over experiences): {_fmt(retention['transfer'])}   drop (start - final): {_fmt(retention['drop'])}")
     if any(UNDEFINED in part for part in parts[1:]):
         parts.append(_UNDEFINED_FOOTNOTE)
     return "\n".join(parts) + "\n"
@@ -202,6 +213,7 @@ def csv_columns(result: Dict[str, Any]) -> List[str]:
             columns += [f"{task}:{metric}" for task in result["tasks"]]
     columns += [f"cross_domain:{name}" for name in result.get("cross_domain", {})]
     columns += [f"cross_task:{name}:{kind}" for name in result.get("cross_task", {}) for kind in ("zero_shot", "linear_probe")]
+    columns += [f"known_task:{name}:zero_shot" for name in (result.get("zero_shot_retention") or {}).get("scores", {})]
     return columns
 
 
@@ -210,6 +222,7 @@ def write_csv(result: Dict[str, Any], path: Path) -> None:
     and cross-task scores; a last ``random_init`` row holds the reference model's numbers."""
     cell = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6f}"  # noqa: E731
     secondary = result.get("secondary", {})
+    retention = result.get("zero_shot_retention") or {}
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(csv_columns(result))
@@ -221,8 +234,9 @@ def write_csv(result: Dict[str, Any], path: Path) -> None:
                     line += map(cell, secondary[metric][i])
             line += [cell(entry["scores"][i]) for entry in result.get("cross_domain", {}).values()]
             line += [cell(entry[k][i]) for entry in result.get("cross_task", {}).values() for k in ("zero_shot", "linear_probe")]
+            line += [cell(scores[i]) for scores in retention.get("scores", {}).values()]
             writer.writerow(line)
-        if result.get("random_init") or result.get("cross_domain") or result.get("cross_task"):
+        if result.get("random_init") or result.get("cross_domain") or result.get("cross_task") or retention:
             reference = result.get("random_init") or {}
             line = ["random_init", "", *[cell(reference.get(t)) for t in result["tasks"]], ""]
             for metric in SECONDARY_METRICS:
@@ -230,6 +244,7 @@ def write_csv(result: Dict[str, Any], path: Path) -> None:
                     line += [""] * len(result["tasks"])
             line += [cell(entry.get("random_init")) for entry in result.get("cross_domain", {}).values()]
             line += [cell((entry.get("random_init") or {}).get(k)) for entry in result.get("cross_task", {}).values() for k in ("zero_shot", "linear_probe")]
+            line += [cell(retention["per_task"][name]["start"]) for name in retention.get("scores", {})]
             writer.writerow(line)
 
 
@@ -274,7 +289,7 @@ def plot_matrix(result: Dict[str, Any], path: Path) -> None:
 
 def plot_curves(result: Dict[str, Any], path: Path) -> None:
     """Per-task score after each experience: solid once trained, dotted before (zero-shot),
-    dashed for cross-domain sets, dash-dot for cross-task zero-shot and linear probe."""
+    dashed for cross-domain sets, dash-dot for cross-task zero-shot and linear probe, dotted diamonds for known (pretraining) tasks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -297,6 +312,8 @@ def plot_curves(result: Dict[str, Any], path: Path) -> None:
     for name, entry in result.get("cross_task", {}).items():
         ax.plot(x, [nan(v) for v in entry["zero_shot"]], ls="-.", marker="^", label=f"{name} zero-shot (cross-task)")
         ax.plot(x, [nan(v) for v in entry["linear_probe"]], ls="-.", marker="v", label=f"{name} linear probe (cross-task)")
+    for name, scores in ((result.get("zero_shot_retention") or {}).get("scores") or {}).items():
+        ax.plot(x, [nan(v) for v in scores], ls=(0, (1, 1)), marker="D", label=f"{name} zero-shot (known: pretraining domain)")
     ax.set_xticks(x, labels, fontsize=7, rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("score", fontsize=8)

@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ContinualSummary", "summarize", "format_matrix", "UNDEFINED"]
+__all__ = ["ContinualSummary", "summarize", "zero_shot_retention", "format_matrix", "UNDEFINED"]
 
 #: how a value that was computed but is undefined (``NaN``) is printed; ``None`` (not evaluated) prints as ``-`` or ``n/a``
 UNDEFINED = "undefined"
@@ -118,6 +118,42 @@ def summarize(
     out["forward_transfer_per_task"] = fwt
     out["forward_transfer"] = mean([v for v in fwt.values() if v is not None])
     return out
+
+
+def _mean(values) -> Optional[float]:
+    defined = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return float(np.mean(defined)) if defined else None
+
+
+def zero_shot_retention(start: Mapping[str, Optional[float]], rows: Sequence[Mapping[str, Optional[float]]]) -> Dict[str, object]:
+    """How much of a pretrained model's zero-shot skill a stream keeps, on the tasks it already knew.
+
+    Args:
+        start: task -> zero-shot score of the model before any training (the pretrained model).
+        rows: one mapping task -> zero-shot score per experience, in order.
+
+    Returns:
+        ``start`` (mean over tasks before training), ``per_experience`` (mean after each experience),
+        ``transfer`` (ZSCL's "Transfer", Zheng et al. 2023: the mean of ``per_experience``), ``final``
+        (after the last experience), ``drop`` (``start - final``), and ``per_task`` ``{start, final, drop}``.
+        Undefined or missing scores are skipped by every mean; a value is ``None`` where nothing is defined.
+    """
+    tasks = list(start) or sorted({t for row in rows for t in row})
+    per_experience = [_mean(row.get(t) for t in tasks) for row in rows]
+    start_mean = _mean(start.get(t) for t in tasks)
+    final = per_experience[-1] if per_experience else None
+    per_task = {}
+    for task in tasks:
+        first, last = start.get(task), (rows[-1].get(task) if rows else None)
+        per_task[task] = {"start": first, "final": last, "drop": None if first is None or last is None else first - last}
+    return {
+        "start": start_mean,
+        "per_experience": per_experience,
+        "transfer": _mean(per_experience),
+        "final": final,
+        "drop": None if start_mean is None or final is None else start_mean - final,
+        "per_task": per_task,
+    }
 
 
 def format_matrix(
