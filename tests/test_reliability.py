@@ -210,7 +210,9 @@ def test_shipped_configs_keep_last_and_experience_end_checkpoints_only():
         callbacks = ((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get("callbacks") or []
         for callback in callbacks:
             cls, args = callback["class_path"], callback.get("init_args") or {}
-            if cls.endswith("ModelCheckpoint"):  # one named file per stage (experiments/unicon)
-                assert args.get("save_top_k") == 1 and not args.get("save_last") and args.get("filename"), path
+            if cls.endswith("ModelCheckpoint"):  # one named file per stage (experiments/unicon), or last.ckpt only (experiments/pretrain)
+                named = args.get("save_top_k") == 1 and not args.get("save_last") and args.get("filename")
+                last_only = args.get("save_top_k") == 0 and args.get("save_last") is True
+                assert named or last_only, path
             elif "Checkpoint" in cls:  # StageCheckpoint: the finished stage's model for the next stage (experiments/unicon)
                 assert cls in ("framework.callbacks.ExperienceCheckpoint", "framework.callbacks.StageCheckpoint"), path
