@@ -4,8 +4,11 @@ Wortsman et al. (CVPR 2022, "Robust fine-tuning of zero-shot models") show that 
 a pretrained CLIP's zero-shot skill, and that the weight-space average
 ``theta = (1 - alpha) * theta_pretrained + alpha * theta_finetuned`` keeps much of it at a small
 cost in-domain.  :class:`WiSEFT` applies that average to the backbone at the end of every
-experience (before the experience is evaluated), so each experience starts from the interpolated
-weights.  ``alpha = 1`` is plain fine-tuning, ``alpha = 0`` keeps the pretrained backbone (only the
+experience, so each experience starts from the interpolated weights.  It acts in Lightning's
+``on_train_epoch_end`` of a callback, which runs before the paradigm's experience-end hooks
+(:class:`~framework.callbacks.ContinualEvaluation` scores the interpolated model, wherever the
+callback is listed) and before checkpoints are written (a resumed run continues from the
+interpolated weights).  ``alpha = 1`` is plain fine-tuning, ``alpha = 0`` keeps the pretrained backbone (only the
 heads, adapters and other new modules learn).  Heads, adapters (LoRA), per-domain BatchNorm and
 modality patch embeddings have no pretrained counterpart and are kept as trained.
 Written here because neither open_clip nor Lightning ships it (open_clip's WiSE-FT lives in a
@@ -41,16 +44,13 @@ def interpolate_weights(module: torch.nn.Module, pretrained: Dict[str, Tensor], 
 class WiSEFT(pl.Callback):
     """Interpolate every model's backbone towards its pretrained weights at each experience end.
 
-    List it **before** :class:`~framework.callbacks.ContinualEvaluation` in ``trainer.callbacks``,
-    so that each experience is evaluated with the interpolated weights (checked at setup).
-
     Args:
         alpha: weight of the fine-tuned backbone, in ``[0, 1]``.
 
     Raises:
         ValueError: for an ``alpha`` outside ``[0, 1]``; at setup, for a model without pretrained
             weights (``pretrained: null`` would pull the backbone towards random weights), a model
-            grown with ``init_from``, or the callback listed after ``ContinualEvaluation``.
+            grown with ``init_from``, or a LightningModule that is not a MedCL paradigm.
     """
 
     def __init__(self, alpha: float = 0.5) -> None:
@@ -73,14 +73,8 @@ class WiSEFT(pl.Callback):
                 f"WiSEFT: the model is grown from {hparams['init_from']!r} (init_from), whose backbone is not the pretrained one; "
                 f"WiSE-FT supports runs that start from pretrained weights"
             )
-        from framework.callbacks.continual_eval import ContinualEvaluation
-
-        order = [type(c).__name__ for c in trainer.callbacks if isinstance(c, (WiSEFT, ContinualEvaluation))]
-        if "ContinualEvaluation" in order and order.index("ContinualEvaluation") < order.index("WiSEFT"):
-            raise ValueError(
-                "WiSEFT: list it before ContinualEvaluation in trainer.callbacks (found it after), so that each experience is "
-                "evaluated with the interpolated weights"
-            )
+        if not callable(getattr(pl_module, "is_last_epoch_of_experience", None)) or not callable(getattr(pl_module, "all_models", None)):
+            raise ValueError(f"WiSEFT: expected a MedCL paradigm (framework.paradigms), found {type(pl_module).__name__}")
 
     def _pretrained_states(self, pl_module) -> List[Dict[str, Tensor]]:
         """The pretrained backbone weights of each model (a fresh model with its pretrained weights, kept on the CPU)."""
@@ -91,9 +85,11 @@ class WiSEFT(pl.Callback):
             self._pretrained = [state for _ in pl_module.all_models()]
         return self._pretrained
 
-    def on_experience_end(self, trainer: pl.Trainer, pl_module, experience: int, tasks: List[str]) -> None:
-        if self.alpha == 1.0:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        if self.alpha == 1.0 or not pl_module.is_last_epoch_of_experience(epoch):
             return
+        experience = pl_module.experience_of_epoch(epoch)
         changed = 0
         for model, state in zip(pl_module.all_models(), self._pretrained_states(pl_module)):
             changed += interpolate_weights(model.backbone, state, self.alpha)
