@@ -28,12 +28,16 @@ from runs import REPO, RESULTS, latest_metrics, record, run_config, save_figure
 
 NAME = "pretrained_start"
 REGIMES = ["specialized", "joint", "sequential", "sequential_replay"]
+#: ways to keep the pretrained skill, compared from the pretrained start (``--regimes ... --starts pretrained``)
+RETENTION_REGIMES = ["sequential_replay_lwf", "sequential_lora"]
 STARTS = {"pretrained": [], "scratch": ["--model.init_args.pretrained", "null"]}
 LABELS = {
     "specialized": "(a) specialized",
     "joint": "(b) joint",
     "sequential": "(c) sequential",
     "sequential_replay": "(d) sequential + replay (2 %)",
+    "sequential_replay_lwf": "(d) + LwF",
+    "sequential_lora": "(c) with a frozen backbone + LoRA",
 }
 CROSS_DOMAINS = ["pneumoniamnist_shifted", "cvc_clinicdb"]
 CROSS_TASK = "adrenalmnist3d"
@@ -85,7 +89,7 @@ def differences(agg: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """Pretrained minus scratch per regime, and replay minus sequential per start (means)."""
     out: Dict[str, Any] = {"pretrained_minus_scratch": {}, "replay_minus_sequential": {}}
     keys = ["average_score", *[f"cross_domain:{n}" for n in CROSS_DOMAINS], "cross_task_zero_shot", "cross_task_probe", "forgetting"]
-    for regime in REGIMES:
+    for regime in REGIMES + RETENTION_REGIMES:
         a, b = agg.get("pretrained", {}).get(regime), agg.get("scratch", {}).get(regime)
         if a and b:
             out["pretrained_minus_scratch"][regime] = {
@@ -172,13 +176,13 @@ def plot(agg: Dict[str, Dict[str, Any]], path: Path) -> None:
             ("cross_task_probe", "Adrenal probe"), ("retention_final", "known tasks zero-shot")]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 3.4), sharey=True)
     for ax, (key, label) in zip(axes, keys):
-        regimes = [r for r in REGIMES if any(r in by for by in agg.values())]
+        regimes = [r for r in REGIMES + RETENTION_REGIMES if any(r in by for by in agg.values())]
         x = np.arange(len(regimes))
         for k, (start, by_regime) in enumerate(agg.items()):
             means = [by_regime.get(r, {}).get(key, {}).get("mean") or 0.0 for r in regimes]
             stds = [by_regime.get(r, {}).get(key, {}).get("std") or 0.0 for r in regimes]
             ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=2, label=start)
-        ax.set_xticks(x, [LABELS[r].split(" ")[0] for r in regimes], fontsize=8)
+        ax.set_xticks(x, [LABELS[r].split(" ")[0] + ("+lwf" if r.endswith("lwf") else "+lora" if r.endswith("lora") else "") for r in regimes], fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.set_ylim(0, 1)
     axes[0].legend(fontsize=8)
@@ -188,7 +192,7 @@ def plot(agg: Dict[str, Dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regimes", nargs="+", default=REGIMES, choices=REGIMES)
+    parser.add_argument("--regimes", nargs="+", default=REGIMES, choices=REGIMES + RETENTION_REGIMES)
     parser.add_argument("--starts", nargs="+", default=list(STARTS), choices=list(STARTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--collect-only", action="store_true", help="do not train; rewrite the tables from the stored runs")
@@ -203,7 +207,10 @@ def main() -> None:
     runs: Dict[str, Dict[str, Dict[str, Any]]] = stored.get("runs", {})
 
     def write() -> None:
-        ordered = {s: {r: dict(sorted(runs[s][r].items(), key=lambda kv: int(kv[0]))) for r in REGIMES if runs.get(s, {}).get(r)} for s in STARTS if runs.get(s)}
+        ordered = {
+            s: {r: dict(sorted(runs[s][r].items(), key=lambda kv: int(kv[0]))) for r in REGIMES + RETENTION_REGIMES if runs.get(s, {}).get(r)}
+            for s in STARTS if runs.get(s)
+        }
         agg = aggregate(ordered)
         diff = differences(agg)
         seeds = sorted({int(seed) for by_regime in ordered.values() for by_seed in by_regime.values() for seed in by_seed})
