@@ -98,8 +98,9 @@ class CLIPBackbone(nn.Module):
 
     Args:
         model_name: any open_clip architecture name (see :func:`list_architectures`).
-        pretrained: ``None`` (random init), a local checkpoint file, or an open_clip pretrained tag
-            (e.g. ``"openai"``), which open_clip downloads; without internet pass a local file.
+        pretrained: ``None`` (random init), a local checkpoint file, a shipped MedCL tag
+            (``"medmnist-blood-organa"``, :mod:`framework.backbone.shipped`), or an open_clip pretrained
+            tag (e.g. ``"openai"``), which open_clip downloads; without internet pass a local file.
         image_size: override the architecture's input size (e.g. 64 for 64-px segmentation data).
         freeze_image_tower: lock the image tower (open_clip ``lock_image_tower``).
         freeze_text_tower: lock the text tower (open_clip ``lock_text_tower``).  Prompt embeddings
@@ -193,6 +194,11 @@ class CLIPBackbone(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_text_cache())
         if load_weights:
             self.load_pretrained()
+
+    @property
+    def text_weights_loaded(self) -> bool:
+        """The Hugging Face text transformer holds its own public weights (loaded when it was built)."""
+        return self._text_loaded
 
     @property
     def weights_source(self) -> Optional[str]:

@@ -58,7 +58,7 @@ class ExportPretrainedWeights(pl.Callback):
         backbone = pl_module.backbone
         out = Path(trainer.log_dir or trainer.default_root_dir) / self.folder
         text_frozen = not any(p.requires_grad for name, p in backbone.clip.named_parameters() if name.startswith("text.transformer."))
-        omit = bool(backbone._text_loaded and text_frozen and hasattr(getattr(backbone.clip, "text", None), "transformer"))
+        omit = bool(backbone.text_weights_loaded and text_frozen and hasattr(getattr(backbone.clip, "text", None), "transformer"))
         card: Dict[str, Any] = {
             "backbone": pl_module.hparams.backbone,
             "started_from": pl_module.hparams.pretrained,
