@@ -292,3 +292,26 @@ def test_a_shipped_tag_is_refused_for_another_backbone_naming_the_right_one():
         CLIPBackbone("medcl-vit-tiny", pretrained="medmnist-blood-organa")
     with pytest.raises(ValueError, match="known tags: \\['medmnist-blood-organa'\\]"):
         CLIPBackbone("medcl-vit-tiny-minilm", pretrained="medmnist-blod-organa")
+
+
+@pytest.mark.slow
+def test_pretrain_under_ddp_gathers_features_across_ranks_and_writes_one_weights_file(tmp_path):
+    """2 CPU processes (gloo): open_clip's ClipLoss gathers both ranks' features (the negatives of the
+    global batch); rank 0 alone writes the weights file and the model card."""
+    import os
+    import subprocess
+    import sys
+
+    config = _shrunk(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    medcl = Path(sys.executable).parent / "medcl"
+    proc = subprocess.run(
+        [str(medcl), "pretrain", "--config", str(config), "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (weights,) = list(tmp_path.rglob("open_clip_weights.safetensors"))
+    card = json.loads((weights.parent / "model_card.json").read_text())
+    # each rank serves half of the 128 pairs: 2 batches of 32 (a global batch of 64, the loss's negatives)
+    assert card["steps"] == 2 and set(card["zero_shot_test_accuracy"]) == {"bloodmnist", "organamnist"}
+    assert proc.stdout.count("medcl pretrain: wrote") + proc.stderr.count("medcl pretrain: wrote") == 1

@@ -53,10 +53,11 @@ class ExportPretrainedWeights(pl.Callback):
         datamodule = trainer.datamodule
         tasks = list(getattr(datamodule, "zero_shot_tasks", []) or [])
         scores = pl_module.zero_shot_scores(datamodule.test_dataloader(), tasks) if tasks else {}
+        # trainer.log_dir broadcasts from rank 0 under DDP: every rank must ask, not only the writer
+        out = Path(trainer.log_dir or trainer.default_root_dir) / self.folder
         if not trainer.is_global_zero:
             return
         backbone = pl_module.backbone
-        out = Path(trainer.log_dir or trainer.default_root_dir) / self.folder
         text_frozen = not any(p.requires_grad for name, p in backbone.clip.named_parameters() if name.startswith("text.transformer."))
         omit = bool(backbone.text_weights_loaded and text_frozen and hasattr(getattr(backbone.clip, "text", None), "transformer"))
         card: Dict[str, Any] = {
