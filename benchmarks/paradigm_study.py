@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from runs import REPO, RESULTS, latest_metrics, record, run_config, save_figure
+from runs import REPO, RESULTS, finish_study, latest_metrics, record, run_config, save_figure
 
 NAME = "paradigm_study"
 REGIMES = ["specialized", "joint", "sequential", "sequential_replay", "sequential_replay_samples", "sequential_replay_lwf"]
@@ -234,10 +234,7 @@ def main() -> None:
                 result = record(by_seed, str(seed), latest_metrics(run_root(config)), wall)
                 result["summary"] = summary(result)
                 write()  # after every run: an interrupted study keeps what finished
-    if not runs:
-        raise SystemExit(f"{out}: no stored runs to collect; run without --collect-only first")
-    write()
-    print((args.results / f"{NAME}.md").read_text())
+    finish_study(runs, out, write, args.results / f"{NAME}.md")
 
 
 if __name__ == "__main__":

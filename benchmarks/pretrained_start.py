@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from paradigm_study import mean_std, pm, run_root
-from runs import REPO, RESULTS, latest_metrics, record, run_config, save_figure
+from runs import REPO, RESULTS, finish_study, latest_metrics, record, run_config, save_figure
 
 NAME = "pretrained_start"
 REGIMES = ["specialized", "joint", "sequential", "sequential_replay"]
@@ -232,10 +232,7 @@ def main() -> None:
                     result = record(by_seed, str(seed), latest_metrics(run_root(config)), wall)
                     result["summary"] = summary(result)
                     write()  # after every run: an interrupted study keeps what finished
-    if not runs:
-        raise SystemExit(f"{out}: no stored runs to collect; run without --collect-only first")
-    write()
-    print((args.results / f"{NAME}.md").read_text())
+    finish_study(runs, out, write, args.results / f"{NAME}.md")
 
 
 if __name__ == "__main__":

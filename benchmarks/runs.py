@@ -74,3 +74,11 @@ def save_figure(fig, path: Path) -> None:
 def fmt(value, digits: int = 3) -> str:
     """A number for a results table (``n/a`` for None)."""
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def finish_study(runs: Dict[str, Any], out: Path, write: Callable[[], Any], markdown: Path) -> None:
+    """End a resumable study script: refuse an empty ``--collect-only``, write the results once more, print the table."""
+    if not runs:
+        raise SystemExit(f"{out}: no stored runs to collect; run without --collect-only first")
+    write()
+    print(markdown.read_text())

@@ -21,7 +21,7 @@ import yaml
 
 from paradigm_study import mean_std, pm
 from pretrained_start import CROSS_DOMAINS, summary
-from runs import REPO, RESULTS, latest_metrics, record, run_config, save_figure
+from runs import REPO, RESULTS, finish_study, latest_metrics, record, run_config, save_figure
 
 NAME = "wise_ft"
 CONFIG = REPO / "experiments" / "pretrained_start" / "sequential_replay.yaml"
@@ -123,10 +123,7 @@ def main() -> None:
                 result = record(runs.setdefault(key, {}), str(seed), latest_metrics(REPO / "runs" / "wise_ft" / f"alpha_{key}"), wall)
                 result["summary"] = summary(result)
                 write()
-    if not runs:
-        raise SystemExit(f"{out}: no stored runs; run without --collect-only first")
-    write()
-    print((args.results / f"{NAME}.md").read_text())
+    finish_study(runs, out, write, args.results / f"{NAME}.md")
 
 
 if __name__ == "__main__":
