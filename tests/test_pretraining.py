@@ -147,6 +147,14 @@ def test_a_frozen_hugging_face_text_tower_gives_the_same_prompt_embedding_in_tra
     second = backbone.encode_prompts(["a chest x-ray"], cache=False)
     assert torch.equal(first, second)
     assert backbone.clip.visual.training and not backbone.clip.text.transformer.training
+    # a text tower built from its config (a model rebuilt from a checkpoint) starts in training mode, and a model is
+    # asked for prompts before Lightning first calls train() (heads are built in setup): the cache must not be a noisy draw
+    fresh = CLIPBackbone("medcl-vit-tiny-minilm")
+    fresh.clip.text.train()
+    assert torch.equal(fresh.encode_prompts(["a chest x-ray"], cache=False), fresh.encode_prompts(["a chest x-ray"], cache=False))
+    cached = fresh.encode_prompts(["a chest x-ray"])
+    assert fresh.clip.text.transformer.training  # the mode it was in is restored
+    assert torch.equal(cached, fresh.eval().encode_prompts(["a chest x-ray"], cache=False))
 
 
 # ---------------------------------------------------------------------------- pair sources

@@ -141,3 +141,43 @@ def test_wise_ft_is_refused_without_pretrained_weights(tmp_path, make_npz):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="no pretrained weights"):
         run_cli(["fit", "--config", str(path)])
+
+
+@pytest.mark.slow
+def test_a_wise_ft_run_killed_after_an_experience_end_resumes_to_the_same_weights(tmp_path, make_npz):
+    """The checkpoint of an experience end holds the interpolated backbone (WiSEFT acts before checkpoints), and a
+    resumed run rebuilds the pretrained weights it interpolates towards: killed (SIGKILL) in experience 1 and
+    resumed from last.ckpt, the run ends exactly like the uninterrupted one."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import REPO
+
+    def config(folder: Path, kill: bool) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = _stream_config(folder, make_npz, [{"class_path": "framework.callbacks.WiSEFT", "init_args": {"alpha": 0.5}}])
+        data = yaml.safe_load(path.read_text())
+        data["trainer"]["callbacks"].append({"class_path": "framework.callbacks.ExperienceCheckpoint"})
+        if kill:
+            data["trainer"]["callbacks"].append({"class_path": "kill_switch.KillAt", "init_args": {"epoch": 1, "batch": 1}})
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def medcl(*args, killed=False):
+        env = dict(os.environ, PYTHONPATH=str(REPO / "tests"), PYTHONUNBUFFERED="1")
+        proc = subprocess.run([str(Path(sys.executable).parent / "medcl"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == (-9 if killed else 0), proc.stderr[-4000:]
+
+    medcl("fit", "--config", str(config(tmp_path / "whole", False)))
+    medcl("fit", "--config", str(config(tmp_path / "parts", True)), killed=True)
+    (run,) = (tmp_path / "parts" / "run").glob("version_*")
+    medcl("fit", "--config", str(config(tmp_path / "parts", False)), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    (whole,) = (tmp_path / "whole" / "run").glob("version_*")
+    a = torch.load(whole / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key

@@ -423,12 +423,12 @@ class CLIPBackbone(nn.Module):
         device = self.pixel_mean.device
         text_trainable = any(p.requires_grad for p in self._text_params)
         if not text_trainable and not cache:
-            with torch.no_grad():
+            with torch.no_grad(), self._frozen_text_in_eval():
                 return self._encode_text(key, device)
         if not text_trainable:
             cached = self._text_cache.get(key)
             if cached is None or cached.device != device:
-                with torch.no_grad():
+                with torch.no_grad(), self._frozen_text_in_eval():
                     cached = self._encode_text(key, device)
                 self._text_cache[key] = cached
             return cached
@@ -447,6 +447,19 @@ class CLIPBackbone(nn.Module):
         if isinstance(getattr(self.clip, "text", None), nn.Module):
             return [self.clip.text]
         return [m for m in (getattr(self.clip, name, None) for name in ("transformer", "token_embedding", "ln_final")) if isinstance(m, nn.Module)]
+
+    @contextlib.contextmanager
+    def _frozen_text_in_eval(self) -> Iterator[None]:
+        """The frozen text tower in eval mode for the block (whatever mode the model is in: a model that was never
+        put into train or eval mode, e.g. while heads are built in setup, is in training mode), then as before."""
+        modes = [(m, m.training) for root in self.text_modules() for m in root.modules()]
+        for root in self.text_modules():
+            _eval_frozen(root)
+        try:
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
 
     def train(self, mode: bool = True) -> "CLIPBackbone":
         """As :meth:`nn.Module.train`, but the frozen parts of the text tower stay in eval mode: their dropout (a
