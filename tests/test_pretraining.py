@@ -338,3 +338,21 @@ def test_pretrain_under_ddp_gathers_features_across_ranks_and_writes_one_weights
     # each rank serves half of the 128 pairs: 2 batches of 32 (a global batch of 64, the loss's negatives)
     assert card["steps"] == 2 and set(card["zero_shot_test_accuracy"]) == {"bloodmnist", "organamnist"}
     assert proc.stdout.count("medcl pretrain: wrote") + proc.stderr.count("medcl pretrain: wrote") == 1
+
+
+def test_an_ended_pretraining_run_continued_from_its_last_checkpoint_keeps_both_weights_files(tmp_path):
+    """``--ckpt_path last.ckpt`` continues a pretraining run; the first part's weights file is never overwritten:
+    the continued run's file is named by its step."""
+    path = _shrunk(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["trainer"].update(enable_checkpointing=True, max_epochs=2)
+    config["trainer"]["callbacks"] = [{"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": {"save_last": True, "save_top_k": 0}}]
+    path.write_text(yaml.safe_dump(config))
+    first = run_pretrain(["--config", str(path), "--trainer.max_epochs", "1"])
+    run = Path(first.trainer.log_dir)
+    before = (run / "pretrained" / "open_clip_weights.safetensors").read_bytes()
+    second = run_pretrain(["--config", str(path), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert Path(second.trainer.log_dir) == run and second.trainer.global_step == 6
+    assert (run / "pretrained" / "open_clip_weights.safetensors").read_bytes() == before
+    card = json.loads((run / "pretrained" / "model_card-step6.json").read_text())
+    assert card["steps"] == 6 and (run / "pretrained" / "open_clip_weights-step6.safetensors").is_file()

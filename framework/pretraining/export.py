@@ -72,12 +72,16 @@ class ExportPretrainedWeights(pl.Callback):
             "command": " ".join(["medcl", *sys.argv[1:]]) if Path(sys.argv[0]).name == "medcl" else None,
             "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         }
+        target, card_file = out / WEIGHTS_FILE, out / "model_card.json"
+        if target.exists():  # a resumed run whose earlier part already finished: never overwrite, name this one by its step
+            target = out / f"{target.stem}-step{trainer.global_step}{target.suffix}"
+            card_file = out / f"model_card-step{trainer.global_step}.json"
         path = save_weights(
-            backbone.clip, out / WEIGHTS_FILE, omit_text_transformer=omit,
+            backbone.clip, target, omit_text_transformer=omit,
             text_name=Path(str(backbone.architecture.text_weights)).name if omit else None,
             metadata={"model_card": card},
         )
-        (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        card_file.write_text(json.dumps(card, indent=2) + "\n")
         self.written = path
         self.card = card
         size = path.stat().st_size / 2**20
