@@ -27,6 +27,11 @@ SECTIONS: List[Tuple[str, str, str, str]] = [
      "8 experiences of 2,000 demo images, 1 epoch each, a fixed 200-sample buffer; run twice (every old task replayed every step; at most 1 old task per step)."),
     ("medmnist_baselines", "6. Against the MedMNIST v2 ResNet-18 (28) baselines", "python benchmarks/medmnist_baselines.py",
      "joint training on the full official training sets; the epoch budget is stated in the table."),
+    ("pretrained_start", "7. A pretrained start against a random one (Yi et al.'s study from MedCL's shipped model), 3 seeds",
+     "python benchmarks/pretrained_start.py",
+     "Pneumonia -> Retina -> Kvasir-SEG (64 px) -> semi-synthetic prognosis; 1,000 training images per classification task, 3 passes per image, replay 80 exemplars (2 %)."),
+    ("wise_ft", "8. WiSE-FT: in-domain score against the pretrained model's zero-shot skill", "python benchmarks/wise_ft.py",
+     "the pretrained-start sequential + replay run of section 7, once per alpha."),
 ]
 
 

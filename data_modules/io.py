@@ -1,10 +1,12 @@
-"""Reading image files (PNG/JPEG and NIfTI): the one place in MedCL where it is done.
+"""Reading image files (PNG/JPEG, NIfTI and DICOM): the one place in MedCL where it is done.
 
 The segmentation and survival data modules and ``medcl predict`` all read files through this
 module, so they agree on the following conventions.
 
-* **Endings** (:data:`IMAGE_SUFFIXES`): ``.nii.gz``, ``.nii``, ``.png``, ``.jpg``, ``.jpeg``
-  (any letter case).  A file's id is its name without that ending (:func:`file_id`).
+* **Endings** (:data:`IMAGE_SUFFIXES`): ``.nii.gz``, ``.nii``, ``.dcm``, ``.png``, ``.jpg``, ``.jpeg``
+  (any letter case).  A file's id is its name without that ending (:func:`file_id`).  A
+  **DICOM series** is a folder of ``.dcm`` files (one per slice); in a listed folder
+  (:func:`list_image_files`) such a sub-folder counts as one image whose id is the folder's name.
 * **PNG/JPEG** are read with MONAI's ``PILReader(reverse_indexing=False)``, i.e. with MONAI's
   default ``(W, H)`` transposition undone: arrays are ``(C, H, W)`` with row 0 at the top of the
   picture as it is seen.  Grayscale gives ``C = 1``, RGB ``C = 3``, RGBA ``C = 4``; grayscale and
@@ -23,24 +25,35 @@ module, so they agree on the following conventions.
   :func:`check_same_geometry` refuses an image and a mask whose affines differ after the
   reorientation (spacing, direction or origin beyond :data:`AFFINE_TOLERANCE` mm).  Header fields
   are only read, never copied into any output.
+* **DICOM** (a ``.dcm`` file, or a folder of ``.dcm`` files read as one series) is read with
+  MONAI's ``PydicomReader(prune_metadata=True)``: slices sorted by ``InstanceNumber``, pixel values
+  rescaled by ``RescaleSlope``/``RescaleIntercept`` (CT in **Hounsfield units**, as float32), and
+  the array reoriented to RAS from the patient-position tags exactly like a NIfTI file, so a
+  series and the same volume saved as NIfTI give equal arrays.  Only the geometry tags are kept
+  from the header: patient name, id, birth date and every other identifier are dropped at
+  reading and never reach an output (predictions, checkpoints, logs).
 * **Raw values** (:func:`read_array`): the file's own dtype, never rescaled; use it for masks and
   label maps.
-* **Intensities** (:func:`read_image`, :func:`scale_intensities`): float32 in ``[0, 1]``: uint8 is
-  divided by 255, uint16 by 65535, bool becomes 0/1, anything else (float or other integer NIfTI,
-  32-bit PNG) is min-max scaled per image (a constant image becomes all zeros).  NaN or infinite
-  pixels are an error naming the file.
+* **Intensities** (:func:`read_image`, :func:`scale_intensities`): float32 in ``[0, 1]`` by a
+  policy of :mod:`data_modules.intensity` (CT windows in HU, MR percentiles, real bit depths).  The
+  default ``auto``: uint8 is divided by 255, uint16 by its real bit depth (a PNG's ``sBIT`` chunk,
+  else 65535), bool becomes 0/1, anything else (float or other integer NIfTI, DICOM, 32-bit PNG)
+  is min-max scaled per image with a warning, once (a constant image becomes all zeros).  NaN or
+  infinite pixels are an error naming the file.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "is_nifti",
+    "is_dicom",
+    "is_dicom_series",
     "file_id",
     "list_image_files",
     "unsupported_files",
@@ -60,8 +73,9 @@ __all__ = [
 PathLike = Union[str, Path]
 
 #: file endings MedCL reads as images, longest first where one ends another (``.nii.gz`` before ``.nii``)
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_DICOM_SUFFIX = ".dcm"
 #: the orientation every NIfTI file is reoriented to on reading (axis codes, nibabel's closest canonical)
 COMMON_ORIENTATION = ("R", "A", "S")
 #: largest difference (in mm, per affine entry) allowed between an image's and its mask's affine after reorientation
@@ -71,6 +85,20 @@ AFFINE_TOLERANCE = 1e-3
 def is_nifti(path: PathLike) -> bool:
     """Whether ``path`` ends in ``.nii`` or ``.nii.gz`` (any letter case)."""
     return str(path).lower().endswith(_NIFTI_SUFFIXES)
+
+
+def is_dicom_series(path: PathLike) -> bool:
+    """Whether ``path`` is a folder holding ``.dcm`` files and no other (non-hidden) files: one DICOM series."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    files = [p for p in path.iterdir() if not p.name.startswith(".") and p.is_file()]
+    return bool(files) and all(p.name.lower().endswith(_DICOM_SUFFIX) for p in files)
+
+
+def is_dicom(path: PathLike) -> bool:
+    """Whether ``path`` is a ``.dcm`` file or a DICOM series folder (:func:`is_dicom_series`)."""
+    return str(path).lower().endswith(_DICOM_SUFFIX) or is_dicom_series(path)
 
 
 def _image_suffix(name: str) -> str:
@@ -88,6 +116,8 @@ def file_id(path: PathLike) -> str:
     A name without an image ending loses only its last suffix (``notes.txt`` -> ``notes``).
     """
     name = Path(path).name
+    if is_dicom_series(path):
+        return name
     suffix = _image_suffix(name)
     return name[: -len(suffix)] if suffix else Path(path).stem
 
@@ -95,7 +125,8 @@ def file_id(path: PathLike) -> str:
 def list_image_files(folder: PathLike, strict: bool = False) -> List[Path]:
     """Image files of ``folder``, sorted by name.
 
-    Not recursive: sub-folders are skipped, and so are hidden files (names starting with ``.``).
+    Not recursive: a sub-folder is listed only if it is a DICOM series (:func:`is_dicom_series`, one
+    image), other sub-folders are skipped, and so are hidden files (names starting with ``.``).
     Files with other endings are skipped too, unless ``strict``.
 
     Args:
@@ -111,7 +142,13 @@ def list_image_files(folder: PathLike, strict: bool = False) -> List[Path]:
         raise FileNotFoundError(f"image folder not found: {folder}")
     files = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            if is_dicom_series(path):
+                files.append(path)
+            continue
+        if not path.is_file():
             continue
         if _image_suffix(path.name):
             files.append(path)
@@ -186,6 +223,13 @@ def _fmt_affine(affine: np.ndarray) -> str:
 
 def _nifti_array(path: Path, array: np.ndarray, meta) -> Tuple[np.ndarray, NiftiGeometry]:
     """Channel-first array of a NIfTI file reoriented to :data:`COMMON_ORIENTATION`, and its geometry."""
+    codes = [meta.get(key) for key in ("qform_code", "sform_code")]
+    has_codes = any(code is not None and int(np.asarray(code).reshape(-1)[0]) > 0 for code in codes)
+    return _reoriented(path, array, np.asarray(meta.get("affine"), dtype=np.float64), has_codes)
+
+
+def _reoriented(path: Path, array: np.ndarray, stored: np.ndarray, has_codes: bool) -> Tuple[np.ndarray, NiftiGeometry]:
+    """Channel-first array reoriented to :data:`COMMON_ORIENTATION` by its voxel-to-world (RAS) affine, and its geometry."""
     from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt2axcodes
 
     shape = tuple(int(n) for n in array.shape)
@@ -193,14 +237,14 @@ def _nifti_array(path: Path, array: np.ndarray, meta) -> Tuple[np.ndarray, Nifti
         raise ValueError(
             f"{path}: expected a 2D image (X, Y) or a 3D volume (X, Y, Z), found a {len(shape)}D NIfTI of shape {shape}; "
             f"MedCL does not guess whether a 4th axis holds time points or channels: save one volume per file"
+            if not is_dicom(path) else
+            f"{path}: expected a 2D image or a 3D volume, found a DICOM array of shape {shape}; MedCL reads one single-frame "
+            f"series or one multi-frame file per image"
         )
     if len(shape) > 3:
         array = array.reshape(shape[:3])
     two_d = array.ndim == 2 or array.shape[2] == 1
     volume = array[..., None] if array.ndim == 2 else array
-    stored = np.asarray(meta.get("affine"), dtype=np.float64)
-    codes = [meta.get(key) for key in ("qform_code", "sform_code")]
-    has_codes = any(code is not None and int(np.asarray(code).reshape(-1)[0]) > 0 for code in codes)
     ornt = io_orientation(stored) if stored.shape == (4, 4) and np.isfinite(stored).all() else None
     slice_axis = 2
     if not has_codes or ornt is None or not np.isfinite(ornt).all():
@@ -225,21 +269,32 @@ def read_array_with_geometry(path: PathLike) -> Tuple[np.ndarray, Optional[Nifti
             ending or cannot be decoded; ``"<path>: expected a 2D image ... found a 4D NIfTI of
             shape ..."`` for a NIfTI with a 4th axis of size > 1.
     """
-    from monai.data import NibabelReader, PILReader
+    from monai.data import NibabelReader, PILReader, PydicomReader
 
     path = Path(path)
-    if not path.is_file():
+    series = is_dicom_series(path)
+    if not path.is_file() and not series:
+        if path.is_dir():
+            raise ValueError(f"{path}: expected an image file or a DICOM series (a folder of .dcm files only), found a folder")
         raise FileNotFoundError(f"image file not found: {path}")
+    dicom = series or is_dicom(path)
     try:
-        if not _image_suffix(path.name):
+        if not series and not _image_suffix(path.name):
             raise ValueError(f"unsupported ending, expected one of {list(IMAGE_SUFFIXES)}")
-        reader = NibabelReader() if is_nifti(path) else PILReader(reverse_indexing=False)
+        if dicom:  # prune_metadata: only geometry tags are kept, no patient identifier ever leaves the reader
+            reader = PydicomReader(prune_metadata=True)
+        else:
+            reader = NibabelReader() if is_nifti(path) else PILReader(reverse_indexing=False)
         array, meta = reader.get_data(reader.read(str(path)))
         array = np.asarray(array)
-    except Exception as err:  # MONAI/PIL/nibabel raise many types for unreadable files
+    except Exception as err:  # MONAI/PIL/nibabel/pydicom raise many types for unreadable files
         raise ValueError(f"{path}: not a readable image file ({_first_line(err)})") from None
     geometry = None
-    if is_nifti(path):
+    if dicom:  # rescaled values (HU for CT) as float32; the affine MONAI built from the position tags is RAS
+        affine = np.asarray(meta.get("affine"), dtype=np.float64)
+        has_geometry = meta.get("00200037") is not None and meta.get("00200032") is not None
+        array, geometry = _reoriented(path, array.astype(np.float32), affine, has_geometry)
+    elif is_nifti(path):
         array, geometry = _nifti_array(path, array, meta)
     else:
         channel_dim = meta.get("original_channel_dim")
@@ -311,45 +366,45 @@ def check_same_geometry(
         )
 
 
-def scale_intensities(array: np.ndarray, source: object) -> np.ndarray:
-    """Scale raw pixel values to float32 in ``[0, 1]`` (conventions in the module docstring).
+def scale_intensities(array: np.ndarray, source: object, intensity: Any = None) -> np.ndarray:
+    """Scale raw pixel values to float32 in ``[0, 1]`` by an intensity policy (:mod:`data_modules.intensity`).
 
-    uint8 / 255, uint16 / 65535, bool -> 0/1, any other integer or float dtype min-max per image
-    (a constant image becomes all zeros).
+    With the default ``auto``: uint8 / 255, uint16 by the bit depth a PNG ``source``'s ``sBIT`` chunk
+    declares (else 65535), bool -> 0/1, any other integer or float dtype min-max per image with a
+    warning, once (a constant image becomes all zeros).
 
     Args:
         array: raw values, e.g. from :func:`read_array`.
-        source: what to name in error messages (the file).
+        source: what to name in error messages (the file; a PNG path is also read for its ``sBIT`` chunk).
+        intensity: a policy or its config form (``None``/``"auto"``, ``"ct:abdomen"``, ``"mr"``, ``"bits:12"``, ...).
 
     Raises:
-        ValueError: on a non-numeric dtype or NaN/infinite values, naming ``source``.
+        ValueError: on a non-numeric dtype or NaN/infinite values, or values the policy refuses, naming ``source``.
     """
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / np.float32(255.0)
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / np.float32(65535.0)
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(f"{source}: expected numeric pixel values, found dtype {array.dtype}")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{source}: expected finite pixel values, found NaN or infinite values")
-    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
-    return (array - low) / (high - low) if high > low else np.zeros_like(array)
+    from data_modules.intensity import parse_intensity, png_significant_bits
+
+    policy = parse_intensity(intensity, where=str(source))
+    bits = None
+    if policy.kind == "auto" and array.dtype == np.uint16 and isinstance(source, (str, Path)) and str(source).lower().endswith(".png"):
+        bits = png_significant_bits(source)
+    return policy.apply(array, source, significant_bits=bits)
 
 
-def read_image(path: PathLike) -> np.ndarray:
+def read_image(path: PathLike, intensity: Any = None) -> np.ndarray:
     """Read one image or volume as a channel-first float32 array in ``[0, 1]``.
 
     :func:`read_array` followed by :func:`scale_intensities`: same shapes and axis order as
-    :func:`read_array` (PNG/JPEG ``(C, H, W)`` as seen; NIfTI ``(C, X, Y[, Z])`` reoriented to RAS).
+    :func:`read_array` (PNG/JPEG ``(C, H, W)`` as seen; NIfTI and DICOM ``(C, X, Y[, Z])`` reoriented to RAS).
+
+    Args:
+        path: the image file (or DICOM series folder).
+        intensity: the intensity policy (:mod:`data_modules.intensity`; default ``auto``).
 
     Raises:
         FileNotFoundError: if the file does not exist.
         ValueError: if the file cannot be read or holds non-numeric or non-finite values, naming it.
     """
-    return np.ascontiguousarray(scale_intensities(read_array(path), Path(path)))
+    return np.ascontiguousarray(scale_intensities(read_array(path), Path(path), intensity))
 
 
 class CheckedNpz:

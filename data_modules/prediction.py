@@ -49,11 +49,12 @@ def unique_ids(files: Sequence[Path]) -> List[str]:
 class PredictionSource(Dataset):
     """Images for ``medcl predict``, checked against the task they are predicted for.
 
-    * a **folder** of ``.png``/``.jpg``/``.nii``/``.nii.gz`` files (read with MONAI, see
-      :func:`data_modules.io.read_image`); items carry the file id (:func:`unique_ids`: the name
-      without its ending, or the whole file name where two files share that), and images may differ
-      in size (the loader then uses batches of one).  Files with other endings (``.dcm``, ``.txt``)
-      are skipped with one warning that counts and names them;
+    * a **folder** of ``.png``/``.jpg``/``.nii``/``.nii.gz``/``.dcm`` files and DICOM series
+      (sub-folders of ``.dcm`` files), read with MONAI (see :func:`data_modules.io.read_image`) and
+      scaled with the intensity policy the task was trained with (``TaskSpec.intensity``); items
+      carry the file id (:func:`unique_ids`: the name without its ending, or the whole file name
+      where two files share that), and images may differ in size (the loader then uses batches of
+      one).  Files with other endings (``.txt``) are skipped with one warning that counts and names them;
     * an **.npz** with ``images`` (or a MedMNIST file's ``test_images``), uint8 ``(N, H, W[, C])``
       or ``(N, D, H, W)`` volumes, and optionally the known targets of the task's kind, passed
       through to the prediction files: ``labels`` (or ``test_labels``) for classification,
@@ -99,8 +100,8 @@ class PredictionSource(Dataset):
                 )
             if skipped:
                 rank_zero_warn(
-                    f"predict: skipped {skipped_text} in {self.path} (MedCL reads {', '.join(IMAGE_SUFFIXES)}; "
-                    f"DICOM is not read: convert it to NIfTI first)"
+                    f"predict: skipped {skipped_text} in {self.path} (MedCL reads {', '.join(IMAGE_SUFFIXES)}, and DICOM "
+                    f"series as sub-folders of .dcm files)"
                 )
             self.ids = unique_ids(self.files)
             renamed = [i for f, i in zip(self.files, self.ids) if i != file_id(f)]
@@ -115,7 +116,8 @@ class PredictionSource(Dataset):
             self.affines: List[Optional[np.ndarray]] = []
             for f in self.files:
                 array, geometry = read_array_with_geometry(f)
-                self.images.append(self._check(np.ascontiguousarray(scale_intensities(array, f)), f))
+                # the intensity policy the task was trained with (TaskSpec.intensity), never another one
+                self.images.append(self._check(np.ascontiguousarray(scale_intensities(array, f, spec.intensity)), f))
                 self.affines.append(None if geometry is None else geometry.affine)
         else:
             self._load_npz()

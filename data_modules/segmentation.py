@@ -33,7 +33,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
+from data_modules.intensity import parse_intensity
 from data_modules.io import (
     IMAGE_SUFFIXES,
     check_same_geometry,
@@ -247,7 +248,7 @@ def _read_file(path: Path, field: str, spatial_dims: int):
 
 
 def load_segmentation_folder(
-    root: os.PathLike, spatial_dims: int = 2, num_labels: int = 1, in_channels: Optional[int] = None
+    root: os.PathLike, spatial_dims: int = 2, num_labels: int = 1, in_channels: Optional[int] = None, intensity: Any = None
 ) -> Dict[str, SplitData]:
     """Load and validate a folder source ``root/{train,val,test}/{images,masks}/<id>.<ext>``.
 
@@ -258,9 +259,11 @@ def load_segmentation_folder(
     direction, origin within :data:`data_modules.io.AFFINE_TOLERANCE` mm); a NIfTI with a 4th axis
     is refused (a 2D image saved as ``(X, Y, 1)`` counts as 2D).  All images of one split must have
     one size (batches are stacked): the first image of another size is refused.  Scaling
-    (:func:`data_modules.io.scale_intensities`): uint8 / 255 (kept uint8 and served as uint8 when
-    every image of the folder is 8-bit), uint16 / 65535, other dtypes min-max per image to
-    ``[0, 1]``.  Grayscale is never converted to RGB (or back).  Masks are never rescaled and must
+    (:func:`data_modules.io.scale_intensities` with the ``intensity`` policy, :mod:`data_modules.intensity`);
+    under the default ``auto``: uint8 / 255 (kept uint8 and served as uint8 when every image of the
+    folder is 8-bit), uint16 by its real bit depth, other dtypes min-max per image to ``[0, 1]``
+    with a warning, once (set ``ct:<window>`` for CT in Hounsfield units, ``mr`` for MR).  An image
+    may be a DICOM series: a sub-folder of ``.dcm`` files named like its mask.  Grayscale is never converted to RGB (or back).  Masks are never rescaled and must
     have one channel; float NIfTI masks are accepted if their values are whole numbers.
 
     Args:
@@ -268,6 +271,7 @@ def load_segmentation_folder(
         spatial_dims: 2 (images) or 3 (volumes).
         num_labels: number of foreground labels (see the module docstring for allowed mask values).
         in_channels: if given, the number of channels every image must have.
+        intensity: the intensity policy (or its config form); ``None`` is ``auto``.
 
     Returns:
         ``{split: {"images": [(C, *spatial) array], "masks": [(*spatial) array], "ids": [str]}}``;
@@ -325,7 +329,8 @@ def load_segmentation_folder(
                     f"{mask_path}: field 'mask' expected the spatial shape of its image {image_path} "
                     f"{tuple(image.shape[1:])}, found {tuple(mask.shape[1:])}"
                 )
-            data["images"].append(image if image.dtype == np.uint8 else scale_intensities(image, image_path))
+            keep = image.dtype == np.uint8 and (intensity is None or getattr(intensity, "kind", intensity) == "auto")
+            data["images"].append(image if keep else scale_intensities(image, image_path, intensity))
             data["masks"].append(_check_mask_values(mask[0], num_labels, str(mask_path), "mask"))
             data["ids"].append(stem)
             first = data["images"][0]
@@ -486,6 +491,9 @@ class SegmentationDataModule(DomainDataModule):
         eval_batch_size: validation/test batch size.
         num_workers: DataLoader workers.
         drop_last: drop the last, incomplete training batch of an epoch (see :class:`DomainDataModule`).
+        intensity: the intensity policy of a folder source (:mod:`data_modules.intensity`: ``auto``,
+            ``ct:<window>``, ``mr``, ``bits:<n>``, ``range:<low>,<high>``, ``minmax``); an ``.npz``
+            source takes ``auto`` only (its images are uint8 or float in [0, 1] already).
 
     Raises:
         ValueError: on invalid arguments (the message names the argument, what was expected and what
@@ -520,6 +528,7 @@ class SegmentationDataModule(DomainDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         drop_last: bool = False,
+        intensity: Optional[Union[str, Dict[str, Any]]] = None,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, drop_last=drop_last)
         me = "SegmentationDataModule"
@@ -560,6 +569,12 @@ class SegmentationDataModule(DomainDataModule):
         subsets = check_subset_sizes(me, train_subset, val_subset, test_subset)
         if isinstance(subset_seed, bool) or not isinstance(subset_seed, int):
             raise ValueError(f"{me}: subset_seed expected an integer, found {subset_seed!r}")
+        self.intensity = parse_intensity(intensity, where=me)
+        if file is not None and self.intensity.kind != "auto":
+            raise ValueError(
+                f"{me}: intensity expected 'auto' for an .npz file ({file}), whose images are uint8 or float in [0, 1] already; "
+                f"found {self.intensity.describe()!r} (intensity policies apply to folder sources: NIfTI, DICOM, PNG)"
+            )
 
         self.path = Path(file if file is not None else root)
         self.source = "npz" if file is not None else "folder"
@@ -574,6 +589,7 @@ class SegmentationDataModule(DomainDataModule):
             in_channels=in_channels,
             spatial_dims=spatial_dims,
             image_size=declared_image_size(image_size, self._source_image_size(), me),
+            intensity=self.intensity.describe(),
         )
         self._datasets: Dict[str, SegmentationDataset] = {}
 
@@ -605,7 +621,8 @@ class SegmentationDataModule(DomainDataModule):
                 f"SegmentationDataModule({spec.name}): {'file' if self.source == 'npz' else 'root'} not found: {self.path} "
                 f"(cwd {os.getcwd()})"
             )
-        data = load(self.path, spatial_dims=spec.spatial_dims, num_labels=len(spec.label_names), in_channels=spec.in_channels)
+        extra = {"intensity": self.intensity} if self.source == "folder" else {}
+        data = load(self.path, spatial_dims=spec.spatial_dims, num_labels=len(spec.label_names), in_channels=spec.in_channels, **extra)
         lengths = {split: len(data[split]["images"]) for split in SPLITS}
         indices = subset_indices(
             self.subsets, lengths, self.subset_seed, f"SegmentationDataModule({spec.name})", self.path, items="'{split}' samples"

@@ -50,7 +50,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
+from data_modules.intensity import parse_intensity
 from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_array, scale_intensities
 from data_modules.medmnist import load_medmnist_npz
 from data_modules.medmnist_info import MEDMNIST_INFO
@@ -292,10 +293,12 @@ class SurvivalDataModule(_SurvivalDomain):
       ``(N,)``, optional ``split`` ``(N,)`` with 0/1/2 = train/val/test, optional ``ids`` ``(N,)``
       (field names checked like the CSV's column names).
 
-    Intensities (:mod:`data_modules.io` conventions): uint8 images are served as uint8 (the backbone
-    divides by 255); uint16 is divided by 65535; any other dtype (float or other integer NIfTI) is
-    min-max scaled to [0, 1] per image (a constant image becomes all zeros).  A folder whose files
-    are not all 8-bit is served as float32 throughout (8-bit files divided by 255).  Times must be
+    Intensities (``intensity``, a policy of :mod:`data_modules.intensity`, e.g. ``ct:lung`` or
+    ``mr``; default ``auto``): under ``auto`` uint8 images are served as uint8 (the backbone divides
+    by 255), uint16 is divided by its real bit depth, any other dtype (float or other integer NIfTI,
+    DICOM) is min-max scaled to [0, 1] per image with a warning, once.  A folder whose files are not
+    all 8-bit is served as float32 throughout (8-bit files divided by 255).  DICOM: a ``.dcm`` file
+    or a sub-folder of ``.dcm`` files (one series) per id.  Times must be
     finite and >= 0 (any unit; ``time_bins`` are in the same unit); events are 0 (censored) or 1.
     Without a split column, rows are split at random (seeded by ``split_seed``) into
     ``test_fraction`` / ``val_fraction`` / rest for training; each split keeps the file order.
@@ -317,6 +320,8 @@ class SurvivalDataModule(_SurvivalDomain):
         eval_batch_size: validation/test batch size.
         num_workers: DataLoader workers.
         drop_last: drop the last, incomplete training batch of an epoch (see :class:`DomainDataModule`).
+        intensity: the intensity policy of an image folder (:mod:`data_modules.intensity`: ``auto``,
+            ``ct:<window>``, ``mr``, ``bits:<n>``, ``range:<low>,<high>``, ``minmax``); an ``.npz`` source takes ``auto`` only.
 
     Raises:
         ValueError: at construction, on invalid arguments.  On first :attr:`task_spec` access or in
@@ -353,6 +358,7 @@ class SurvivalDataModule(_SurvivalDomain):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         drop_last: bool = False,
+        intensity: Optional[Union[str, Dict[str, Any]]] = None,
     ) -> None:
         owner = "SurvivalDataModule"
         if not isinstance(images, (str, Path)) or not str(images):
@@ -374,7 +380,15 @@ class SurvivalDataModule(_SurvivalDomain):
                 f"{val_fraction} + {test_fraction} = {val_fraction + test_fraction}"
             )
         _check_int_arg(owner, "split_seed", split_seed, 0)
-        spec = TaskSpec(name=task_name, kind="prognosis", modality=modality, in_channels=in_channels, spatial_dims=spatial_dims)
+        policy = parse_intensity(intensity, where=owner)
+        if is_npz and policy.kind != "auto":
+            raise ValueError(
+                f"{owner}: intensity expected 'auto' for an .npz images file ({images}), whose uint8 images are served as they "
+                f"are; found {policy.describe()!r} (intensity policies apply to image folders: NIfTI, DICOM, PNG)"
+            )
+        self.intensity = policy
+        spec = TaskSpec(name=task_name, kind="prognosis", modality=modality, in_channels=in_channels, spatial_dims=spatial_dims,
+                        intensity=policy.describe())
         super().__init__(spec, num_time_bins, batch_size, eval_batch_size, num_workers, drop_last)
         self.is_npz = is_npz
         self.images_path = Path(images)
@@ -618,8 +632,8 @@ class SurvivalDataModule(_SurvivalDomain):
             arrays, first = [], None
             for file in part["files"]:
                 array = self._check_image(read_array(file), file)
-                if array.dtype != np.uint8:  # uint8 is served as is (the backbone divides by 255)
-                    array = scale_intensities(array, file)
+                if array.dtype != np.uint8 or self.intensity.kind != "auto":  # 8-bit under 'auto' is served as is (the backbone divides by 255)
+                    array = scale_intensities(array, file, self.intensity)
                 if first is None:
                     first = (file, array.shape)
                 elif array.shape != first[1]:

@@ -49,6 +49,9 @@ class TaskSpec:
         image_size: ``(H, W)``: the in-plane size the image tower runs at for this task (data
             modules declare the size their images come in); empty: the backbone's own input size
             (what tasks of checkpoints written before this field did).
+        intensity: how the data scales raw pixel values to ``[0, 1]`` (``data_modules.intensity``:
+            ``"auto"``, ``"ct:abdomen"``, ``"ct:-1000,400"``, ``"mr:0.5,99.5"``, ``"bits:12"``, ...).
+            ``medcl predict`` reads new images with the policy the task was trained with.
 
     Raises:
         ValueError: if any field is missing, has the wrong type or an invalid value.  The message
@@ -65,6 +68,7 @@ class TaskSpec:
     spatial_dims: int = 2
     time_bins: Tuple[float, ...] = field(default_factory=tuple)
     image_size: Tuple[int, ...] = field(default_factory=tuple)
+    intensity: str = "auto"
 
     def __post_init__(self) -> None:
         # Accept lists from YAML/JSON but store immutable tuples (the spec is hashable and frozen).
@@ -115,6 +119,8 @@ class TaskSpec:
             len(self.image_size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in self.image_size)
         ):
             self._fail("image_size", "empty or [height, width], integers >= 8", list(self.image_size))
+        if not isinstance(self.intensity, str) or not self.intensity:
+            self._fail("intensity", "a non-empty intensity policy string such as 'auto' or 'ct:abdomen'", self.intensity)
         if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
             self._fail("spatial_dims", "2 or 3", self.spatial_dims)
 

@@ -394,3 +394,57 @@ def test_names_in_nifti_headers_reach_no_output_file(tmp_path):
     assert any(p.startswith("samples/survival") for p in _media_images(out / "wandb"))
     assert _leaks(tmp_path / "data")  # the check finds the planted name where it is
     assert _leaks(out) == []
+
+
+def _dicom_segmentation(root):
+    """A 3D segmentation folder whose images are DICOM series (patient name and id planted) and masks NIfTI."""
+    from data_modules.synthetic import synthetic_ct, write_dicom_series
+
+    spacing, origin = (0.8, 0.8, 2.5), (-100.0, -120.0, 40.0)
+    lps_to_ras = np.array([[-spacing[0], 0, 0, -origin[0]], [0, -spacing[1], 0, -origin[1]], [0, 0, spacing[2], origin[2]], [0, 0, 0, 1]])
+    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+        for i in range(n):
+            volume, mask = synthetic_ct((28, 28, 4), seed=10 * i + len(split))
+            series = write_dicom_series(root / split / "images" / f"case{i}", volume, spacing=spacing, origin=origin,
+                                        patient_name=PATIENT, patient_id="JANE-4711")
+            assert PATIENT.encode() in next(series.glob("*.dcm")).read_bytes()  # really planted
+            (root / split / "masks").mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(mask, lps_to_ras), str(root / split / "masks" / f"case{i}.nii.gz"))
+    return root
+
+
+@pytest.mark.slow
+def test_names_in_dicom_series_reach_no_output_file(tmp_path):
+    """A CT task read from DICOM series (abdomen window): the run, its checkpoint and ``medcl predict`` hold no identifier."""
+    seg = _dicom_segmentation(tmp_path / "data" / "seg")
+    out = tmp_path / "run"
+    config = load_config(REPO / "experiments/quickstart.yaml")
+    config["model"]["init_args"].update(epochs_per_experience=1, head_args={"segmentation": {"feature_size": 8}})
+    config["data"]["init_args"]["domains"] = [
+        {"class_path": "data_modules.SegmentationDataModule",
+         "init_args": {"root": str(seg), "task_name": "ct_organ", "label_names": ["organ"], "in_channels": 1, "spatial_dims": 3,
+                       "batch_size": 2, "intensity": "ct:abdomen"}},
+    ]
+    trainer = config["trainer"]
+    trainer.update(max_epochs=1, default_root_dir=str(out), limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0)
+    for logger in trainer["logger"]:
+        logger["init_args"]["save_dir"] = str(out)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        cli = run_cli(["fit", "--config", str(cfg)])
+    finally:
+        _finish_wandb()
+    assert cli.model.task_specs["ct_organ"].intensity == "ct:abdomen"
+    (ckpt,) = out.rglob("last.ckpt")
+    from framework.callbacks import PredictionWriter
+
+    predicted = run_cli(["predict", "--config", str(cfg), "--ckpt_path", str(ckpt), "--trainer.logger", "false",
+                         "--data.init_args.predict_path", str(seg / "test" / "images"), "--data.init_args.predict_task", "ct_organ"])
+    written = next(cb for cb in predicted.trainer.callbacks if isinstance(cb, PredictionWriter)).root / "ct_organ"
+    masks = sorted((written / "masks").glob("*.nii.gz"))
+    assert [m.name for m in masks] == ["case0.nii.gz", "case1.nii.gz"]  # a series is named by its folder
+    assert nib.load(str(masks[0])).shape == (28, 28, 4)
+    assert _leaks(tmp_path / "data")  # the check finds the planted name where it is
+    assert _leaks(out) == []

@@ -275,7 +275,6 @@ def _predict_folder(tmp_path):
     for name, size in (("case1.png", (8, 8)), ("case1.jpg", (8, 8)), ("case1.PNG", (8, 8)), ("other.png", (12, 16))):
         _png(folder / name, rng.integers(0, 256, (*size, 3), dtype=np.uint8))
     (folder / "notes.txt").write_text("not an image")
-    (folder / "scan.dcm").write_bytes(b"DICM")
     return folder
 
 
@@ -285,8 +284,8 @@ def test_predict_folder_says_what_it_skipped_and_resized(tmp_path):
         warnings.simplefilter("always")
         source = PredictionSource(folder, SEG_SPEC, input_size=(8, 8))
     messages = _messages(record)
-    assert (f"predict: skipped 2 files with unsupported suffixes ['.dcm', '.txt']: notes.txt, scan.dcm in {folder} "
-            f"(MedCL reads .nii.gz, .nii, .png, .jpg, .jpeg; DICOM is not read: convert it to NIfTI first)") in messages
+    assert (f"predict: skipped 1 file with unsupported suffix ['.txt']: notes.txt in {folder} "
+            f"(MedCL reads .nii.gz, .nii, .dcm, .png, .jpg, .jpeg, and DICOM series as sub-folders of .dcm files)") in messages
     assert (f"predict: resized 1 of 4 images in {folder} from (12, 16) (first: other.png) to the model input (8, 8) of task "
             f"'polyps'; predicted masks are resized back to each image's size; an image of another aspect ratio is stretched") in messages
     assert len(source) == 4

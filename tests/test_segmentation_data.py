@@ -377,7 +377,7 @@ def _break_folder(root, case):
         ("multi-label values", {"label_names": ["a", "b"]}, r"case1.png: field 'mask' expected label values in \[0, 2\] .*found values \[0, 2, 9\]"),
         ("mask shape", {}, r"masks/case1.png: field 'mask' expected the spatial shape of its image .*images/case1.png \(12, 16\), found \(16, 12\)"),
         ("rgb mask", {}, r"masks/case1.png: field 'mask' expected a single-channel mask, found 3 channels"),
-        ("extension", {}, r"notes.txt: unsupported file extension, expected one of \['.nii.gz', '.nii', '.png', '.jpg', '.jpeg'\], found 'notes.txt'"),
+        ("extension", {}, r"notes.txt: unsupported file extension, expected one of \['.nii.gz', '.nii', '.dcm', '.png', '.jpg', '.jpeg'\], found 'notes.txt'"),
         ("missing split", {}, r"test/masks: folder not found"),
         ("empty split", {}, r"val/images: split 'val' expected at least one image, found none"),
     ],
