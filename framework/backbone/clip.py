@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from framework.backbone.architecture import Architecture, quiet_local_dir_build, resolve_architecture, resolve_weights, schema_of
 from framework.backbone.resolution import check_input_size, enable_any_input_size, patch_multiple
+from framework.backbone.slices import DEFAULT_SLICE_BATCH_SIZE, over_slices
 from framework.backbone.weights_file import OMITTED_KEY, load_weights_into, read_metadata
 from framework.checkpoints import ALLOW_PICKLE_ENV, allow_pickle
 
@@ -190,6 +191,10 @@ class CLIPBackbone(nn.Module):
         self._text_cache: Dict[Tuple[str, ...], Tensor] = {}
         #: channels of the active modality's own patch embedding (set by framework.adapters), or None
         self.extra_channels: Optional[int] = None
+        #: slices per micro-batch when volumes go through the tower (framework/backbone/slices.py; VolumeMemory sets it)
+        self.slice_batch_size: int = DEFAULT_SLICE_BATCH_SIZE
+        #: recompute each micro-batch of slices in the backward pass instead of keeping its activations
+        self.checkpoint_slices: bool = False
         # Loaded weights (checkpoint restore) make cached prompt embeddings stale.
         self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_text_cache())
         if load_weights:
@@ -345,19 +350,21 @@ class CLIPBackbone(nn.Module):
         return self.clip.encode_image(self.prepare_images(images), normalize=normalize)
 
     def _encode_slices(self, volumes: Tensor) -> Tensor:
-        """Per-slice embeddings ``(B, E, D)`` of ``(B, C, D, H, W)`` volumes."""
-        b, c, d, h, w = volumes.shape
-        slices = volumes.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
-        return self.clip.encode_image(self.prepare_images(slices), normalize=False).reshape(b, d, -1).permute(0, 2, 1)
+        """Per-slice embeddings ``(B, E, D)`` of ``(B, C, D, H, W)`` volumes, in micro-batches of
+        :attr:`slice_batch_size` slices (:func:`framework.backbone.slices.over_slices`)."""
+        embed = lambda slices: self.clip.encode_image(self.prepare_images(slices), normalize=False)  # noqa: E731
+        return over_slices(embed, volumes, self.slice_batch_size, self.checkpoint_slices).transpose(1, 2)
 
     def encode_volume(self, volumes: Tensor, normalize: bool = True) -> Tensor:
         """Volume embedding ``(B, embed_dim)``: every axial slice is encoded by the 2D image tower
         and the slice embeddings are averaged.
 
         This is the "2.5D" design of MedMNIST v2's baselines: it reuses the CLIP image tower (and
-        any pretrained 2D weights) unchanged, for any number of slices.  Slices larger in-plane
-        than the model input are not shrunk: MONAI ``sliding_window_inference`` tiles them with
-        windows of the model's input size and averages the window embeddings.
+        any pretrained 2D weights) unchanged, for any number of slices.  Slices go through the tower
+        in micro-batches of :attr:`slice_batch_size` (memory bounded by one micro-batch at
+        inference; with :attr:`checkpoint_slices` in training too).  Slices larger in-plane than
+        the model input are not shrunk: MONAI ``sliding_window_inference`` tiles them with windows
+        of the model's input size and averages the window embeddings.
 
         Raises:
             ValueError: if ``volumes`` is not ``(B, C, D, H, W)``.

@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from framework.backbone.clip import slice_average
+from framework.backbone.slices import DEFAULT_SLICE_BATCH_SIZE, over_slices
 
 __all__ = ["CustomBackbone", "check_backbone_value", "comparable_backbone", "import_class_path"]
 
@@ -186,6 +187,9 @@ class CustomBackbone(nn.Module):
             raise ValueError(f"{where}: attribute 'spatial_dims' expected 2 or 3, found {self.spatial_dims!r}")
         self.embed_dim: int = self._int_attribute("embed_dim", where)
         self.in_channels: int = self._int_attribute("in_channels", where)
+        #: a 2D tower's slices per micro-batch on volumes, and whether each is recomputed in backward (framework/backbone/slices.py)
+        self.slice_batch_size: int = DEFAULT_SLICE_BATCH_SIZE
+        self.checkpoint_slices: bool = False
         size = getattr(tower, "image_size", None)
         size = (size,) * self.spatial_dims if isinstance(size, int) and not isinstance(size, bool) else size
         if not isinstance(size, (tuple, list)) or len(size) != self.spatial_dims or not all(
@@ -375,9 +379,9 @@ class CustomBackbone(nn.Module):
         return maps.flatten(2).mean(dim=2)
 
     def _encode_slices(self, volumes: Tensor) -> Tensor:
-        b, c, d, h, w = volumes.shape
-        slices = volumes.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
-        return self._embed(self.prepare_images(slices)).reshape(b, d, -1).permute(0, 2, 1)
+        """Per-slice embeddings ``(B, E, D)``, in micro-batches of :attr:`slice_batch_size` slices."""
+        embed = lambda slices: self._embed(self.prepare_images(slices))  # noqa: E731
+        return over_slices(embed, volumes, self.slice_batch_size, self.checkpoint_slices).transpose(1, 2)
 
     def _encode_slice_average(self, volumes: Tensor) -> Tensor:
         """A 2D tower's embedding of volumes: slice embeddings averaged (as CLIPBackbone.encode_volume)."""

@@ -1,13 +1,14 @@
-"""Lightning callbacks: rehearsal, continual evaluation, experience and stage checkpoints, prediction files, attention kernel choice, WiSE-FT."""
+"""Lightning callbacks: rehearsal, continual evaluation, experience and stage checkpoints, prediction files, attention kernel choice, WiSE-FT, volume memory."""
 from framework.callbacks.attention_kernel import AttentionKernel
 from framework.callbacks.continual_eval import ContinualEvaluation
 from framework.callbacks.experience_checkpoint import ExperienceCheckpoint
 from framework.callbacks.prediction_writer import PredictionWriter
 from framework.callbacks.stage_checkpoint import StageCheckpoint
 from framework.callbacks.replay import ClassBalancedPolicy, ReplayBuffer, ReplayCallback, ReservoirPolicy, StoragePolicy
+from framework.callbacks.volume_memory import VolumeMemory
 from framework.callbacks.wise_ft import WiSEFT
 
 __all__ = [
     "AttentionKernel", "ContinualEvaluation", "ExperienceCheckpoint", "PredictionWriter", "ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy",
-    "ClassBalancedPolicy", "StageCheckpoint", "WiSEFT",
+    "ClassBalancedPolicy", "StageCheckpoint", "VolumeMemory", "WiSEFT",
 ]

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
+from framework.backbone.slices import DEFAULT_SLICE_BATCH_SIZE, over_slices
 from framework.heads.base import TaskHead, soft_kl_divergence
 from framework.heads.registry import register_head
 from framework.specs import TaskSpec
@@ -68,7 +69,13 @@ class SegmentationHead(TaskHead):
     timm ResNet's feature pyramid), are brought to their decoder stage with MONAI's
     ``UnetrPrUpBlock`` / ``UnetrBasicBlock``, and merged coarse to fine with ``UnetrUpBlock``; the
     last stage takes a convolutional skip from the image itself.  Logits come out at the input
-    resolution.  Volumes ``(B, C, D, H, W)`` (``spatial_dims: 3``) are segmented slice by slice.
+    resolution.  Volumes ``(B, C, D, H, W)`` (``spatial_dims: 3``) are segmented slice by slice,
+    in micro-batches of the backbone's ``slice_batch_size`` slices
+    (:func:`framework.backbone.slices.over_slices`).  Slices or images larger in-plane than the
+    task's input size are, with ``large_slices: sliding_window``, segmented window by window at full
+    resolution (MONAI ``sliding_window_inference``, windows of the input size, overlap 0.25,
+    Gaussian blending); with ``resize`` they are resized to the input size and the logits resized
+    back.
     The decoder is built in :meth:`on_add`, when the backbone's feature shapes are known, so a
     checkpoint rebuilds it identically before strict loading.
 
@@ -84,9 +91,12 @@ class SegmentationHead(TaskHead):
         norm: MONAI norm name for the decoder blocks (``"instance"``, ``"batch"``).
         lambda_dice: weight of the Dice term.
         lambda_ce: weight of the cross-entropy term.
+        large_slices: ``"sliding_window"`` or ``"resize"`` (see above); ``None``: sliding windows for
+            volumes (``spatial_dims: 3``), resizing for 2D images (what MedCL did before, so 2D
+            results stay comparable).
 
     Raises:
-        ValueError: on invalid sizes or weights.
+        ValueError: on invalid sizes, weights or ``large_slices``.
     """
 
     score_name = "dice"
@@ -100,8 +110,12 @@ class SegmentationHead(TaskHead):
         norm: str = "instance",
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
+        large_slices: Optional[str] = None,
     ) -> None:
         super().__init__(spec, embed_dim)
+        if large_slices not in (None, "sliding_window", "resize"):
+            raise ValueError(f"{type(self).__name__}: large_slices expected null, 'sliding_window' or 'resize', found {large_slices!r}")
+        self.large_slices = large_slices or ("sliding_window" if spec.spatial_dims == 3 else "resize")
         if isinstance(feature_size, bool) or not isinstance(feature_size, int) or feature_size < 1:
             raise ValueError(f"{type(self).__name__}: feature_size expected a positive integer, found {feature_size!r}")
         if lambda_dice < 0 or lambda_ce < 0 or lambda_dice + lambda_ce == 0:
@@ -153,11 +167,26 @@ class SegmentationHead(TaskHead):
         if self.plan is None:
             raise RuntimeError(f"task '{self.spec.name}': the segmentation head was not added to a model (on_add builds its decoder)")
         self.check_images(images)
-        if images.ndim == 5:  # volumes: segment every slice, restack along depth
-            b, c, d, h, w = images.shape
-            slices = images.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
-            logits = self._forward_2d(backbone, slices)
-            return logits.reshape(b, d, -1, h, w).permute(0, 2, 1, 3, 4)
+        if images.ndim == 5:  # volumes: segment every slice in micro-batches, restack along depth
+            logits = over_slices(
+                lambda slices: self._segment_2d(backbone, slices), images,
+                getattr(backbone, "slice_batch_size", DEFAULT_SLICE_BATCH_SIZE), getattr(backbone, "checkpoint_slices", False),
+            )
+            return logits.transpose(1, 2)
+        return self._segment_2d(backbone, images)
+
+    def _segment_2d(self, backbone: nn.Module, images: Tensor) -> Tensor:
+        """Logits of ``(n, C, H, W)`` images; larger than the input size: window by window (``large_slices``)."""
+        size = tuple(backbone.current_size)
+        if self.large_slices == "sliding_window" and (images.shape[-2] > size[0] or images.shape[-1] > size[1]):
+            from monai.inferers import sliding_window_inference
+
+            if images.dtype == torch.uint8:  # MONAI accumulates windows in the input's dtype
+                images = images.to(torch.float32).div_(255.0)
+            return sliding_window_inference(
+                images, roi_size=size, sw_batch_size=getattr(backbone, "slice_batch_size", DEFAULT_SLICE_BATCH_SIZE),
+                predictor=lambda window: self._forward_2d(backbone, window), overlap=0.25, mode="gaussian",
+            )
         return self._forward_2d(backbone, images)
 
     def _forward_2d(self, backbone: nn.Module, images: Tensor) -> Tensor:
