@@ -54,6 +54,8 @@ __all__ = [
     "is_nifti",
     "is_dicom",
     "is_dicom_series",
+    "to_axial",
+    "from_axial",
     "file_id",
     "list_image_files",
     "unsupported_files",
@@ -320,6 +322,21 @@ def read_array(path: PathLike) -> np.ndarray:
             ending or cannot be decoded; for a NIfTI with a 4th axis of size > 1, naming its shape.
     """
     return read_array_with_geometry(path)[0]
+
+
+def to_axial(array: np.ndarray) -> np.ndarray:
+    """A channel-first volume ``(C, X, Y, Z)`` as read (RAS) laid out ``(C, Z, Y, X)``: depth along the
+    superior axis, so a 2D tower sees axial slices (``TaskSpec.depth_axis = "axial"``).  A view."""
+    if array.ndim != 4:
+        raise ValueError(f"to_axial: expected a channel-first volume (C, X, Y, Z), found shape {tuple(array.shape)}")
+    return array.transpose(0, 3, 2, 1)
+
+
+def from_axial(volume: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`to_axial` for a volume without channels: ``(Z, Y, X)`` -> ``(X, Y, Z)`` (e.g. a predicted mask)."""
+    if volume.ndim != 3:
+        raise ValueError(f"from_axial: expected a volume (Z, Y, X), found shape {tuple(volume.shape)}")
+    return volume.transpose(2, 1, 0)
 
 
 def check_same_geometry(

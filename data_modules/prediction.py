@@ -10,7 +10,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from data_modules.io import (
-    IMAGE_SUFFIXES, file_id, list_image_files, open_npz, read_array_with_geometry, scale_intensities, unsupported_files,
+    IMAGE_SUFFIXES, file_id, list_image_files, open_npz, read_array_with_geometry, scale_intensities, to_axial, unsupported_files,
 )
 from framework.specs import TaskSpec
 
@@ -117,7 +117,10 @@ class PredictionSource(Dataset):
             for f in self.files:
                 array, geometry = read_array_with_geometry(f)
                 # the intensity policy the task was trained with (TaskSpec.intensity), never another one
-                self.images.append(self._check(np.ascontiguousarray(scale_intensities(array, f, spec.intensity)), f))
+                image = self._check(scale_intensities(array, f, spec.intensity), f)
+                if spec.depth_axis == "axial":  # as the task was trained: axial slices (TaskSpec.depth_axis)
+                    image = to_axial(image)
+                self.images.append(np.ascontiguousarray(image))
                 self.affines.append(None if geometry is None else geometry.affine)
         else:
             self._load_npz()

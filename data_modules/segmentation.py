@@ -51,6 +51,7 @@ from data_modules.io import (
     open_npz,
     read_array_with_geometry,
     scale_intensities,
+    to_axial,
 )
 from framework.specs import TaskSpec
 
@@ -257,7 +258,9 @@ def load_segmentation_folder(
     displayed; NIfTI images and masks are both reoriented to RAS (an image stored LPS and its mask
     stored RAS are paired voxel by voxel correctly), and their affines must then agree (spacing,
     direction, origin within :data:`data_modules.io.AFFINE_TOLERANCE` mm); a NIfTI with a 4th axis
-    is refused (a 2D image saved as ``(X, Y, 1)`` counts as 2D).  All images of one split must have
+    is refused (a 2D image saved as ``(X, Y, 1)`` counts as 2D).  Volumes are served ``(C, Z, Y, X)``
+    (images) and ``(Z, Y, X)`` (masks): depth along the superior axis, so the tower sees axial
+    slices (:func:`data_modules.io.to_axial`, ``TaskSpec.depth_axis = "axial"``).  All images of one split must have
     one size (batches are stacked): the first image of another size is refused.  Scaling
     (:func:`data_modules.io.scale_intensities` with the ``intensity`` policy, :mod:`data_modules.intensity`);
     under the default ``auto``: uint8 / 255 (kept uint8 and served as uint8 when every image of the
@@ -330,8 +333,12 @@ def load_segmentation_folder(
                     f"{tuple(image.shape[1:])}, found {tuple(mask.shape[1:])}"
                 )
             keep = image.dtype == np.uint8 and (intensity is None or getattr(intensity, "kind", intensity) == "auto")
-            data["images"].append(image if keep else scale_intensities(image, image_path, intensity))
-            data["masks"].append(_check_mask_values(mask[0], num_labels, str(mask_path), "mask"))
+            image = image if keep else scale_intensities(image, image_path, intensity)
+            mask = _check_mask_values(mask[0], num_labels, str(mask_path), "mask")
+            if spatial_dims == 3:  # depth along the superior axis: the tower sees axial slices (TaskSpec.depth_axis "axial")
+                image, mask = np.ascontiguousarray(to_axial(image)), np.ascontiguousarray(to_axial(mask[None])[0])
+            data["images"].append(image)
+            data["masks"].append(mask)
             data["ids"].append(stem)
             first = data["images"][0]
             if image.shape[1:] != first.shape[1:]:  # batches of a split are stacked: one size per split
@@ -590,6 +597,7 @@ class SegmentationDataModule(DomainDataModule):
             spatial_dims=spatial_dims,
             image_size=declared_image_size(image_size, self._source_image_size(), me),
             intensity=self.intensity.describe(),
+            depth_axis="axial" if self.source == "folder" and spatial_dims == 3 else "stored",
         )
         self._datasets: Dict[str, SegmentationDataset] = {}
 

@@ -59,7 +59,7 @@ from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
 from data_modules.intensity import parse_intensity
-from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_array, scale_intensities
+from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_array, scale_intensities, to_axial
 from data_modules.medmnist import load_medmnist_npz
 from data_modules.medmnist_info import MEDMNIST_INFO
 from framework.specs import TaskSpec
@@ -388,7 +388,7 @@ class SurvivalDataModule(_SurvivalDomain):
             )
         self.intensity = policy
         spec = TaskSpec(name=task_name, kind="prognosis", modality=modality, in_channels=in_channels, spatial_dims=spatial_dims,
-                        intensity=policy.describe())
+                        intensity=policy.describe(), depth_axis="axial" if not is_npz and spatial_dims == 3 else "stored")
         super().__init__(spec, num_time_bins, batch_size, eval_batch_size, num_workers, drop_last)
         self.is_npz = is_npz
         self.images_path = Path(images)
@@ -634,6 +634,8 @@ class SurvivalDataModule(_SurvivalDomain):
                 array = self._check_image(read_array(file), file)
                 if array.dtype != np.uint8 or self.intensity.kind != "auto":  # 8-bit under 'auto' is served as is (the backbone divides by 255)
                     array = scale_intensities(array, file, self.intensity)
+                if array.ndim == 4:  # a NIfTI/DICOM volume: depth along the superior axis (TaskSpec.depth_axis "axial")
+                    array = np.ascontiguousarray(to_axial(array))
                 if first is None:
                     first = (file, array.shape)
                 elif array.shape != first[1]:

@@ -28,6 +28,10 @@ def _did_you_mean(found: Any, choices) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+#: how a volume task's depth axis is taken from a file's array (TaskSpec.depth_axis)
+DEPTH_AXES = ("stored", "axial")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Description of one domain/task.
@@ -52,6 +56,12 @@ class TaskSpec:
         intensity: how the data scales raw pixel values to ``[0, 1]`` (``data_modules.intensity``:
             ``"auto"``, ``"ct:abdomen"``, ``"ct:-1000,400"``, ``"mr:0.5,99.5"``, ``"bits:12"``, ...).
             ``medcl predict`` reads new images with the policy the task was trained with.
+        depth_axis: volumes only: which axis of a file's array is the depth the image tower slices
+            along.  ``"axial"``: NIfTI/DICOM volumes, read as ``(C, X, Y, Z)`` in RAS, are served
+            as ``(C, Z, Y, X)``, so each slice is an axial (X, Y) plane (what file-based 3D data
+            modules declare); ``"stored"``: the first spatial axis as stored (MedMNIST 3D and other
+            ``.npz`` volumes ``(D, H, W)``, and file-based tasks of checkpoints written before this
+            field, which sliced a NIfTI volume along X).
 
     Raises:
         ValueError: if any field is missing, has the wrong type or an invalid value.  The message
@@ -69,6 +79,7 @@ class TaskSpec:
     time_bins: Tuple[float, ...] = field(default_factory=tuple)
     image_size: Tuple[int, ...] = field(default_factory=tuple)
     intensity: str = "auto"
+    depth_axis: str = "stored"
 
     def __post_init__(self) -> None:
         # Accept lists from YAML/JSON but store immutable tuples (the spec is hashable and frozen).
@@ -123,6 +134,10 @@ class TaskSpec:
             self._fail("intensity", "a non-empty intensity policy string such as 'auto' or 'ct:abdomen'", self.intensity)
         if self.spatial_dims not in (2, 3) or isinstance(self.spatial_dims, bool):
             self._fail("spatial_dims", "2 or 3", self.spatial_dims)
+        if self.depth_axis not in DEPTH_AXES:
+            self._fail("depth_axis", f"one of {list(DEPTH_AXES)}", self.depth_axis)
+        if self.depth_axis != "stored" and self.spatial_dims != 3:
+            self._fail("depth_axis", "'stored' for a 2D task (spatial_dims=2)", self.depth_axis)
 
     # ------------------------------------------------------------------ derived values
     @property

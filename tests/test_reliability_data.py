@@ -110,8 +110,9 @@ def test_nifti_image_and_mask_in_other_orientations_are_paired_in_ras(tmp_path, 
     dm = SegmentationDataModule(root=str(tmp_path / "ct"), in_channels=1, spatial_dims=spatial_dims, augment=False)
     dm.setup()
     item = dm.dataset("train")[0]
-    assert tuple(item["image"].shape) == (1, *shape)
-    assert np.array_equal(item["target"].numpy(), mask)  # RAS order, whichever way each file was stored
+    served = mask if spatial_dims == 2 else mask.transpose(2, 1, 0)  # volumes: (Z, Y, X), axial slices
+    assert tuple(item["image"].shape) == (1, *served.shape)
+    assert np.array_equal(item["target"].numpy(), served)  # RAS order, whichever way each file was stored
     assert np.array_equal(item["target"].numpy(), (item["image"][0].numpy() > 100).astype(np.uint8))  # voxel-aligned
 
 
@@ -301,7 +302,7 @@ def test_predict_folder_gives_every_file_its_own_id_and_mask_file(tmp_path):
     ids = [source[i]["id"] for i in range(len(source))]
     assert ids == ["case1.PNG", "case1.jpg", "case1.png", "other"]
     # the writer names mask files after the ids: one file per input, one CSV row per id
-    head = SimpleNamespace(spec=SimpleNamespace(num_classes=2), column_names=lambda key, n: [key])
+    head = SimpleNamespace(spec=SimpleNamespace(num_classes=2, depth_axis="stored"), column_names=lambda key, n: [key])
     module = SimpleNamespace(model_for=lambda task: SimpleNamespace(head=lambda task: head))
     writer = PredictionWriter(output_dir=str(tmp_path / "out"))
     trainer = SimpleNamespace(log_dir=None, default_root_dir=str(tmp_path), is_global_zero=True)
@@ -330,18 +331,21 @@ def test_unique_ids(tmp_path, names, expected):
     assert ids == expected and len(set(ids)) == len(ids)
 
 
-def test_a_predicted_volume_mask_lies_on_its_input_grid_not_mirrored(tmp_path):
+@pytest.mark.parametrize("depth_axis", ["stored", "axial"])
+def test_a_predicted_volume_mask_lies_on_its_input_grid_not_mirrored(tmp_path, depth_axis):
     """An LPS input's predicted mask, written with the affine it was read on, overlays the input in
-    world coordinates (a viewer, or nibabel's canonical view of both files, shows the same voxels)."""
+    world coordinates (a viewer, or nibabel's canonical view of both files, shows the same voxels),
+    whether the task slices along the stored first axis or axially (served (Z, Y, X), written back (X, Y, Z))."""
     image, truth = _pair((6, 8, 3))
     data, affine = _as_lps(image, RAS)
     folder = tmp_path / "to_predict"
     _save_nii(folder / "case0.nii.gz", data, affine)
-    spec = TaskSpec(name="organ3d", kind="segmentation", label_names=("organ",), in_channels=1, spatial_dims=3)
+    spec = TaskSpec(name="organ3d", kind="segmentation", label_names=("organ",), in_channels=1, spatial_dims=3, depth_axis=depth_axis)
     source = PredictionSource(folder, spec)
     item = source[0]
-    predicted = (item["image"][0] > 0.5).to(torch.uint8)  # a perfect "model": the bright voxels, in the order read
-    head = SimpleNamespace(spec=SimpleNamespace(num_classes=2), column_names=lambda key, n: [key])
+    assert item["image"].shape[1:] == ((6, 8, 3) if depth_axis == "stored" else (3, 8, 6))
+    predicted = (item["image"][0] > 0.5).to(torch.uint8)  # a perfect "model": the bright voxels, in the order served
+    head = SimpleNamespace(spec=spec, column_names=lambda key, n: [key])
     module = SimpleNamespace(model_for=lambda task: SimpleNamespace(head=lambda task: head))
     writer = PredictionWriter(output_dir=str(tmp_path / "out"))
     trainer = SimpleNamespace(log_dir=None, default_root_dir=str(tmp_path), is_global_zero=True)

@@ -317,17 +317,24 @@ def test_nifti_2d_min_max_scaled(tmp_path):
 def test_nifti_3d_volumes(tmp_path):
     root = tmp_path / "vols"
     rng = np.random.default_rng(0)
+    stored = {}
     for split in ("train", "val", "test"):
-        _nii(root / split / "images" / "v.nii.gz", rng.random((6, 6, 5)).astype(np.float32))
-        _nii(root / split / "masks" / "v.nii.gz", (rng.random((6, 6, 5)) > 0.5).astype(np.uint8))
+        volume, mask = rng.random((6, 7, 5)).astype(np.float32), (rng.random((6, 7, 5)) > 0.5).astype(np.uint8)
+        _nii(root / split / "images" / "v.nii.gz", volume)
+        _nii(root / split / "masks" / "v.nii.gz", mask)
+        stored[split] = volume, mask
     dm = SegmentationDataModule(root=str(root), in_channels=1, spatial_dims=3)
+    assert dm.task_spec.depth_axis == "axial"
     dm.setup()
-    for split in ("train", "val"):
+    for split in ("val", "test"):  # (X, Y, Z) files served (C, Z, Y, X): the tower slices along the superior axis
         item = dm.dataset(split)[0]
-        assert item["image"].shape == (1, 6, 6, 5) and item["target"].shape == (6, 6, 5)
-        assert float(item["image"].min()) == 0.0 and float(item["image"].max()) == 1.0
+        assert item["image"].shape == (1, 5, 7, 6) and item["target"].shape == (5, 7, 6)
+        volume, mask = stored[split]
+        expected = (volume - volume.min()) / (volume.max() - volume.min())
+        np.testing.assert_allclose(item["image"][0].numpy(), expected.transpose(2, 1, 0), atol=1e-6)
+        np.testing.assert_array_equal(item["target"].numpy(), mask.transpose(2, 1, 0))
     dm2d = SegmentationDataModule(root=str(root), in_channels=1, spatial_dims=2)
-    with pytest.raises(ValueError, match=r"v.nii.gz: field 'image': the task is 2D-only \(spatial_dims=2\) but the file holds a volume of shape \(6, 6, 5\)"):
+    with pytest.raises(ValueError, match=r"v.nii.gz: field 'image': the task is 2D-only \(spatial_dims=2\) but the file holds a volume of shape \(6, 7, 5\)"):
         dm2d.setup()
 
 

@@ -263,8 +263,8 @@ def test_nifti_volumes_are_min_max_scaled(tmp_path):
     dm.setup()
     image = dm.dataset("train")[0]["image"]
     assert image.dtype == torch.float32  # float NIfTI: float32 in [0, 1]
-    assert image.shape == (1, 4, 5, 3) and image.min() == 0.0 and image.max() == 1.0
-    assert dm.task_spec.spatial_dims == 3
+    assert image.shape == (1, 3, 5, 4) and image.min() == 0.0 and image.max() == 1.0  # (X, Y, Z) served (Z, Y, X): axial slices
+    assert dm.task_spec.spatial_dims == 3 and dm.task_spec.depth_axis == "axial"
 
 
 def test_npz_variant(tmp_path):

@@ -194,6 +194,8 @@ class PredictionWriter(BasePredictionWriter):
             out.mkdir(parents=True, exist_ok=True)
             for j, (name, mask) in enumerate(zip(names, tensor.numpy())):
                 affine = None if affines is None else affines[j].detach().cpu().numpy()
+                if head.spec.depth_axis == "axial" and mask.ndim == 3:  # served (Z, Y, X): back to the file's (X, Y, Z)
+                    mask = mask.transpose(2, 1, 0)
                 self._save_mask(out, name, mask, head.spec.num_classes, affine)
 
     def _check_names(self, task: str, names: List[str], index: List[int]) -> None:
