@@ -7,9 +7,10 @@ from data_modules.segmentation import SegmentationDataModule
 from data_modules.shifted import ShiftedCopyDataModule
 from data_modules.stream import DomainStream
 from data_modules.survival import SemiSyntheticSurvivalDataModule, SurvivalDataModule
+from data_modules.volumes import VolumeDataModule
 
 __all__ = [
     "DomainDataModule", "MedMNISTDataModule", "SegmentationDataModule", "SurvivalDataModule",
     "SemiSyntheticSurvivalDataModule", "SemiSyntheticPETCTDataModule", "ShiftedCopyDataModule", "DomainStream",
-    "PromptPairsDataModule", "CsvPairsDataModule",
+    "PromptPairsDataModule", "CsvPairsDataModule", "VolumeDataModule",
 ]

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import logging
 import math
 import warnings
@@ -59,6 +58,7 @@ from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
 from data_modules.intensity import parse_intensity
+from data_modules.tables import check_column_names as _check_names
 from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_array, scale_intensities, to_axial
 from data_modules.medmnist import load_medmnist_npz
 from data_modules.medmnist_info import MEDMNIST_INFO
@@ -78,40 +78,6 @@ _SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
 #: the columns of a survival CSV and the fields of a survival .npz MedCL reads (names must match exactly)
 _CSV_COLUMNS = ("id", "time", "event", "split")
 _NPZ_FIELDS = ("images", "time", "event", "split", "ids")
-
-
-def _check_names(found: Sequence[str], known: Sequence[str], source: object, what: str, expected: str) -> None:
-    """Refuse a column (or field) name that is not one of ``known`` but looks like one.
-
-    A name equal to a known one but for letter case (``Split``) is refused always; a name close to
-    a known one (``difflib`` ratio >= 0.8: ``splits``, ``evnt``) only when that known name is
-    absent.  Either would otherwise be ignored in silence (an optional ``split`` column: the rows
-    would be split at random) or reported only as missing.
-
-    Raises:
-        ValueError: ``"<source>: <what> 'Split' looks like 'split' but ..."``.
-    """
-    present = set(found)
-    for name in found:
-        if name in known:
-            continue
-        lower = name.lower()
-        match = lower if lower in known else None
-        if match is None:
-            close = difflib.get_close_matches(lower, [k for k in known if k not in present], n=1, cutoff=0.8)
-            match = close[0] if close else None
-        if match is None:
-            continue
-        if match in present:
-            extra = f"; the {what}s also hold {match!r}: keep one"
-        elif match == "split":
-            extra = " (an unknown name is ignored, and without 'split' the rows would be split at random)"
-        else:
-            extra = ""
-        raise ValueError(
-            f"{source}: {what} {name!r} looks like {match!r} but {what} names must match exactly (case-sensitive; expected "
-            f"{expected}), found {list(found)}; rename {name!r} to {match!r}{extra}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
