@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["synthetic_ct", "write_nifti", "write_dicom_series"]
+__all__ = ["synthetic_ct", "write_nifti", "write_dicom_series", "write_large_ct"]
 
 PathLike = Union[str, Path]
 
@@ -120,3 +120,34 @@ def write_dicom_series(
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (rows, columns) in row-major order
         ds.save_as(str(path), enforce_file_format=True)
     return folder
+
+
+def write_large_ct(path: PathLike, shape: Sequence[int] = (512, 512, 300), spacing: Sequence[float] = (0.7, 0.7, 2.5),
+                   seed: int = 0, slab: int = 16) -> Path:
+    """Write a large synthetic CT (int16 HU, uncompressed ``.nii``, RAS) slab by slab, never holding the whole volume.
+
+    The same body, organ and noise model as :func:`synthetic_ct`, generated ``slab`` axial slices at a
+    time (the organ is a sphere of radius 0.25 at a ``seed``-dependent centre), so volumes far
+    larger than memory can be made for scale tests.
+
+    Returns:
+        The file.
+    """
+    from data_modules.volume_slabs import NiftiSlabWriter
+
+    shape = tuple(int(n) for n in shape)
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(-0.3, 0.3, size=3)
+    x, y, z = (np.linspace(-1, 1, n, dtype=np.float32) for n in shape)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    body = (xx / 0.85) ** 2 + (yy / 0.7) ** 2 < 1.0
+    with NiftiSlabWriter(path, shape, affine=np.diag([*[float(s) for s in spacing], 1.0]), dtype=np.int16) as writer:
+        for start in range(0, shape[2], slab):
+            zs = z[start:start + slab]
+            block = np.full((*shape[:2], len(zs)), -1000.0, dtype=np.float32)
+            block[body] = -40.0
+            organ = ((xx[..., None] - centre[0]) ** 2 + (yy[..., None] - centre[1]) ** 2 + (zs[None, None] - centre[2]) ** 2) < 0.25 ** 2
+            block[organ & body[..., None]] = 60.0
+            block += rng.normal(0.0, 10.0, size=block.shape).astype(np.float32)
+            writer.write(start, np.maximum(np.round(block), -1024).astype(np.int16).transpose(2, 1, 0))
+    return Path(path)
