@@ -33,14 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
 
-from runs import REPO, RESULTS, fmt, latest_metrics, record, run_config
+from runs import REPO, RESULTS, cpu_model, fmt, latest_metrics, record, run_config
 
 NAME = "growth_resolution"
 QUICKSTART = "experiments/quickstart.yaml"
@@ -56,14 +54,6 @@ VARIANTS = {
     "unfrozen_backbone": ["--model.init_args.freeze", "old_heads"],
 }
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def kvasir_domain(pinned: Optional[int] = None) -> Dict[str, Any]:

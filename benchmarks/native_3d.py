@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,8 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # EpochTimes is named by class_path native_3d.EpochTimes
 os.environ.setdefault("WANDB_MODE", "offline")
+
+from runs import cpu_model  # noqa: E402  (benchmarks/ is on the path from here on)
 
 FLAGS = ("adrenalmnist3d", "vesselmnist3d")
 BACKBONES: Dict[str, Any] = {
@@ -58,21 +59,6 @@ class EpochTimes(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.seconds.append(time.perf_counter() - self._start)
-
-
-def cpu_model() -> str:
-    """``lscpu``'s model name (``/proc/cpuinfo`` if lscpu is missing)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def majority_class_rate(flag: str) -> float:

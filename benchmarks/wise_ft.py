@@ -2,7 +2,8 @@
 
 Runs experiments/pretrained_start/sequential_replay.yaml (from ``pretrained: medmnist-blood-organa``) once per
 ``alpha`` with :class:`framework.callbacks.WiSEFT` added (``alpha`` 1 is plain fine-tuning: the callback does
-nothing), and writes ``benchmarks/results/wise_ft.{json,md,png}``: per alpha the average in-domain score after
+nothing, so the pretrained-start study's stored sequential + replay run of the same seed is reused when
+benchmarks/results/pretrained_start.json has it and no extra overrides are given), and writes ``benchmarks/results/wise_ft.{json,md,png}``: per alpha the average in-domain score after
 the last experience, the known tasks' zero-shot accuracy (start, final, ZSCL transfer), and the cross-domain
 scores; the plot puts in-domain score against zero-shot retention, one point per alpha.
 
@@ -21,7 +22,7 @@ import yaml
 
 from paradigm_study import mean_std, pm
 from pretrained_start import CROSS_DOMAINS, summary
-from runs import REPO, RESULTS, finish_study, latest_metrics, record, run_config, save_figure
+from runs import REPO, RESULTS, finish_study, latest_metrics, load_results, record, run_config, save_figure
 
 NAME = "wise_ft"
 CONFIG = REPO / "experiments" / "pretrained_start" / "sequential_replay.yaml"
@@ -117,6 +118,14 @@ def main() -> None:
                 key = f"{alpha:g}"
                 if str(seed) in runs.get(key, {}) and not args.rerun:
                     print(f"alpha {key}, seed {seed}: stored, skipped", flush=True)
+                    continue
+                reused = (load_results("pretrained_start").get("runs", {}).get("pretrained", {}).get("sequential_replay", {})
+                          .get(str(seed)) if alpha == 1.0 and not args.extra else None)
+                if reused is not None:  # alpha 1 is plain fine-tuning: the study's run of this seed, not trained twice
+                    result = runs.setdefault(key, {})[str(seed)] = dict(reused, reused_from="pretrained_start.json: pretrained / sequential_replay")
+                    result["summary"] = summary(result)
+                    print(f"alpha 1, seed {seed}: the pretrained-start study's sequential + replay run, reused", flush=True)
+                    write()
                     continue
                 config = config_for(alpha, REPO / "runs" / "wise_ft" / "configs")
                 wall = run_config(str(config), ["--seed_everything", str(seed), *args.extra], label=f"WiSE-FT alpha {key}, seed {seed}")

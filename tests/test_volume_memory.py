@@ -130,9 +130,11 @@ def test_gradients_flow_through_sliding_windows():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.clip.visual.parameters())
 
 
-def test_large_slices_option_is_validated():
+def test_large_slices_options_are_validated():
     with pytest.raises(ValueError, match=r"large_slices expected null, 'sliding_window' or 'resize', found 'tile'"):
         _model("segmentation", 3, large_slices="tile")
+    with pytest.raises(ValueError, match=r"window_overlap expected a number in \[0, 1\), found 1.0"):
+        _model("segmentation", 3, window_overlap=1.0)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -73,8 +73,8 @@ class SegmentationHead(TaskHead):
     in micro-batches of the backbone's ``slice_batch_size`` slices
     (:func:`framework.backbone.slices.over_slices`).  Slices or images larger in-plane than the
     task's input size are, with ``large_slices: sliding_window``, segmented window by window at full
-    resolution (MONAI ``sliding_window_inference``, windows of the input size, overlap 0.25,
-    Gaussian blending); with ``resize`` they are resized to the input size and the logits resized
+    resolution (MONAI ``sliding_window_inference``, windows of the input size, overlap
+    ``window_overlap``, Gaussian blending); with ``resize`` they are resized to the input size and the logits resized
     back.
     The decoder is built in :meth:`on_add`, when the backbone's feature shapes are known, so a
     checkpoint rebuilds it identically before strict loading.
@@ -94,9 +94,11 @@ class SegmentationHead(TaskHead):
         large_slices: ``"sliding_window"`` or ``"resize"`` (see above); ``None``: sliding windows for
             volumes (``spatial_dims: 3``), resizing for 2D images (what MedCL did before, so 2D
             results stay comparable).
+        window_overlap: overlap of neighbouring sliding windows (0 to < 1; 0.25 by default, 0 is
+            about half the windows on a large slice).
 
     Raises:
-        ValueError: on invalid sizes, weights or ``large_slices``.
+        ValueError: on invalid sizes, weights, ``large_slices`` or ``window_overlap``.
     """
 
     score_name = "dice"
@@ -111,8 +113,12 @@ class SegmentationHead(TaskHead):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         large_slices: Optional[str] = None,
+        window_overlap: float = 0.25,
     ) -> None:
         super().__init__(spec, embed_dim)
+        if isinstance(window_overlap, bool) or not isinstance(window_overlap, (int, float)) or not 0.0 <= window_overlap < 1.0:
+            raise ValueError(f"{type(self).__name__}: window_overlap expected a number in [0, 1), found {window_overlap!r}")
+        self.window_overlap = float(window_overlap)
         if large_slices not in (None, "sliding_window", "resize"):
             raise ValueError(f"{type(self).__name__}: large_slices expected null, 'sliding_window' or 'resize', found {large_slices!r}")
         self.large_slices = large_slices or ("sliding_window" if spec.spatial_dims == 3 else "resize")
@@ -185,7 +191,7 @@ class SegmentationHead(TaskHead):
                 images = images.to(torch.float32).div_(255.0)
             return sliding_window_inference(
                 images, roi_size=size, sw_batch_size=getattr(backbone, "slice_batch_size", DEFAULT_SLICE_BATCH_SIZE),
-                predictor=lambda window: self._forward_2d(backbone, window), overlap=0.25, mode="gaussian",
+                predictor=lambda window: self._forward_2d(backbone, window), overlap=self.window_overlap, mode="gaussian",
             )
         return self._forward_2d(backbone, images)
 
