@@ -195,3 +195,32 @@ def test_a_volume_given_to_a_2d_only_task_is_refused():
     model.add_task(TaskSpec(name="xray", kind="classification", class_names=["a", "b"], in_channels=1))
     with pytest.raises(ValueError, match=r"task 'xray' \(spatial_dims=2\) expected \(B, C, H, W\) images; it is 2D-only, found a batch of shape \(2, 1, 8, 28, 28\)"):
         model(torch.rand(2, 1, 8, 28, 28), "xray")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mtlr_discretisation_in_torch_equals_pycox(seed):
+    """The on-device discretisation of survival targets gives pycox's LabTransDiscreteTime indices and event flags:
+    ties with cut points, times after the last cut (censored there), batches without any event."""
+    import warnings
+
+    from pycox.preprocessing.label_transforms import LabTransDiscreteTime
+
+    rng = np.random.default_rng(seed)
+    cuts = np.unique(np.round(rng.uniform(0, 10, 6), 1))
+    cuts[0] = 0.0
+    spec = TaskSpec(name="risk", kind="prognosis", time_bins=tuple(float(c) for c in cuts))
+    head = PrognosisHead(spec, 8, loss="mtlr")
+    times = np.concatenate([rng.uniform(0, 12, 40), cuts, cuts + 1e-3]).astype(np.float32)
+    events = np.concatenate([rng.integers(0, 2, 40), np.ones(len(cuts)), np.zeros(len(cuts))]).astype(np.float32)
+    for mask in (np.ones(len(times), bool), events == 0):  # with events, and a batch of censorings only
+        t, e = times[mask], events[mask]
+        reference = LabTransDiscreteTime(cuts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference.fit(cuts, np.ones_like(cuts))
+        # pycox fails on a batch without any event: one dummy event in front, dropped again
+        idx, obs = (a[1:] for a in reference.transform(np.concatenate([[cuts[0]], t]), np.concatenate([[1.0], e])))
+        index, observed = head.discretise(torch.from_numpy(t), torch.from_numpy(e))
+        assert index.dtype == torch.long and observed.dtype == torch.float32
+        np.testing.assert_array_equal(index.numpy(), idx)
+        np.testing.assert_array_equal(observed.numpy(), obs)

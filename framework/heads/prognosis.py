@@ -1,8 +1,7 @@
 """Prognosis (survival) head: a risk score from the pooled image embedding."""
 from __future__ import annotations
 
-import warnings
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -70,13 +69,9 @@ class PrognosisHead(TaskHead):
         layers += [nn.Dropout(dropout), nn.Linear(width, outputs)]
         self.net = nn.Sequential(*layers)
         if loss == "mtlr":
-            from pycox.preprocessing.label_transforms import LabTransDiscreteTime
-
             cuts = np.asarray(spec.time_bins, dtype=np.float64)
-            self._discretiser = LabTransDiscreteTime(cuts)
-            with warnings.catch_warnings():  # predefined cuts: fit only builds the discretiser, as intended
-                warnings.filterwarnings("ignore", message="Calling fit method")
-                self._discretiser.fit(cuts, np.ones_like(cuts))
+            # the cut points on the model's device: discretising targets needs no trip to the host (see discretise)
+            self.register_buffer("cuts", torch.tensor(cuts, dtype=torch.float64), persistent=False)
             # bin widths for the restricted mean survival time (derived from the spec, not saved)
             widths = np.diff(cuts, prepend=min(cuts[0], 0.0))
             self.register_buffer("bin_widths", torch.tensor(widths, dtype=torch.float32), persistent=False)
@@ -103,14 +98,26 @@ class PrognosisHead(TaskHead):
             return neg_partial_log_likelihood(outputs.float(), event, time, ties_method="efron")
         from pycox.models.loss import nll_mtlr
 
-        # pycox's discretiser fails on a batch without any event (an empty reduction), so one dummy
-        # event at the first cut point goes in front and is dropped again
-        times = np.concatenate([[self._discretiser.cuts[0]], time.detach().cpu().numpy()])
-        events = np.concatenate([[1.0], event.cpu().numpy().astype(np.float32)])
-        index, observed = (a[1:] for a in self._discretiser.transform(times, events))
-        index = torch.as_tensor(index, dtype=torch.long, device=outputs.device)
-        observed = torch.as_tensor(observed, dtype=torch.float32, device=outputs.device)
+        index, observed = self.discretise(time, event)
         return nll_mtlr(outputs.float(), index, observed)
+
+    def discretise(self, time: Tensor, event: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(bin index, observed)`` of survival targets on the time grid, on the targets' device.
+
+        pycox's ``LabTransDiscreteTime(cuts)`` transform (tested equal in tests/test_task_heads.py), in
+        torch so that a training step never waits for the host: a time after the last cut is censored
+        there; an event goes to the first cut at or after its time, a censoring to the last cut at or
+        before it (a censoring before the first cut, which pycox refuses, to the first).
+        """
+        cuts = self.cuts.to(time.device)
+        t = time.detach().to(torch.float64)
+        observed = event.detach() > 0.5
+        late = t > cuts[-1]
+        t = torch.where(late, cuts[-1], t)
+        observed = observed & ~late
+        at_or_after = torch.searchsorted(cuts, t, right=False)
+        at_or_before = (torch.searchsorted(cuts, t, right=True) - 1).clamp_min(0)
+        return torch.where(observed, at_or_after, at_or_before), observed.to(torch.float32)
 
     def survival(self, outputs: Tensor) -> Tensor:
         """MTLR survival function ``S(t_k)`` at the cut points, ``(B, K)``."""
