@@ -123,12 +123,13 @@ def write_dicom_series(
 
 
 def write_large_ct(path: PathLike, shape: Sequence[int] = (512, 512, 300), spacing: Sequence[float] = (0.7, 0.7, 2.5),
-                   seed: int = 0, slab: int = 16) -> Path:
+                   seed: int = 0, slab: int = 16, mask_path: Optional[PathLike] = None) -> Path:
     """Write a large synthetic CT (int16 HU, uncompressed ``.nii``, RAS) slab by slab, never holding the whole volume.
 
     The same body, organ and noise model as :func:`synthetic_ct`, generated ``slab`` axial slices at a
     time (the organ is a sphere of radius 0.25 at a ``seed``-dependent centre), so volumes far
-    larger than memory can be made for scale tests.
+    larger than memory can be made for scale tests.  With ``mask_path``, the organ's mask is written
+    there too (uint8, the same grid).
 
     Returns:
         The file.
@@ -141,7 +142,9 @@ def write_large_ct(path: PathLike, shape: Sequence[int] = (512, 512, 300), spaci
     x, y, z = (np.linspace(-1, 1, n, dtype=np.float32) for n in shape)
     xx, yy = np.meshgrid(x, y, indexing="ij")
     body = (xx / 0.85) ** 2 + (yy / 0.7) ** 2 < 1.0
-    with NiftiSlabWriter(path, shape, affine=np.diag([*[float(s) for s in spacing], 1.0]), dtype=np.int16) as writer:
+    affine = np.diag([*[float(s) for s in spacing], 1.0])
+    masks = NiftiSlabWriter(mask_path, shape, affine=affine) if mask_path is not None else None
+    with NiftiSlabWriter(path, shape, affine=affine, dtype=np.int16) as writer:
         for start in range(0, shape[2], slab):
             zs = z[start:start + slab]
             block = np.full((*shape[:2], len(zs)), -1000.0, dtype=np.float32)
@@ -150,4 +153,8 @@ def write_large_ct(path: PathLike, shape: Sequence[int] = (512, 512, 300), spaci
             block[organ & body[..., None]] = 60.0
             block += rng.normal(0.0, 10.0, size=block.shape).astype(np.float32)
             writer.write(start, np.maximum(np.round(block), -1024).astype(np.int16).transpose(2, 1, 0))
+            if masks is not None:
+                masks.write(start, (organ & body[..., None]).astype(np.uint8).transpose(2, 1, 0))
+    if masks is not None:
+        masks.close()
     return Path(path)
