@@ -164,6 +164,27 @@ class DomainDataModule(pl.LightningDataModule):
         if not isinstance(drop_last, bool):
             raise ValueError(f"{type(self).__name__}: drop_last expected true or false, found {drop_last!r}")
         self.drop_last = drop_last
+        #: DataLoader settings a stream may set for every domain (:meth:`configure_loader`)
+        self.pin_memory = False
+        self.persistent_workers = False
+
+    def configure_loader(self, num_workers: Optional[int] = None, pin_memory: Optional[bool] = None,
+                         persistent_workers: Optional[bool] = None) -> None:
+        """Set DataLoader settings (``None`` keeps a setting); :class:`~data_modules.DomainStream`'s ``loader`` calls it.
+
+        Raises:
+            ValueError: on a negative ``num_workers`` or non-bool flags, naming the domain and field.
+        """
+        where = f"{type(self).__name__}({self.name})"
+        if num_workers is not None:
+            if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+                raise ValueError(f"{where}: loader field 'num_workers' expected an integer >= 0, found {num_workers!r}")
+            self.num_workers = num_workers
+        for field, value in (("pin_memory", pin_memory), ("persistent_workers", persistent_workers)):
+            if value is not None:
+                if not isinstance(value, bool):
+                    raise ValueError(f"{where}: loader field {field!r} expected true or false, found {value!r}")
+                setattr(self, field, value)
 
     # ------------------------------------------------------------------ what subclasses provide
     @property
@@ -207,7 +228,8 @@ class DomainDataModule(pl.LightningDataModule):
             batch_size=self.batch_size if train else self.eval_batch_size,
             **loader_sampling(dataset, train if shuffle is None else shuffle, self.name, split, epoch),
             num_workers=self.num_workers,
-            persistent_workers=False,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=functools.partial(keyed_collate, task=self.name) if keyed else None,
             drop_last=self.drop_last and train,
         )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
@@ -16,6 +16,10 @@ from framework.specs import TaskSpec
 __all__ = ["DomainStream", "domain_for"]
 
 log = logging.getLogger(__name__)
+
+
+#: the keys of DomainStream's ``loader`` (DomainDataModule.configure_loader)
+LOADER_FIELDS = {"num_workers", "pin_memory", "persistent_workers"}
 
 
 class DomainStream(pl.LightningDataModule):
@@ -56,6 +60,11 @@ class DomainStream(pl.LightningDataModule):
         known_tasks: classification domains of the pretrained model's pretraining data (zero-shot retention only).
         predict_path: a folder of images or an ``.npz`` to predict on instead of the test splits.
         predict_task: the task whose head predicts ``predict_path``.
+        loader: DataLoader settings for every domain of the stream (training, evaluation and
+            cross sets): ``num_workers``, ``pin_memory`` (page-locked batches for faster copies
+            to a GPU), ``persistent_workers`` (workers kept between iterations of one loader; the
+            stream's loaders are rebuilt when the trained domain changes).  Unset keys keep each
+            domain's own values.  The trainer presets (``experiments/trainer/``) set them per machine.
 
     Raises:
         ValueError: if ``domains`` is empty, an item is not a :class:`DomainDataModule`, two domains
@@ -73,6 +82,7 @@ class DomainStream(pl.LightningDataModule):
         cross_domains: Optional[Dict[str, List[DomainDataModule]]] = None,
         cross_tasks: Optional[List[DomainDataModule]] = None,
         known_tasks: Optional[List[DomainDataModule]] = None,
+        loader: Optional[Dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         if not domains:
@@ -135,6 +145,12 @@ class DomainStream(pl.LightningDataModule):
                 )
         self.predict_path = predict_path
         self.predict_task = predict_task
+        if loader is not None:
+            if not isinstance(loader, dict) or set(loader) - LOADER_FIELDS:
+                found = sorted(loader) if isinstance(loader, dict) else loader
+                raise ValueError(f"DomainStream: field 'loader' expected a mapping with keys from {sorted(LOADER_FIELDS)}, found {found!r}")
+            for domain in self._all_domains():
+                domain.configure_loader(**loader)
 
     # ------------------------------------------------------------------ description
     @property
