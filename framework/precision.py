@@ -15,7 +15,18 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-__all__ = ["cpu_has_native_bf16", "warn_on_slow_precision"]
+__all__ = ["cpu_has_native_bf16", "warn_on_slow_precision", "trainer_precision"]
+
+
+def trainer_precision(trainer):
+    """A context manager running model code under the trainer's precision (autocast for ``bf16-mixed``,
+    ``16-mixed``), for the work MedCL does outside Lightning's loops: experience-end evaluation, the
+    linear probe, herding features, EWC's Fisher information.  Lightning's public
+    ``Precision.forward_context``; a no-op without a trainer."""
+    import contextlib
+
+    plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
+    return plugin.forward_context() if plugin is not None else contextlib.nullcontext()
 
 
 def cpu_has_native_bf16() -> bool:

@@ -20,6 +20,7 @@ from framework.callbacks.continual_report import (
 from framework.heads import HEAD_REGISTRY
 from framework.metrics.continual import summarize, zero_shot_retention
 from framework.metrics.evaluation import PROBE_DEFAULTS, can_route, evaluate_head, fresh_head, linear_probe, supports_zero_shot
+from framework.precision import trainer_precision
 
 __all__ = ["ContinualEvaluation", "METRICS_JSON", "METRICS_CSV", "METRICS_PNG", "CURVES_PNG", "plot_matrix", "row_label"]
 
@@ -124,7 +125,7 @@ class ContinualEvaluation(pl.Callback):
     # Evaluation must not change training: its DataLoaders draw their base seeds from the global
     # torch generator, so every evaluation runs on a forked generator (fork_rng).
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), trainer_precision(trainer):
             if self.random_init is None:
                 self.random_init = self.evaluate_random_init(trainer, pl_module)
             initial = list(getattr(pl_module, "initial_tasks", []))
@@ -145,7 +146,7 @@ class ContinualEvaluation(pl.Callback):
         current = self._current
         if current is not None and current[0] not in self.rows:
             log.warning("training ended inside experience %d; evaluating the model as it is", current[0])
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), trainer_precision(trainer):
                 self.evaluate_experience(trainer, pl_module, *current)
         if self.result is not None:
             self._print(self.result)

@@ -107,7 +107,8 @@ def evaluate_head(
     with _route(model, head.spec):
         for batch in loader:
             sub = move_data_to_device(batch[key], device)
-            metrics.update(**head.metric_inputs(head(model.backbone, sub["image"]), sub["target"]))
+            outputs = head(model.backbone, sub["image"])  # under the trainer's precision (bf16 autocast): metrics in fp32
+            metrics.update(**head.metric_inputs(outputs.float() if outputs.is_floating_point() else outputs, sub["target"]))
     values = {k: float(v) for k, v in metrics.compute().items()}
     values["score"] = values[head.score_name]
     return values

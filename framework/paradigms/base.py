@@ -32,7 +32,7 @@ from framework.heads import TaskHead
 from framework.metrics.evaluation import evaluate_head
 from framework.model import MedCLModel
 from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
-from framework.precision import warn_on_slow_precision
+from framework.precision import trainer_precision, warn_on_slow_precision
 from framework.seeding import seed_epoch
 from framework.specs import TaskSpec
 
@@ -453,7 +453,7 @@ class MedCLModule(pl.LightningModule):
             fn = getattr(callback, hook, None)
             if callable(fn):
                 # named like Lightning's own callback hooks, so `--trainer.profiler simple` times them
-                with self.trainer.profiler.profile(f"[Callback]{callback.state_key}.{hook}"):
+                with self.trainer.profiler.profile(f"[Callback]{callback.state_key}.{hook}"), trainer_precision(self.trainer):
                     fn(self.trainer, self, experience, list(tasks))
 
     # ------------------------------------------------------------------ steps

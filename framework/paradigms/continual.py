@@ -10,6 +10,7 @@ from framework.paradigms.base import MedCLModule
 from framework.paradigms.joint import SharedModelMixin
 from framework.paradigms.regularizers import CHECKPOINT_KEY as REGULARIZERS_KEY
 from framework.paradigms.regularizers import REGULARIZERS, build_regularizers
+from framework.precision import trainer_precision
 
 __all__ = ["ContinualModule"]
 
@@ -84,7 +85,8 @@ class ContinualModule(SharedModelMixin, MedCLModule):
             experience = self.experience_of_epoch(epoch)
             tasks = list(self.experiences()[experience])
             for regularizer in self.regularizers.values():
-                regularizer.on_experience_end(self, self.trainer, experience, tasks)
+                with trainer_precision(self.trainer):  # EWC's Fisher passes under the run's precision
+                    regularizer.on_experience_end(self, self.trainer, experience, tasks)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
