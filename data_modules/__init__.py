@@ -6,11 +6,12 @@ from data_modules.pet_ct import SemiSyntheticPETCTDataModule
 from data_modules.segmentation import SegmentationDataModule
 from data_modules.shifted import ShiftedCopyDataModule
 from data_modules.stream import DomainStream
+from data_modules.streaming import StreamingDataModule
 from data_modules.survival import SemiSyntheticSurvivalDataModule, SurvivalDataModule
 from data_modules.volumes import VolumeDataModule
 
 __all__ = [
     "DomainDataModule", "MedMNISTDataModule", "SegmentationDataModule", "SurvivalDataModule",
     "SemiSyntheticSurvivalDataModule", "SemiSyntheticPETCTDataModule", "ShiftedCopyDataModule", "DomainStream",
-    "PromptPairsDataModule", "CsvPairsDataModule", "VolumeDataModule",
+    "PromptPairsDataModule", "CsvPairsDataModule", "VolumeDataModule", "StreamingDataModule",
 ]

@@ -21,7 +21,7 @@ def test_without_a_gpu_the_check_refuses_and_says_why():
     assert "--smoke" in done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # three Lightning runs, one with 2 DDP processes, and a ViT-B/16 step: about 1.5 minutes
 def test_smoke_run_measures_every_check(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", OUT=str(tmp_path / "out"))
     done = subprocess.run([str(REPO / "scripts" / "gpu_check.sh"), "--smoke", "--work", str(tmp_path / "work")],
