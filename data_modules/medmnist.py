@@ -27,27 +27,65 @@ __all__ = ["MedMNISTDataModule", "ArrayImageDataset", "load_medmnist_npz"]
 log = logging.getLogger(__name__)
 
 
+def memory_mapped_member(path: Path, key: str, cache_dir: Path) -> np.ndarray:
+    """Array ``key`` of the ``.npz`` at ``path`` as a read-only memory map, converted once.
+
+    An ``.npz`` member is an ``.npy`` file inside a zip archive: it is copied out byte by byte
+    (``zipfile``: decompressed on the fly, never held in memory) into
+    ``<cache_dir>/<file name>-<size>-<mtime>/<key>.npy`` the first time, then opened with
+    ``numpy.load(mmap_mode="r")``: pages are read from disk as items are served.  numpy cannot
+    memory-map inside a zip, hence the one-time copy; a changed file gets a new folder.
+
+    Raises:
+        ValueError: naming the file and the member, if it is missing or not a readable array.
+    """
+    import shutil
+    import zipfile
+
+    stat = path.stat()
+    folder = Path(cache_dir) / f"{path.name}-{stat.st_size}-{stat.st_mtime_ns}"
+    target = folder / f"{key}.npy"
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".npy.partial")
+        try:
+            with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member, open(partial, "wb") as out:
+                shutil.copyfileobj(member, out, length=16 * 2**20)
+        except KeyError:
+            partial.unlink(missing_ok=True)
+            raise ValueError(f"{path}: no array {key!r} to memory-map") from None
+        partial.replace(target)  # atomic: a half-written copy is never used
+    try:
+        return np.load(target, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{path}: array {key!r} cannot be memory-mapped ({err})") from None
+
+
 class ArrayImageDataset(Dataset):
-    """Images held in memory as uint8 ``(N, H, W[, C])`` with their targets.
+    """Images held in memory (or memory-mapped) as uint8 ``(N, H, W[, C])`` with their targets.
 
     Items are ``{"image": ByteTensor[C, H, W] (uint8, 0..255; the backbone divides by 255),
     "target": LongTensor}``; with ``spatial_dims=3`` the arrays are ``(N, D, H, W)`` volumes and
     images ``[1, D, H, W]``.  Items are copies: callers may modify them in place.  (Arrays of
-    another dtype are served as float32 and must already lie in ``[0, 1]``.)
+    another dtype are served as float32 and must already lie in ``[0, 1]``.)  With ``indices``,
+    item ``i`` is image ``indices[i]`` (a subset of a memory map without copying it).
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, spatial_dims: int = 2) -> None:
-        if len(images) != len(targets):
-            raise ValueError(f"ArrayImageDataset: {len(images)} images but {len(targets)} targets")
+    def __init__(self, images: np.ndarray, targets: np.ndarray, spatial_dims: int = 2, indices: Optional[np.ndarray] = None) -> None:
+        count = len(images) if indices is None else len(indices)
+        if count != len(targets):
+            raise ValueError(f"ArrayImageDataset: {count} images but {len(targets)} targets")
         self.images = images
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64))
         self.spatial_dims = spatial_dims
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.targets)
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        row = index if self.indices is None else int(self.indices[index])
+        image = torch.from_numpy(np.array(self.images[row]))  # a copy (a memory map's page read here)
         image = image.unsqueeze(0) if image.ndim == self.spatial_dims else image.movedim(-1, 0)
         # copies (uint8 stays uint8), so callers may modify items without touching the stored data
         dtype = torch.uint8 if image.dtype == torch.uint8 else torch.float32
@@ -55,8 +93,12 @@ class ArrayImageDataset(Dataset):
         return {"image": image, "target": self.targets[index]}
 
 
-def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False, spatial_dims: int = 2) -> Dict[str, np.ndarray]:
+def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False, spatial_dims: int = 2,
+                      mmap_dir: Optional[Path] = None) -> Dict[str, np.ndarray]:
     """Load and validate an official-format MedMNIST ``.npz`` file.
+
+    With ``mmap_dir``, the image arrays are memory-mapped (:func:`memory_mapped_member`, converted
+    once) instead of read into memory; labels are always read (they are small).
 
     Args:
         path: the ``.npz`` file.
@@ -82,7 +124,8 @@ def load_medmnist_npz(path: Path, num_classes: int, multilabel: bool = False, sp
             raise ValueError(
                 f"{path}: missing key(s) {missing}; an official MedMNIST file has {expected}, this one has {sorted(archive.files)}"
             )
-        arrays = {k: archive[k] for k in expected}
+        arrays = {k: (memory_mapped_member(path, k, mmap_dir) if mmap_dir is not None and k.endswith("_images") else archive[k])
+                  for k in expected}
     for split in SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         field = f"{split}_images"
@@ -157,6 +200,10 @@ class MedMNISTDataModule(DomainDataModule):
         eval_batch_size: validation/test batch size.
         num_workers: DataLoader workers.
         drop_last: drop the last, incomplete training batch of an epoch (see :class:`DomainDataModule`).
+        memory_map: serve images from a memory map instead of reading every split into memory: the
+            file's image arrays are copied once, uncompressed, into ``cache_dir`` and pages are
+            read as items are served (for MedMNIST+ 128/224-px files of several GB).
+        cache_dir: where ``memory_map`` keeps its copies (default ``~/.cache/medcl/mmap``).
 
     Raises:
         ValueError: on an unknown flag without ``class_names``, or invalid subset sizes.
@@ -188,8 +235,14 @@ class MedMNISTDataModule(DomainDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         drop_last: bool = False,
+        memory_map: bool = False,
+        cache_dir: Optional[str] = None,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, drop_last=drop_last)
+        if not isinstance(memory_map, bool):
+            raise ValueError(f"MedMNISTDataModule({flag}): memory_map expected true or false, found {memory_map!r}")
+        self.memory_map = memory_map
+        self.mmap_dir = Path(cache_dir).expanduser() if cache_dir else Path.home() / ".cache" / "medcl" / "mmap"
         info = MEDMNIST_INFO.get(flag)
         if info is None and not class_names:
             raise ValueError(
@@ -254,7 +307,8 @@ class MedMNISTDataModule(DomainDataModule):
                 f"pass data_dir or file, or {hint}"
             )
         spec = self._spec
-        arrays = load_medmnist_npz(self.path, spec.num_classes, multilabel=spec.kind == "multilabel", spatial_dims=spec.spatial_dims)
+        arrays = load_medmnist_npz(self.path, spec.num_classes, multilabel=spec.kind == "multilabel", spatial_dims=spec.spatial_dims,
+                                   mmap_dir=self.mmap_dir if self.memory_map else None)
         found_channels = arrays["train_images"].shape[-1] if arrays["train_images"].ndim == 2 + spec.spatial_dims else 1
         if found_channels != spec.in_channels:
             raise ValueError(
@@ -273,6 +327,9 @@ class MedMNISTDataModule(DomainDataModule):
         for split in SPLITS:
             images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
             index = indices[split]
+            if index is not None and self.memory_map:  # keep the map: items are read through the index
+                self._datasets[split] = ArrayImageDataset(images, labels[index], spatial_dims=spec.spatial_dims, indices=index)
+                continue
             if index is not None:
                 images, labels = images[index], labels[index]
             self._datasets[split] = ArrayImageDataset(images, labels, spatial_dims=spec.spatial_dims)

@@ -187,3 +187,27 @@ def test_uint8_npz_is_served_as_uint8_copies(make_npz, flag, rgb):
     assert torch.equal(dm.dataset("train")[2]["image"], expected)
     batch = next(iter(dm.loader("val")))[flag]
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3 if rgb else 1, 28, 28)
+
+
+@pytest.mark.parametrize("subset", [None, 50])
+def test_memory_mapped_images_equal_the_loaded_ones(tmp_path, subset):
+    """memory_map: the image arrays are copied out of the .npz once and served from a memory map, item for item equal."""
+    from conftest import REPO
+
+    kwargs = dict(flag="bloodmnist", data_dir=str(REPO / "data/demo/medmnist"), train_subset=subset, subset_seed=3)
+    loaded = MedMNISTDataModule(**kwargs)
+    mapped = MedMNISTDataModule(**kwargs, memory_map=True, cache_dir=str(tmp_path / "mmap"))
+    loaded.setup("fit")
+    mapped.setup("fit")
+    assert isinstance(mapped.dataset("train").images, np.memmap)
+    for split in ("train", "val", "test"):
+        assert len(mapped.dataset(split)) == len(loaded.dataset(split))
+        for i in (0, len(loaded.dataset(split)) - 1):
+            a, b = loaded.dataset(split)[i], mapped.dataset(split)[i]
+            assert torch.equal(a["image"], b["image"]) and a["image"].dtype == torch.uint8 and torch.equal(a["target"], b["target"])
+    copies = sorted(p.name for p in (tmp_path / "mmap").rglob("*.npy"))
+    assert copies == ["test_images.npy", "train_images.npy", "val_images.npy"]
+    mtimes = [p.stat().st_mtime_ns for p in (tmp_path / "mmap").rglob("*.npy")]
+    again = MedMNISTDataModule(**kwargs, memory_map=True, cache_dir=str(tmp_path / "mmap"))
+    again.setup("fit")
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "mmap").rglob("*.npy")] == mtimes  # converted once
