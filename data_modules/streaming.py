@@ -25,7 +25,6 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule
@@ -108,22 +107,6 @@ def optimize_collection(datamodule: Any, output_dir: Union[str, Path], num_worke
     return out
 
 
-class _ByIndex(Dataset):
-    """Map-style access to a ``litdata.StreamingDataset`` in the collection's order (its items carry their index)."""
-
-    def __init__(self, streaming: Any, augment: Any) -> None:
-        self.streaming = streaming
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.streaming)
-
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        item = self.streaming[index]
-        out = {"image": torch.as_tensor(item["image"]), "target": torch.as_tensor(item["target"])}
-        return self.augment(out) if self.augment is not None else out
-
-
 class StreamingDataModule(DomainDataModule):
     """A collection written by :func:`optimize_collection`, read with ``litdata.StreamingDataset``.
 
@@ -195,7 +178,7 @@ class StreamingDataModule(DomainDataModule):
             return
         from litdata import StreamingDataset
 
-        from data_modules.volumes import _Flip
+        from data_modules.volumes import _Augmented, _Flip
 
         for split in SPLITS:
             kwargs: Dict[str, Any] = {"max_cache_size": self.max_cache_size}
@@ -207,7 +190,7 @@ class StreamingDataModule(DomainDataModule):
                     f"{self.input_dir}/{split}: expected {self.info['counts'][split]} items ({STREAM_INFO}), found {len(streaming)} in the chunks"
                 )
             flips = _Flip(self._spec.spatial_dims, self._spec.kind == "segmentation") if self.augment and split == "train" else None
-            self._datasets[split] = _ByIndex(streaming, flips)
+            self._datasets[split] = _Augmented(streaming, flips)  # map-style: items read by index, in the collection's order
 
     def dataset(self, split: str) -> Dataset:
         if split not in SPLITS:

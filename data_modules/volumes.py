@@ -173,6 +173,8 @@ class _Flip:
 
 
 class _Augmented(Dataset):
+    """Items ``{"image", "target"}`` of a base dataset (a MONAI cache, a LitData stream), flipped at random when training."""
+
     def __init__(self, base: Dataset, augment: Optional[_Flip]) -> None:
         self.base = base
         self.augment = augment
@@ -182,6 +184,7 @@ class _Augmented(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         item = self.base[index]
+        item = {"image": torch.as_tensor(item["image"]), "target": torch.as_tensor(item["target"])}
         return self.augment(item) if self.augment is not None else item
 
 

@@ -349,32 +349,37 @@ def _leaks(root):
     return found
 
 
-@pytest.mark.slow
-def test_names_in_nifti_headers_reach_no_output_file(tmp_path):
-    seg, surv, table = _patient_datasets(tmp_path / "data")
-    out = tmp_path / "run"
+def _fit_quickstart_on(tmp_path, out, domains, log_images=False):
+    """The quickstart's model and callbacks (loggers kept, writing to ``out``), one short epoch per domain, on ``domains``."""
     config = load_config(REPO / "experiments/quickstart.yaml")
     config["model"]["init_args"].update(epochs_per_experience=1, head_args={"segmentation": {"feature_size": 8}})
-    config["data"]["init_args"]["domains"] = [
-        {"class_path": "data_modules.SegmentationDataModule",
-         "init_args": {"root": str(seg), "task_name": "organ3d", "label_names": ["organ"], "in_channels": 1, "spatial_dims": 3, "batch_size": 2}},
-        {"class_path": "data_modules.SurvivalDataModule",
-         "init_args": {"images": str(surv), "table": str(table), "task_name": "survival", "num_time_bins": 4, "batch_size": 8}},
-    ]
+    config["data"]["init_args"]["domains"] = domains
     trainer = config["trainer"]
-    trainer.update(max_epochs=2, default_root_dir=str(out), limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.update(max_epochs=len(domains), default_root_dir=str(out), limit_train_batches=2, limit_val_batches=1,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     for logger in trainer["logger"]:
         logger["init_args"]["save_dir"] = str(out)
     for callback in trainer["callbacks"]:
         if callback["class_path"].endswith("ContinualEvaluation"):
-            callback["init_args"]["log_images"] = True  # sample images (segmentation masks, risk captions) are written too
+            callback["init_args"]["log_images"] = log_images
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     try:
-        cli = run_cli(["fit", "--config", str(cfg)])
+        return cfg, run_cli(["fit", "--config", str(cfg)])
     finally:
         _finish_wandb()
+
+
+@pytest.mark.slow
+def test_names_in_nifti_headers_reach_no_output_file(tmp_path):
+    seg, surv, table = _patient_datasets(tmp_path / "data")
+    out = tmp_path / "run"
+    cfg, cli = _fit_quickstart_on(tmp_path, out, [
+        {"class_path": "data_modules.SegmentationDataModule",
+         "init_args": {"root": str(seg), "task_name": "organ3d", "label_names": ["organ"], "in_channels": 1, "spatial_dims": 3, "batch_size": 2}},
+        {"class_path": "data_modules.SurvivalDataModule",
+         "init_args": {"images": str(surv), "table": str(table), "task_name": "survival", "num_time_bins": 4, "batch_size": 8}},
+    ], log_images=True)  # sample images (segmentation masks, risk captions) are written too
     (ckpt,) = out.rglob("last.ckpt")
     assert cli.model.task_specs.keys() == {"organ3d", "survival"}
     buffer = load_checkpoint(ckpt)["callbacks"]["ReplayCallback"]["ranks"][0]["tasks"]
@@ -418,24 +423,11 @@ def test_names_in_dicom_series_reach_no_output_file(tmp_path):
     """A CT task read from DICOM series (abdomen window): the run, its checkpoint and ``medcl predict`` hold no identifier."""
     seg = _dicom_segmentation(tmp_path / "data" / "seg")
     out = tmp_path / "run"
-    config = load_config(REPO / "experiments/quickstart.yaml")
-    config["model"]["init_args"].update(epochs_per_experience=1, head_args={"segmentation": {"feature_size": 8}})
-    config["data"]["init_args"]["domains"] = [
+    cfg, cli = _fit_quickstart_on(tmp_path, out, [
         {"class_path": "data_modules.SegmentationDataModule",
          "init_args": {"root": str(seg), "task_name": "ct_organ", "label_names": ["organ"], "in_channels": 1, "spatial_dims": 3,
                        "batch_size": 2, "intensity": "ct:abdomen"}},
-    ]
-    trainer = config["trainer"]
-    trainer.update(max_epochs=1, default_root_dir=str(out), limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0)
-    for logger in trainer["logger"]:
-        logger["init_args"]["save_dir"] = str(out)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    try:
-        cli = run_cli(["fit", "--config", str(cfg)])
-    finally:
-        _finish_wandb()
+    ])
     assert cli.model.task_specs["ct_organ"].intensity == "ct:abdomen"
     (ckpt,) = out.rglob("last.ckpt")
     from framework.callbacks import PredictionWriter
