@@ -1,5 +1,6 @@
-"""Lightning callbacks: rehearsal, continual evaluation, experience and stage checkpoints, prediction files, attention kernel choice, WiSE-FT, volume memory."""
+"""Lightning callbacks: rehearsal, continual evaluation, experience and stage checkpoints, prediction files, attention kernel choice, WiSE-FT, volume memory, torch.compile."""
 from framework.callbacks.attention_kernel import AttentionKernel
+from framework.callbacks.compile import CompileModels
 from framework.callbacks.continual_eval import ContinualEvaluation
 from framework.callbacks.experience_checkpoint import ExperienceCheckpoint
 from framework.callbacks.prediction_writer import PredictionWriter
@@ -9,6 +10,6 @@ from framework.callbacks.volume_memory import VolumeMemory
 from framework.callbacks.wise_ft import WiSEFT
 
 __all__ = [
-    "AttentionKernel", "ContinualEvaluation", "ExperienceCheckpoint", "PredictionWriter", "ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy",
+    "AttentionKernel", "CompileModels", "ContinualEvaluation", "ExperienceCheckpoint", "PredictionWriter", "ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy",
     "ClassBalancedPolicy", "StageCheckpoint", "VolumeMemory", "WiSEFT",
 ]
