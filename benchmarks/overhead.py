@@ -239,9 +239,10 @@ def clock_of(cli) -> StepClock:
     return next(c for c in cli.trainer.callbacks if type(c).__name__ == "StepClock")
 
 
-def medcl_bare(out: Path, steps: int, warmup: int, precision: str, math_attention: bool = False) -> Dict[str, float]:
+def medcl_bare(out: Path, steps: int, warmup: int, precision: str, math_attention: bool = False,
+               extra_callbacks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, float]:
     """One domain, no logger, no callbacks but the clock (and ``AttentionKernel(["math"])`` with
-    ``math_attention``), no progress bar, no validation."""
+    ``math_attention``, and ``extra_callbacks``), no progress bar, no validation."""
     epochs = epochs_for(steps, warmup)
     config = base_config(out, max_epochs=epochs, epochs_per_experience=epochs)
     config["data"]["init_args"]["domains"] = config["data"]["init_args"]["domains"][:1]
@@ -249,7 +250,8 @@ def medcl_bare(out: Path, steps: int, warmup: int, precision: str, math_attentio
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, precision=precision,
         callbacks=[{"class_path": f"{NAME}.StepClock"}]
-        + ([{"class_path": "framework.callbacks.AttentionKernel", "init_args": {"backends": ["math"]}}] if math_attention else []),
+        + ([{"class_path": "framework.callbacks.AttentionKernel", "init_args": {"backends": ["math"]}}] if math_attention else [])
+        + list(extra_callbacks or []),
     )
     if epochs == 1:
         config["trainer"]["limit_train_batches"] = steps + warmup + 1

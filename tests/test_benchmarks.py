@@ -126,3 +126,29 @@ def test_medmnist_baselines_script_smoke(tmp_path):
     for row in r["table"].values():
         assert 0 <= row["acc"] <= 1 and 0 <= row["auroc"] <= 1 and row["published"]["acc"] > 0.5
     assert "published ACC" in (tmp_path / "medmnist_baselines.md").read_text()
+
+
+@pytest.mark.heavy  # writes volumes, two measuring processes: about a minute
+def test_volume_memory_script_smoke(tmp_path):
+    run_script("volume_memory.py", "--slices", "8", "24", "--side", "64", "--modes", "slabs", "whole", "--results", str(tmp_path))
+    result = json.loads((tmp_path / "volume_memory.json").read_text())
+    assert [(r["slices"], r["mode"]) for r in result["rows"]] == [(8, "slabs"), (8, "whole"), (24, "slabs"), (24, "whole")]
+    assert all(r["peak_rss_mib"] >= r["model_rss_mib"] > 0 for r in result["rows"])
+    assert "Slab by slab, peak RSS changes by" in (tmp_path / "volume_memory.md").read_text()
+
+
+@pytest.mark.heavy  # generates a collection and trains three times in fresh processes: about 2 minutes
+def test_large_collection_script_smoke(tmp_path):
+    run_script("large_collection.py", "--volumes", "5", "10", "--shape", "64", "64", "16", "--results", str(tmp_path), timeout=900)
+    result = json.loads((tmp_path / "large_collection.json").read_text())
+    assert [(r["source"], r["volumes"]) for r in result["rows"]] == [("NIfTI files", 5), ("NIfTI files", 10), ("npz (in memory)", 5)]
+    assert all(len(r["images_per_s"]) == 2 and r["peak_rss_mib"] > 0 for r in result["rows"])
+
+
+@pytest.mark.heavy  # torch.compile builds kernels: several minutes
+def test_speed_script_smoke(tmp_path):
+    run_script("speed.py", "--steps", "3", "--warmup", "2", "--repeats", "1", "--seeds", "0", "--quickstart-epochs", "1",
+               "--results", str(tmp_path), timeout=1800)
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert {"fp32", "fp32_compile", "fp32_compile_all"} <= set(result["throughput"])
+    assert "fp32" in result["quickstart"] and result["fastest"] in result["quickstart"]
