@@ -110,7 +110,7 @@ def test_ct_task_input_equals_the_documented_window(tmp_path):
     dm.setup("fit")
     item = dm.dataset("test")[0]
     low, high = CT_WINDOWS["abdomen"]
-    expected = np.clip((volumes[("test", 0)] - low) / (high - low), 0.0, 1.0)
+    expected = np.clip((volumes[("test", 0)] - low) / (high - low), 0.0, 1.0).transpose(2, 1, 0)  # served axially: (Z, Y, X)
     assert item["image"].dtype == torch.float32
     np.testing.assert_allclose(item["image"][0].numpy(), expected, atol=1e-6)
     # medcl predict reads new images of this task with the same window
