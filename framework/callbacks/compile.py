@@ -19,13 +19,15 @@ from typing import Optional
 
 import pytorch_lightning as pl
 
+from framework.callbacks.every_loop import EveryLoopCallback
+
 __all__ = ["CompileModels", "COMPILE_MODES"]
 
 #: ``torch.compile`` modes
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-class CompileModels(pl.Callback):
+class CompileModels(EveryLoopCallback):
     """Compile every model's image tower (and heads) with ``torch.compile``, in place.
 
     Args:
@@ -54,7 +56,7 @@ class CompileModels(pl.Callback):
             module.compile(mode=self.mode, dynamic=self.dynamic)
             self._done.add(id(module))
 
-    def _apply(self, pl_module: pl.LightningModule) -> None:
+    def apply(self, pl_module: pl.LightningModule) -> None:
         if not hasattr(pl_module, "all_models"):
             raise ValueError(f"CompileModels: expected a MedCL paradigm module (framework.paradigms), found {type(pl_module).__name__}")
         for model in pl_module.all_models():
@@ -62,18 +64,3 @@ class CompileModels(pl.Callback):
             if self.heads:
                 for head in model.heads.values():
                     self._compile(head)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)  # heads (and specialised models) grown at an experience's start
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)

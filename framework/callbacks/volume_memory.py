@@ -21,11 +21,12 @@ from typing import Optional
 import pytorch_lightning as pl
 
 from framework.backbone.slices import DEFAULT_SLICE_BATCH_SIZE, check_slice_settings
+from framework.callbacks.every_loop import EveryLoopCallback
 
 __all__ = ["VolumeMemory"]
 
 
-class VolumeMemory(pl.Callback):
+class VolumeMemory(EveryLoopCallback):
     """Set how many volume slices go through the image tower at once, and whether they are recomputed in backward.
 
     Args:
@@ -44,25 +45,9 @@ class VolumeMemory(pl.Callback):
         self.checkpoint_slices = checkpoint_slices
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: Optional[str] = None) -> None:
-        self._apply(pl_module)
+        self.apply(pl_module)
 
-    # a checkpoint restore may rebuild the model after setup: set again when each loop starts
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(pl_module)  # specialised learning grows one model per task as experiences begin
-
-    def _apply(self, pl_module: pl.LightningModule) -> None:
+    def apply(self, pl_module: pl.LightningModule) -> None:
         if not hasattr(pl_module, "all_models"):
             raise ValueError(f"VolumeMemory: expected a MedCL paradigm module (framework.paradigms), found {type(pl_module).__name__}")
         backbones = [getattr(m, "backbone", None) for m in pl_module.all_models()]  # none yet: specialised learning before its first task
