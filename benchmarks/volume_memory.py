@@ -4,7 +4,7 @@ For every N (100, 200, 300 slices by default) a synthetic CT (int16 HU, uncompre
 0.7 x 0.7 x 2.5 mm, written slab by slab by ``data_modules.synthetic.write_large_ct``) is
 processed in a fresh Python process, so each peak is its own:
 
-* **slabs**: :class:`data_modules.volume_slabs.NiftiSlabs` (memory-mapped, 16 axial slices per
+* **slabs**: :class:`data_modules.volume_slabs.NiftiSlabs` (positioned reads, 16 axial slices per
   slab, abdomen window) -> :func:`framework.volume_inference.segment_volume_slabs` with a
   :class:`~data_modules.volume_slabs.NiftiSlabWriter` (labels on disk), then
   :func:`~framework.volume_inference.encode_volume_slabs`;
@@ -18,6 +18,8 @@ accuracy.  Peak RSS is ``VmHWM`` of ``/proc/self/status``; "model RSS" is the RS
 built, before the volume is touched.  Timings depend on the CPU and its load (named in the results).
 
     python benchmarks/volume_memory.py                       # N = 100, 200, 300 (about 1 h on 2 busy cores)
+    python benchmarks/volume_memory.py --whole-slices 100 200  # the whole-volume mode at 100 and 200 slices only
+    python benchmarks/volume_memory.py --reuse whole           # measure the slabs again, keep the whole-volume rows
     python benchmarks/volume_memory.py --slices 20 40 --side 128 --results /tmp/vm   # smoke run
 
 Results: ``benchmarks/results/volume_memory.{json,md,png}``; volumes in ``runs/benchmarks/volume_memory/``.
@@ -107,14 +109,14 @@ def markdown(result: Dict[str, Any]) -> str:
         f"`python benchmarks/volume_memory.py`; CPU: {result['cpu']}, {result['threads']} torch thread(s) "
         f"({result['note']}).  Tiny ViT with a 3D segmentation task at {TASK_SIZE} px: every slice segmented by "
         f"sliding windows of {TASK_SIZE} px at full resolution (overlap 0) and encoded by {TASK_SIZE}-px tiles; random "
-        f"weights (memory and time, not accuracy).  **slabs**: memory-mapped `.nii` read {SLAB} axial slices at a "
-        f"time, labels written to a memory-mapped `.nii`; **whole**: the volume read, scaled and passed at once.", "",
+        f"weights (memory and time, not accuracy).  **slabs**: `.nii` read {SLAB} axial slices at a "
+        f"time, labels written slab by slab into a `.nii`; **whole**: the volume read, scaled and passed at once.", "",
         "| slices | mode | volume on disk (MiB) | model RSS (MiB) | peak RSS (MiB) | peak - model (MiB) | segmentation (s) | slices/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         lines.append(
-            f"| {row['slices']} | {row['mode']} | {row['volume_mib']:.0f} | {row['model_rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | "
+            f"| {row['slices']} | {row['mode']}{' (earlier run)' if row.get('reused') else ''} | {row['volume_mib']:.0f} | {row['model_rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | "
             f"{row['peak_rss_mib'] - row['model_rss_mib']:.0f} | {row['segment_s']:.0f} | {row['slices_per_s']:.2f} |"
         )
     slabs = [r for r in result["rows"] if r["mode"] == "slabs"]
@@ -148,6 +150,10 @@ def main() -> None:
     parser.add_argument("--slices", type=int, nargs="+", default=[100, 200, 300])
     parser.add_argument("--side", type=int, default=512)
     parser.add_argument("--modes", nargs="+", default=["slabs", "whole"], choices=["slabs", "whole"])
+    parser.add_argument("--whole-slices", type=int, nargs="+", default=None,
+                        help="run the whole-volume mode only at these N (default: every N of --slices); it needs as long as the slabs")
+    parser.add_argument("--reuse", nargs="+", default=[], choices=["slabs", "whole"],
+                        help="take these modes' rows from an earlier run's row files where they exist (same machine), instead of measuring again")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="how busy the CPU was, for the table")
     parser.add_argument("--worker", nargs=3, metavar=("VOLUME", "MODE", "OUT"), help=argparse.SUPPRESS)
@@ -165,7 +171,13 @@ def main() -> None:
             print(f"writing {volume} ...", flush=True)
             write_large_ct(volume, (args.side, args.side, n))
         for mode in args.modes:
+            if mode == "whole" and args.whole_slices is not None and n not in args.whole_slices:
+                continue
             out = RUNS / f"row_{args.side}_{n}_{mode}.json"
+            if mode in args.reuse and out.is_file():
+                print(f"=== {n} slices, {mode}: reusing {out}", flush=True)
+                rows.append(dict(json.loads(out.read_text()), volume_mib=volume.stat().st_size / 2**20, reused=True))
+                continue
             print(f"=== {n} slices, {mode}", flush=True)
             subprocess.run([sys.executable, __file__, "--worker", str(volume), mode, str(out)], check=True, cwd=REPO,
                            env=dict(os.environ, PYTHONPATH=str(REPO)))

@@ -1,12 +1,16 @@
-"""One volume larger than memory, slab by slab: a memory-mapped NIfTI read and a mask written in axial slabs.
+"""One volume larger than memory, slab by slab: a NIfTI read and a mask written in axial slabs.
 
 A 512 x 512 x 1000 CT is 1 GB as float32 before any model sees it, and its logits several times
-that.  :class:`NiftiSlabs` reads an uncompressed NIfTI through nibabel's memory map, a few axial
-slices at a time, reoriented to RAS and scaled by a voxel-wise intensity policy, laid out like
-every MedCL volume (``(C, Z, Y, X)``, :func:`data_modules.io.to_axial`); :class:`NiftiSlabWriter`
-writes predicted labels (or any volume) slab by slab into a memory-mapped NIfTI on the input's grid.  With
-:func:`framework.volume_inference.segment_volume_slabs` peak memory is one slab, whatever the
-number of slices (``benchmarks/volume_memory.py`` measures it).
+that.  :class:`NiftiSlabs` reads an uncompressed NIfTI a few axial slices at a time (nibabel's
+array proxy reads only the bytes of those slices), reoriented to RAS and scaled by a voxel-wise
+intensity policy, laid out like every MedCL volume (``(C, Z, Y, X)``, :func:`data_modules.io.to_axial`);
+:class:`NiftiSlabWriter` writes predicted labels (or any volume) slab by slab into an uncompressed
+NIfTI on the input's grid.  With :func:`framework.volume_inference.segment_volume_slabs` peak memory
+is one slab, whatever the number of slices (``benchmarks/volume_memory.py`` measures it).
+
+Both use positioned file reads and writes, not memory maps: every page of a memory map the process
+has touched counts in its resident set until the map is closed, so a memory-mapped volume looks
+(to RSS limits of schedulers and containers) as if it were held whole.
 
 A ``.nii.gz`` works too, but gzip cannot seek: nibabel decompresses from the start of the file for
 every slab (memory stays bounded, time grows with the square of the slab count): store large
@@ -59,7 +63,7 @@ class NiftiSlabs:
                 f"{self.path}: field 'intensity' expected a voxel-wise policy for slab-by-slab reading ('ct:<window>', "
                 f"'range:<low>,<high>' or 'bits:<n>'), found {self.policy.describe()!r}, which needs the whole volume's statistics"
             )
-        self.image = nib.load(str(self.path), mmap=True)
+        self.image = nib.load(str(self.path), mmap=False)  # slicing dataobj reads only the slab's bytes (nibabel fileslice)
         shape = tuple(int(n) for n in self.image.shape)
         if len(shape) != 3:
             raise ValueError(f"{self.path}: expected a 3D volume (X, Y, Z), found a NIfTI of shape {shape}")
@@ -89,7 +93,7 @@ class NiftiSlabs:
         n = self.stored_shape[2]
         flipped = int(self.ornt[2, 1]) == -1
         lo, hi = (n - stop, n - start) if flipped else (start, stop)
-        raw = np.asarray(self.image.dataobj[:, :, lo:hi])  # only these slices are read from the memory map
+        raw = np.asarray(self.image.dataobj[:, :, lo:hi])  # only these slices are read from the file
         ras = apply_orientation(raw, self.ornt)  # flips (incl. within the slab along Z) and the in-plane permutation
         scaled = self.policy.apply(ras[None], self.path)
         return torch.from_numpy(np.ascontiguousarray(scaled.transpose(0, 3, 2, 1)))  # (1, k, Y, X)
@@ -100,10 +104,11 @@ class NiftiSlabs:
 
 
 class NiftiSlabWriter:
-    """A volume written slab by slab into a memory-mapped, uncompressed NIfTI (predicted labels as uint8 by default; RAS, the given affine).
+    """A volume written slab by slab into an uncompressed NIfTI (predicted labels as uint8 by default; RAS, the given affine).
 
-    nibabel writes whole arrays only; the header is written by nibabel and the voxel block is then a
-    ``numpy.memmap`` in NIfTI's Fortran order, where each axial slab is one contiguous run of bytes.
+    nibabel writes whole arrays only; the header is written by nibabel and each slab's voxels are
+    then written at their place in the file: in NIfTI's Fortran order an axial slab ``(X, Y, k)`` is
+    one contiguous run of bytes, the same bytes as the slab laid out ``(k, Y, X)`` in C order.
 
     Args:
         path: the ``.nii`` file to create (an existing file is never overwritten).
@@ -121,7 +126,7 @@ class NiftiSlabWriter:
 
         self.path = Path(path)
         if not self.path.name.endswith(".nii"):
-            raise ValueError(f"NiftiSlabWriter: path expected a file ending in .nii (memory-mapped, uncompressed), found {self.path.name!r}")
+            raise ValueError(f"NiftiSlabWriter: path expected a file ending in .nii (uncompressed, written slab by slab), found {self.path.name!r}")
         if self.path.exists():
             raise FileExistsError(f"{self.path}: exists; MedCL never overwrites a prediction: choose another path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,16 +143,25 @@ class NiftiSlabWriter:
             fh.truncate(offset + int(np.prod(shape)) * np.dtype(dtype).itemsize)
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
-        self._data = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=offset, shape=self.shape, order="F")
+        self._offset = offset
+        self._file = open(self.path, "r+b")
 
     def write(self, start: int, values: np.ndarray) -> None:
-        """Axial slices ``start:start + k`` laid out ``(k, Y, X)`` (as :class:`NiftiSlabs` serves them)."""
-        k = values.shape[0]
-        self._data[:, :, start:start + k] = np.asarray(values, dtype=self.dtype).transpose(2, 1, 0)
+        """Axial slices ``start:start + k`` laid out ``(k, Y, X)`` (as :class:`NiftiSlabs` serves them).
+
+        Raises:
+            ValueError: if the slab's in-plane shape is not ``(Y, X)`` or it reaches past the last slice.
+        """
+        x, y, z = self.shape
+        values = np.asarray(values)
+        if values.ndim != 3 or values.shape[1:] != (y, x) or start < 0 or start + values.shape[0] > z:
+            raise ValueError(f"{self.path}: expected slices {start}.. laid out (k, {y}, {x}) within {z} slices, found shape {values.shape}")
+        self._file.seek(self._offset + start * x * y * self.dtype.itemsize)
+        self._file.write(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
 
     def close(self) -> None:
-        self._data.flush()
-        del self._data
+        if not self._file.closed:
+            self._file.close()
 
     def __enter__(self) -> "NiftiSlabWriter":
         return self

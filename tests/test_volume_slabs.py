@@ -64,6 +64,21 @@ def test_writer_never_overwrites_and_writes_uncompressed_only(tmp_path):
         NiftiSlabWriter(tmp_path / "m.nii.gz", (4, 4, 4))
 
 
+
+def test_writer_places_each_slab_and_refuses_slabs_that_do_not_fit(tmp_path):
+    """Slabs written out of order land at their slices, in NIfTI's (X, Y, Z) order; a misfit slab is refused."""
+    expected = np.arange(5 * 3 * 7, dtype=np.uint8).reshape(7, 3, 5)  # (Z, Y, X)
+    with NiftiSlabWriter(tmp_path / "m.nii", (5, 3, 7), np.diag([2.0, 2.0, 3.0, 1.0])) as writer:
+        writer.write(4, expected[4:])
+        writer.write(0, expected[:4])
+        with pytest.raises(ValueError, match=r"m.nii: expected slices 6.. laid out \(k, 3, 5\) within 7 slices, found shape \(2, 3, 5\)"):
+            writer.write(6, expected[:2])
+        with pytest.raises(ValueError, match=r"laid out \(k, 3, 5\) .* found shape \(1, 5, 3\)"):
+            writer.write(0, expected[:1].transpose(0, 2, 1))
+    image = nib.load(str(tmp_path / "m.nii"))
+    np.testing.assert_array_equal(np.asarray(image.dataobj), expected.transpose(2, 1, 0))
+    np.testing.assert_array_equal(image.affine, np.diag([2.0, 2.0, 3.0, 1.0]))
+
 def _model():
     torch.manual_seed(0)
     model = MedCLModel({"model_name": "medcl-vit-tiny"}, {"segmentation": {"feature_size": 8}})
