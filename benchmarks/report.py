@@ -32,6 +32,12 @@ SECTIONS: List[Tuple[str, str, str, str]] = [
      "Pneumonia -> Retina -> Kvasir-SEG (64 px) -> semi-synthetic prognosis; 1,000 training images per classification task, 3 passes per image, replay 80 exemplars (2 %)."),
     ("wise_ft", "8. WiSE-FT: in-domain score against the pretrained model's zero-shot skill", "python benchmarks/wise_ft.py",
      "the pretrained-start sequential + replay run of section 7, once per alpha."),
+    ("volume_memory", "9. One 512 x 512 x N CT volume in bounded memory", "python benchmarks/volume_memory.py --whole-slices 100 200",
+     "synthetic CT volumes (generated, int16 HU), tiny ViT with random weights, 64-px sliding windows at full resolution; one fresh process per row."),
+    ("large_collection", "10. A CT collection larger than memory: one experience trained through it", "python benchmarks/large_collection.py",
+     "150 and 300 generated CT volumes of 512 x 512 x 64 on disk, resampled to 16 x 64 x 64, 2 epochs (cold, then cached), batch 4; one fresh process per size."),
+    ("speed", "11. Speed on the machine you have: torch.compile and bf16 against fp32", "python benchmarks/speed.py",
+     "the quickstart's training step (BloodMNIST demo, tiny ViT, batch 64), interleaved repeats; then the whole quickstart for 3 seeds, fastest variant against fp32."),
 ]
 
 

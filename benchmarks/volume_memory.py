@@ -20,6 +20,7 @@ built, before the volume is touched.  Timings depend on the CPU and its load (na
     python benchmarks/volume_memory.py                       # N = 100, 200, 300 (about 1 h on 2 busy cores)
     python benchmarks/volume_memory.py --whole-slices 100 200  # the whole-volume mode at 100 and 200 slices only
     python benchmarks/volume_memory.py --reuse whole           # measure the slabs again, keep the whole-volume rows
+    python benchmarks/volume_memory.py --append --modes slabs --slices 100 300 --malloc-mmap-threshold 1048576   # add rows with a fixed glibc mmap threshold
     python benchmarks/volume_memory.py --slices 20 40 --side 128 --results /tmp/vm   # smoke run
 
 Results: ``benchmarks/results/volume_memory.{json,md,png}``; volumes in ``runs/benchmarks/volume_memory/``.
@@ -78,11 +79,16 @@ def worker(path: Path, mode: str, out: Path) -> None:
         slabs = NiftiSlabs(path, slab=SLAB, intensity="ct:abdomen")
         mask_path = out.with_suffix(".mask.nii")
         mask_path.unlink(missing_ok=True)
+        foreground = 0
         with NiftiSlabWriter(mask_path, slabs.shape, slabs.affine) as writer:
-            slices = segment_volume_slabs(model, "organ", slabs, writer.write, progress=True)
+            def write(start_slice: int, labels: np.ndarray) -> None:
+                nonlocal foreground
+                foreground += int(np.count_nonzero(labels))  # counted per slab: reading the mask back would hold it whole
+                writer.write(start_slice, labels)
+
+            slices = segment_volume_slabs(model, "organ", slabs, write, progress=True)
         segment_s = time.perf_counter() - start
         embedding = encode_volume_slabs(model, "organ", NiftiSlabs(path, slab=SLAB, intensity="ct:abdomen"), progress=True)
-        foreground = int(np.count_nonzero(np.asarray(__import__("nibabel").load(str(mask_path)).dataobj)))
         mask_path.unlink()
     else:
         volume = torch.from_numpy(np.ascontiguousarray(to_axial(parse_intensity("ct:abdomen").apply(read_array(path), path))))[None]
@@ -98,6 +104,7 @@ def worker(path: Path, mode: str, out: Path) -> None:
         "mode": mode, "slices": int(slices), "model_rss_mib": round(model_rss, 1), "peak_rss_mib": round(_status("VmHWM"), 1),
         "segment_s": round(segment_s, 1), "total_s": round(total_s, 1), "slices_per_s": round(slices / segment_s, 3),
         "foreground_voxels": foreground, "embedding_norm": round(float(embedding.norm()), 4), "threads": torch.get_num_threads(),
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
     out.write_text(json.dumps(row))
 
@@ -111,19 +118,28 @@ def markdown(result: Dict[str, Any]) -> str:
         f"sliding windows of {TASK_SIZE} px at full resolution (overlap 0) and encoded by {TASK_SIZE}-px tiles; random "
         f"weights (memory and time, not accuracy).  **slabs**: `.nii` read {SLAB} axial slices at a "
         f"time, labels written slab by slab into a `.nii`; **whole**: the volume read, scaled and passed at once.", "",
-        "| slices | mode | volume on disk (MiB) | model RSS (MiB) | peak RSS (MiB) | peak - model (MiB) | segmentation (s) | slices/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| slices | mode | MALLOC_MMAP_THRESHOLD_ | volume on disk (MiB) | model RSS (MiB) | peak RSS (MiB) | peak - model (MiB) | segmentation (s) | slices/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         lines.append(
-            f"| {row['slices']} | {row['mode']}{' (earlier run)' if row.get('reused') else ''} | {row['volume_mib']:.0f} | {row['model_rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | "
+            f"| {row['slices']} | {row['mode']}{' (earlier run)' if row.get('reused') else ''} | {row.get('malloc_mmap_threshold') or 'glibc default'} | {row['volume_mib']:.0f} | {row['model_rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | "
             f"{row['peak_rss_mib'] - row['model_rss_mib']:.0f} | {row['segment_s']:.0f} | {row['slices_per_s']:.2f} |"
         )
-    slabs = [r for r in result["rows"] if r["mode"] == "slabs"]
-    if len(slabs) >= 2:
-        growth = slabs[-1]["peak_rss_mib"] - slabs[0]["peak_rss_mib"]
-        lines += ["", f"Slab by slab, peak RSS changes by {growth:+.0f} MiB from {slabs[0]['slices']} to {slabs[-1]['slices']} slices."]
+    for setting, rows in _series(result, "slabs").items():
+        if len(rows) >= 2:
+            growth = rows[-1]["peak_rss_mib"] - rows[0]["peak_rss_mib"]
+            lines += ["", f"Slab by slab ({setting}), peak RSS changes by {growth:+.0f} MiB from {rows[0]['slices']} to {rows[-1]['slices']} slices."]
     return "\n".join(lines) + "\n"
+
+
+def _series(result: Dict[str, Any], mode: str) -> Dict[str, List[Dict[str, Any]]]:
+    """``mode``'s rows grouped by their malloc setting, in order of slices."""
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for row in sorted((r for r in result["rows"] if r["mode"] == mode), key=lambda r: r["slices"]):
+        threshold = row.get("malloc_mmap_threshold")
+        out.setdefault("glibc default" if not threshold else f"MALLOC_MMAP_THRESHOLD_={threshold}", []).append(row)
+    return out
 
 
 def plot(result: Dict[str, Any], path: Path) -> None:
@@ -134,11 +150,11 @@ def plot(result: Dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for mode, marker in (("slabs", "o"), ("whole", "s")):
-        rows = [r for r in result["rows"] if r["mode"] == mode]
-        if rows:
-            ax.plot([r["slices"] for r in rows], [r["peak_rss_mib"] for r in rows], marker=marker, label=mode)
+        for setting, rows in _series(result, mode).items():
+            label = mode if setting == "glibc default" else f"{mode}, {setting}"
+            ax.plot([r["slices"] for r in rows], [r["peak_rss_mib"] - r["model_rss_mib"] for r in rows], marker=marker, label=label)
     ax.set_xlabel(f"slices ({result['side']} x {result['side']} each)")
-    ax.set_ylabel("peak RSS (MiB)")
+    ax.set_ylabel("peak RSS above the model's (MiB)")
     ax.set_title("Peak memory while segmenting one CT volume")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -154,6 +170,11 @@ def main() -> None:
                         help="run the whole-volume mode only at these N (default: every N of --slices); it needs as long as the slabs")
     parser.add_argument("--reuse", nargs="+", default=[], choices=["slabs", "whole"],
                         help="take these modes' rows from an earlier run's row files where they exist (same machine), instead of measuring again")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of the results file already there (same side) that this run does not measure again")
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                        help="run the measuring processes with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (a fixed threshold: freed "
+                             "slab buffers go back to the system instead of staying in the heap)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="how busy the CPU was, for the table")
     parser.add_argument("--worker", nargs=3, metavar=("VOLUME", "MODE", "OUT"), help=argparse.SUPPRESS)
@@ -173,17 +194,25 @@ def main() -> None:
         for mode in args.modes:
             if mode == "whole" and args.whole_slices is not None and n not in args.whole_slices:
                 continue
-            out = RUNS / f"row_{args.side}_{n}_{mode}.json"
+            suffix = "" if args.malloc_mmap_threshold is None else f"_mmap{args.malloc_mmap_threshold}"
+            out = RUNS / f"row_{args.side}_{n}_{mode}{suffix}.json"
             if mode in args.reuse and out.is_file():
                 print(f"=== {n} slices, {mode}: reusing {out}", flush=True)
                 rows.append(dict(json.loads(out.read_text()), volume_mib=volume.stat().st_size / 2**20, reused=True))
                 continue
             print(f"=== {n} slices, {mode}", flush=True)
             subprocess.run([sys.executable, __file__, "--worker", str(volume), mode, str(out)], check=True, cwd=REPO,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+                           env=dict(os.environ, PYTHONPATH=str(REPO),
+                                    **({} if args.malloc_mmap_threshold is None else {"MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)})))
             row = json.loads(out.read_text())
             row["volume_mib"] = volume.stat().st_size / 2**20
             rows.append(row)
+    if args.append and (args.results / f"{NAME}.json").is_file():
+        earlier = json.loads((args.results / f"{NAME}.json").read_text())
+        key = lambda r: (r["slices"], r["mode"], r.get("malloc_mmap_threshold"))  # noqa: E731
+        measured = {key(r) for r in rows}
+        if earlier.get("side") == args.side:
+            rows = [dict(r, reused=True) for r in earlier["rows"] if key(r) not in measured] + rows
     result = {"side": args.side, "cpu": cpu_model(), "threads": rows[0]["threads"] if rows else None, "note": args.note or "see the commit",
               "rows": rows}
     write_results(args.results, NAME, result, markdown, plot)

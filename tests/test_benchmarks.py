@@ -55,7 +55,7 @@ def _shared_only():
         pytest.skip("reads ../shared/data/medmnist")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the whole study script at a shrunken budget: about a minute idle; the study configs run end to end in test_paradigms.py
 def test_paradigm_study_script_smoke(tmp_path):
     _shared_only()
     # the real sequential + replay config, shrunk (small subsets, 2 batches per experience) by --configs
