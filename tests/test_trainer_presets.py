@@ -13,6 +13,7 @@ from framework.cli import run_cli
 
 PRESETS = {
     "cpu": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32-true"},
+    "cpu_bf16": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "bf16-mixed"},
     "gpu": {"accelerator": "gpu", "devices": 1, "num_nodes": 1, "precision": "bf16-mixed"},
     "ddp": {"accelerator": "gpu", "devices": -1, "num_nodes": 1, "strategy": "ddp", "precision": "bf16-mixed"},
     "ddp_multinode": {"accelerator": "gpu", "devices": 4, "num_nodes": 2, "strategy": "ddp", "precision": "bf16-mixed"},
@@ -30,11 +31,14 @@ def test_preset_sets_the_trainer_and_loaders_after_an_experiment(preset, capsys)
         assert merged["trainer"][key] == value, key
     loader = merged["data"]["init_args"]["loader"]
     assert set(loader) == {"num_workers", "pin_memory", "persistent_workers"}
-    assert loader["pin_memory"] == (preset != "cpu")
-    # the experiment itself is untouched: its domains, model and callbacks
+    assert loader["pin_memory"] == (not preset.startswith("cpu"))
+    # the experiment itself is untouched: its domains, model and callbacks (cpu_bf16 appends the math attention kernel)
     assert [d["init_args"]["flag"] for d in merged["data"]["init_args"]["domains"]] == ["bloodmnist", "organamnist"]
     assert merged["model"]["init_args"]["epochs_per_experience"] == original["model"]["init_args"]["epochs_per_experience"]
-    assert [c["class_path"] for c in merged["trainer"]["callbacks"]] == [c["class_path"] for c in original["trainer"]["callbacks"]]
+    appended = ["framework.callbacks.AttentionKernel"] if preset == "cpu_bf16" else []
+    assert [c["class_path"] for c in merged["trainer"]["callbacks"]] == [c["class_path"] for c in original["trainer"]["callbacks"]] + appended
+    if appended:
+        assert merged["trainer"]["callbacks"][-1]["init_args"]["backends"] == ["math"]
 
 
 def _domain(task):
