@@ -134,7 +134,15 @@ def test_volume_memory_script_smoke(tmp_path):
     result = json.loads((tmp_path / "volume_memory.json").read_text())
     assert [(r["slices"], r["mode"]) for r in result["rows"]] == [(8, "slabs"), (8, "whole"), (24, "slabs"), (24, "whole")]
     assert all(r["peak_rss_mib"] >= r["model_rss_mib"] > 0 for r in result["rows"])
-    assert "Slab by slab, peak RSS changes by" in (tmp_path / "volume_memory.md").read_text()
+    assert "Slab by slab (glibc default), peak RSS changes by" in (tmp_path / "volume_memory.md").read_text()
+    # --append keeps those rows and adds slab rows measured with a fixed glibc mmap threshold
+    run_script("volume_memory.py", "--slices", "8", "24", "--side", "64", "--modes", "slabs", "--append",
+               "--malloc-mmap-threshold", "1048576", "--results", str(tmp_path))
+    rows = json.loads((tmp_path / "volume_memory.json").read_text())["rows"]
+    assert sorted((r["slices"], r["mode"], r.get("malloc_mmap_threshold") or "", bool(r.get("reused"))) for r in rows) == [
+        (8, "slabs", "", True), (8, "slabs", "1048576", False), (8, "whole", "", True),
+        (24, "slabs", "", True), (24, "slabs", "1048576", False), (24, "whole", "", True)]
+    assert "Slab by slab (MALLOC_MMAP_THRESHOLD_=1048576), peak RSS changes by" in (tmp_path / "volume_memory.md").read_text()
 
 
 @pytest.mark.heavy  # generates a collection and trains three times in fresh processes: about 2 minutes
