@@ -47,7 +47,9 @@ def memory_mapped_member(path: Path, key: str, cache_dir: Path) -> np.ndarray:
     target = folder / f"{key}.npy"
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".npy.partial")
+        # one partial file per process: ranks of a DDP run convert at the same time, and a shared
+        # partial file opened by a second rank would be truncated under the first one's writes
+        partial = target.with_suffix(f".npy.{os.getpid()}.partial")
         try:
             with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member, open(partial, "wb") as out:
                 shutil.copyfileobj(member, out, length=16 * 2**20)

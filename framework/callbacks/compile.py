@@ -15,6 +15,7 @@ channels-last and bf16.  Compiled and eager forward passes agree up to float rou
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -48,13 +49,14 @@ class CompileModels(EveryLoopCallback):
         self.mode = mode
         self.heads = heads
         self.dynamic = dynamic
-        #: ids of the modules compiled so far (each module is compiled once)
-        self._done: set = set()
+        #: the modules compiled so far (each once); weak references, not id()s: a model rebuilt by a
+        #: checkpoint restore may reuse a freed module's id and must still be compiled
+        self._done: "weakref.WeakSet" = weakref.WeakSet()
 
     def _compile(self, module) -> None:
-        if id(module) not in self._done:
+        if module not in self._done:
             module.compile(mode=self.mode, dynamic=self.dynamic)
-            self._done.add(id(module))
+            self._done.add(module)
 
     def apply(self, pl_module: pl.LightningModule) -> None:
         if not hasattr(pl_module, "all_models"):
