@@ -1,6 +1,6 @@
 """Base class for one imaging domain.  Adding a modality = subclassing :class:`DomainDataModule`.
 
-A domain data module describes its task with a :class:`~framework.specs.TaskSpec` and serves
+A domain data module describes its task with a :class:`~framework.core.specs.TaskSpec` and serves
 ``train``/``val``/``test`` datasets whose items are ``{"image": uint8 tensor (0..255) or float
 tensor in [0, 1], "target": ...}`` (``[C, H, W]``, or ``[C, D, H, W]`` for volumes).  Images from
 a uint8 source stay uint8 (value ``v`` means ``v / 255``) so that batches, and replay exemplars
@@ -20,8 +20,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from framework.seeding import loader_sampling
-from framework.specs import TaskSpec
+from framework.core.seeding import loader_sampling
+from framework.core.specs import TaskSpec
 
 __all__ = ["DomainDataModule", "SPLITS", "keyed_collate", "check_subset_sizes", "subset_indices", "limit_batches", "trainer_limited"]
 
@@ -205,11 +205,15 @@ class DomainDataModule(pl.LightningDataModule):
     def task_specs(self) -> List[TaskSpec]:
         return [self.task_spec]
 
+    def single_sample_last_batches(self) -> List[str]:
+        """This domain, if its last training batch holds one sample (the framework's BatchNorm check reads this)."""
+        return single_sample_last_batches(self)
+
     def loader(self, split: str, keyed: bool = True, shuffle: Optional[bool] = None, epoch: int = 0) -> DataLoader:
         """A DataLoader over ``split``; ``keyed=True`` wraps each batch as ``{task: batch}``.
 
         Its shuffle order comes from its own generator, seeded from the run seed, the task, the
-        split and ``epoch`` (:func:`framework.seeding.loader_sampling`), never from the global one.
+        split and ``epoch`` (:func:`framework.core.seeding.loader_sampling`), never from the global one.
 
         Raises:
             ValueError: for an unknown split, or a split without samples (naming the domain and split).

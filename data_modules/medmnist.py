@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subset_indices
 from data_modules.io import declared_image_size, npz_member_shape, open_npz
 from data_modules.medmnist_info import MEDMNIST_INFO, official_url
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["MedMNISTDataModule", "ArrayImageDataset", "load_medmnist_npz"]
 

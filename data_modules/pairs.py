@@ -28,8 +28,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from data_modules.base import SPLITS, DomainDataModule, trainer_limited
 from data_modules.io import read_image
-from framework.seeding import derived_seed, loader_sampling, run_seed
-from framework.specs import TaskSpec
+from framework.core.seeding import derived_seed, loader_sampling, run_seed
+from framework.core.specs import TaskSpec
 
 __all__ = ["DEFAULT_TEMPLATES", "PromptPairsDataModule", "CsvPairsDataModule", "caption"]
 

@@ -42,7 +42,7 @@ from data_modules.base import SPLITS, DomainDataModule, check_subset_sizes, subs
 from data_modules.io import open_npz
 from data_modules.medmnist_info import official_url
 from data_modules.segmentation import SegmentationDataset
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["SemiSyntheticPETCTDataModule", "CHANNELS"]
 

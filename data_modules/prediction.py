@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from data_modules.io import (
     IMAGE_SUFFIXES, file_id, list_image_files, open_npz, read_array_with_geometry, scale_intensities, to_axial, unsupported_files,
 )
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["PredictionSource", "unique_ids"]
 

@@ -53,7 +53,7 @@ from data_modules.io import (
     scale_intensities,
     to_axial,
 )
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = [
     "SegmentationDataModule",

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.base import DomainDataModule
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["ShiftedCopyDataModule", "apply_shift"]
 

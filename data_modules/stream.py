@@ -9,11 +9,13 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
-from data_modules.base import DomainDataModule, keyed_collate, trainer_limited
-from framework.seeding import loader_generator
-from framework.specs import TaskSpec
+from data_modules.base import DomainDataModule, keyed_collate, single_sample_last_batches, trainer_limited
+from framework.core.data_protocol import domain_for
+from framework.core.seeding import loader_generator
+from framework.core.specs import TaskSpec
 
-__all__ = ["DomainStream", "domain_for"]
+__all__ = ["DomainStream", "domain_for"]  # domain_for: defined in framework.core.data_protocol
+
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,10 @@ class DomainStream(pl.LightningDataModule):
             raise KeyError(f"DomainStream has no task {task!r}; tasks: {list(self._by_name) + list(self._evaluation_only)}")
         return found
 
+    def single_sample_last_batches(self) -> List[str]:
+        """Training domains whose last training batch holds one sample (the framework's BatchNorm check reads this)."""
+        return single_sample_last_batches(self)
+
     def __len__(self) -> int:
         return len(self.domains)
 
@@ -308,19 +314,3 @@ def _check_same_task(field: str, found: TaskSpec, wanted: TaskSpec) -> None:
                 f"DomainStream: field '{field}' ({found.name}) has {attr}={a!r}, but the task {wanted.name!r} it is keyed by "
                 f"has {attr}={b!r}; a cross-domain set must describe the same task"
             )
-
-
-def domain_for(datamodule, task: str, purpose: str) -> DomainDataModule:
-    """The domain serving ``task`` in a trainer's datamodule (a stream, or a single domain).
-
-    Raises:
-        ValueError: ``"<purpose> needs ..."`` naming the task and the datamodule found.
-    """
-    if hasattr(datamodule, "domain"):
-        return datamodule.domain(task)
-    if getattr(datamodule, "name", None) == task and hasattr(datamodule, "loader"):
-        return datamodule
-    raise ValueError(
-        f"{purpose} needs task {task!r}'s training data from trainer.datamodule (a data_modules.DomainStream or "
-        f"DomainDataModule), found {type(datamodule).__name__}"
-    )

@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Union
 from torch.utils.data import Dataset
 
 from data_modules.base import SPLITS, DomainDataModule
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["optimize_collection", "StreamingDataModule", "STREAM_INFO"]
 

@@ -5,7 +5,7 @@ Items are ``{"image": Tensor[C, H, W] (or [C, D, H, W]), "target": FloatTensor[2
 converts it) when the source is uint8 (``.npz`` files, 8-bit image folders, the semi-synthetic
 MedMNIST images), else float32 in ``[0, 1]`` (see :mod:`data_modules.base`); ``event`` is 1.0
 when the event was observed and 0.0 when the subject was censored at ``time``.  The
-:class:`~framework.specs.TaskSpec` (kind ``"prognosis"``) is available right after construction:
+:class:`~framework.core.specs.TaskSpec` (kind ``"prognosis"``) is available right after construction:
 the survival table is read lazily on first access of :attr:`task_spec` (cheap) and its
 ``time_bins`` are quantile cut points of the Kaplan-Meier curve of the *training* split
 (``pycox``'s ``LabTransDiscreteTime(num_time_bins, scheme="quantiles")``).  Images are loaded in
@@ -62,7 +62,7 @@ from data_modules.tables import check_column_names as _check_names
 from data_modules.io import IMAGE_SUFFIXES, image_files_by_id, open_npz, read_array, scale_intensities, to_axial
 from data_modules.medmnist import load_medmnist_npz
 from data_modules.medmnist_info import MEDMNIST_INFO
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = [
     "SurvivalDataModule",

@@ -49,7 +49,7 @@ from data_modules.base import SPLITS, DomainDataModule
 from data_modules.intensity import IntensityPolicy, parse_intensity
 from data_modules.io import check_same_geometry, file_id, image_files_by_id, read_array_with_geometry, scale_intensities, to_axial
 from data_modules.tables import check_column_names
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["VolumeDataModule", "CACHE_KINDS"]
 

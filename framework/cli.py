@@ -19,7 +19,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
 from framework.backbone.architecture import forget_checkpoint_architectures, register_checkpoint_architecture
-from framework.checkpoints import AtomicCheckpointIO, load_checkpoint
+from framework.core.checkpoints import AtomicCheckpointIO, load_checkpoint
 from framework.config_record import RecordConfig
 from framework.console import quiet_known_noise
 from framework.paradigms import MedCLModule
@@ -50,7 +50,7 @@ class MedCLCLI(LightningCLI):
 
         Raises:
             ValueError: naming the checkpoint, the differing fields and the two ways out; or an
-                unreadable checkpoint (see :func:`framework.checkpoints.load_checkpoint`).
+                unreadable checkpoint (see :func:`framework.core.checkpoints.load_checkpoint`).
             FileNotFoundError: if the checkpoint file does not exist.
         """
         # LightningCLI has no public hook for this step; it calls this method before instantiating classes.

@@ -13,7 +13,7 @@ from framework.backbone import CLIPBackbone
 from framework.backbone.custom import CustomBackbone
 from framework.heads import TaskHead, build_head
 from framework.heads.registry import HEAD_REGISTRY, registered_kinds
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["MedCLModel"]
 

@@ -218,7 +218,7 @@ class RunFolders:
             self._override(trainer, "default_root_dir", str(self.path))
         self._lock_folder()
         if self.continued:  # a write killed mid-way left temporaries (with replay exemplars): nobody else writes here now
-            from framework.checkpoints import remove_orphan_temporaries
+            from framework.core.checkpoints import remove_orphan_temporaries
 
             remove_orphan_temporaries(self.path / "checkpoints")
         self._plan_wandb(trainer)

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
 
-from framework.checkpoints import atomic_save, find_orphan_temporaries, load_checkpoint, remove_orphan_temporaries
+from framework.core.checkpoints import atomic_save, find_orphan_temporaries, load_checkpoint, remove_orphan_temporaries
 
 __all__ = ["strip_exemplars", "main", "STRIPPED_KEY", "orphan_warning"]
 
@@ -102,12 +102,12 @@ def strip_exemplars(src: PathLike, dst: PathLike, overwrite: bool = False, remov
     callback entry is replaced by a marker ``{"stripped": True, "policy", "world_size",
     "removed_samples", "tasks"}``; ``datamodule_hyper_parameters`` is dropped.  Everything else
     (``state_dict``, hyper-parameters, task specs, optimizer and loop state, metric rows) is kept
-    unchanged.  ``dst`` is written atomically (:func:`framework.checkpoints.atomic_save`); ``src``
+    unchanged.  ``dst`` is written atomically (:func:`framework.core.checkpoints.atomic_save`); ``src``
     is only read.
 
     **Orphan temporaries.** The folders of ``src`` and ``dst`` are searched for temporary checkpoint
     files left by a killed write (``.<name>.ckpt.<random>.tmp``,
-    :func:`framework.checkpoints.find_orphan_temporaries`): each holds a whole checkpoint, replay
+    :func:`framework.core.checkpoints.find_orphan_temporaries`): each holds a whole checkpoint, replay
     exemplars (patient images) included, so whoever shares such a folder shares them too.  They are
     named in a logged warning and in the result; they are deleted only with ``remove_orphans``,
     because ``medcl-share`` otherwise only reads the input's folder (a run of that folder may be

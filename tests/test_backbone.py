@@ -158,7 +158,7 @@ def test_uint8_images_take_the_model_float_dtype():
 def test_uint8_segmentation_logits_equal_float(arch, channels, spatial_dims):
     """Every image path of the heads (skip connection, adapters' patch embedding, volumes) accepts uint8."""
     from framework.model import MedCLModel
-    from framework.specs import TaskSpec
+    from framework.core.specs import TaskSpec
 
     torch.manual_seed(0)
     model = MedCLModel({"model_name": arch})

@@ -172,7 +172,7 @@ def truncated_checkpoint(ctx: Ctx) -> Path:
 
 USER_DOMAIN = '''
 from data_modules import MedMNISTDataModule
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 
 class OrganSlices(MedMNISTDataModule):

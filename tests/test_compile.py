@@ -4,7 +4,7 @@ import torch
 
 from framework.callbacks import CompileModels
 from framework.model import MedCLModel
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 
 def _model():

@@ -22,7 +22,7 @@ from framework.paradigms import ContinualModule, JointModule
 from framework.paradigms.base import hparam_differences
 from framework.paradigms.freezing import FreezingPolicy
 from framework.resume_check import resume_differences
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 from helpers import shrink_config
 
 VIT3D = "framework.backbone.towers.MonaiViT3D"

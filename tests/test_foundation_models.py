@@ -246,7 +246,7 @@ def test_a_checkpoint_never_reads_the_pretrained_file_again(tmp_path, fresh_cach
 @pytest.mark.slow
 def test_biomedclips_real_architecture_builds_and_trains_one_step(tmp_path, fresh_cache):
     """ViT-B/16 at 224 px + BERT-base (vocab 30522, context 256), random weights: one optimizer step."""
-    from framework.specs import TaskSpec
+    from framework.core.specs import TaskSpec
     from framework.model import MedCLModel
 
     folder = make_local_dir_replica(tmp_path / "BiomedCLIP-full", shrink=False, with_weights=False)

@@ -7,7 +7,7 @@ from torch import nn
 from framework.backbone import CLIPBackbone
 from framework.heads import HEAD_REGISTRY, ClassificationHead, MultilabelHead, TaskHead, build_head, register_head
 from framework.model import MedCLModel
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +92,14 @@ def test_registry_lists_kinds_and_refuses_unregistered():
     assert set(HEAD_REGISTRY) == {"classification", "multilabel", "prognosis", "segmentation"}
     served_by = HEAD_REGISTRY.pop("segmentation")
     try:
-        with pytest.raises(ValueError, match="no head registered for kind 'segmentation'"):
+        with pytest.raises(ValueError, match="unknown head kind 'segmentation'"):
             build_head(TaskSpec(name="seg", kind="segmentation", label_names=["polyp"]), 128)
     finally:
         HEAD_REGISTRY["segmentation"] = served_by
-    with pytest.raises(ValueError, match="register_head: kind expected one of"):
-        register_head("detection")
+    with pytest.raises(ValueError, match="register_head: kind expected a name"):
+        register_head("not a kind!")
+    with pytest.raises(ValueError, match="'classification' is already registered to framework.heads.classification.ClassificationHead"):
+        register_head("classification")(type("Other", (TaskHead,), {}))
     with pytest.raises(ValueError, match="invalid head_args"):
         build_head(spec(2), 128, {"no_such_option": 1})
 

@@ -213,7 +213,7 @@ def test_acc_auc_match_medmnist_evaluator_on_tiny_model_outputs(flag, root):
 # softmaxes a batch only when some value lies outside [0, 1] (a batch of logits inside [0, 1] was ranked
 # as probabilities: AUROC 0.875 instead of 0.9167 here).  The head now passes softmax probabilities.
 def test_auroc_does_not_depend_on_a_softmax_invariant_shift_of_the_logits():
-    from framework.specs import TaskSpec
+    from framework.core.specs import TaskSpec
 
     head = build_head(TaskSpec(name="t", kind="classification", class_names=["a", "b", "c"]), embed_dim=8)
     logits = torch.tensor([[0.9, 0.0, 0.8], [0.5, 0.1, 0.0], [0.2, 0.6, 0.0], [0.1, 0.0, 0.3], [0.0, 0.5, 0.9], [0.6, 0.3, 0.2]])

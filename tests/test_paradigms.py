@@ -105,7 +105,7 @@ def test_task_loss_weighting_combines_the_per_task_losses_of_a_batch(weighting):
     import torch
 
     from framework.paradigms import ContinualModule
-    from framework.specs import TaskSpec
+    from framework.core.specs import TaskSpec
 
     module = ContinualModule(task_loss_weighting=weighting, head_args={"classification": {"learn_class_embeddings": True}})
     module.add_task(TaskSpec(name="a", kind="classification", class_names=("x", "y", "z")))

@@ -23,7 +23,7 @@ import yaml
 
 from conftest import REPO
 from framework.callbacks import ContinualEvaluation, ReplayCallback
-from framework.checkpoints import load_checkpoint
+from framework.core.checkpoints import load_checkpoint
 from framework.cli import run_cli
 from framework.paradigms import ContinualModule
 from framework.sharing import STRIPPED_KEY, strip_exemplars

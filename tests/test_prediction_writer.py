@@ -8,7 +8,7 @@ import torch
 
 from framework.callbacks import PredictionWriter
 from framework.model import MedCLModel
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 
 class Module:

@@ -15,7 +15,7 @@ from framework.callbacks import ReplayCallback
 from framework.heads import build_head
 from framework.paradigms import EWC, ContinualModule, LwF
 from framework.paradigms.regularizers import CHECKPOINT_KEY, distillable
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 # resumed trainers here do not checkpoint, which Lightning mentions
 pytestmark = pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")

@@ -17,9 +17,9 @@ import yaml
 
 from conftest import REPO
 from data_modules import MedMNISTDataModule
-from framework.checkpoints import ALLOW_PICKLE_ENV, AtomicCheckpointIO, atomic_save, load_checkpoint
+from framework.core.checkpoints import ALLOW_PICKLE_ENV, AtomicCheckpointIO, atomic_save, load_checkpoint
 from framework.cli import error_line, run_cli
-from framework.seeding import ReseededRandomSampler, derived_seed, seed_epoch
+from framework.core.seeding import ReseededRandomSampler, derived_seed, seed_epoch
 from helpers import shrink_config
 
 
@@ -102,7 +102,7 @@ def test_failed_write_keeps_the_old_checkpoint_and_leaves_no_temporary_file(tmp_
 
 _WRITER = """
 import sys, torch
-from framework.checkpoints import atomic_save
+from framework.core.checkpoints import atomic_save
 big = {"state_dict": {f"w{i}": torch.randn(256, 1024) for i in range(32)}}  # 32 MiB, like a quickstart checkpoint
 i = 0
 while True:
@@ -164,7 +164,7 @@ def test_unreadable_checkpoints_name_the_file_and_the_problem(tmp_path, content,
 def test_every_torch_load_in_the_package_is_explicit_about_pickles():
     sources = [*REPO.glob("framework/**/*.py"), *REPO.glob("data_modules/**/*.py")]
     calls = [(p, line) for p in sources for line in p.read_text().splitlines() if re.search(r"torch\.load\(", line)]
-    assert calls, "expected framework/checkpoints.py to call torch.load"
+    assert calls, "expected framework/core/checkpoints.py to call torch.load"
     for path, line in calls:
         assert "weights_only=" in line, f"{path}: {line.strip()}"
     assert re.search(r"torch>=2\.[4-9]", (REPO / "setup.cfg").read_text())  # weights_only with safe globals

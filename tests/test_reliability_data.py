@@ -24,7 +24,7 @@ from data_modules.prediction import PredictionSource, unique_ids
 from data_modules.segmentation import SegmentationDataModule
 from data_modules.survival import SurvivalDataModule
 from framework.callbacks import PredictionWriter
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 SPLITS = ("train", "val", "test")
 RAS = np.diag([0.8, 0.7, 2.5, 1.0])

@@ -19,11 +19,11 @@ from framework.callbacks import PredictionWriter
 from framework.callbacks.continual_eval import METRICS_JSON, ContinualEvaluation
 from framework.callbacks.continual_report import format_report, restore_undefined
 from framework.callbacks.prediction_writer import claim_output_folder
-from framework.checkpoints import atomic_save, load_checkpoint, remove_orphan_temporaries
+from framework.core.checkpoints import atomic_save, load_checkpoint, remove_orphan_temporaries
 from framework.metrics.continual import format_matrix, summarize
 from framework.metrics.evaluation import DefinedAUROC, defined_auroc, evaluate_head
 from framework.model import MedCLModel
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 
 # ---------------------------------------------------------------------------- A. predictions
@@ -321,7 +321,7 @@ def test_remove_orphan_temporaries_removes_every_checkpoints_temporaries_and_say
     kept = [folder / "last.ckpt", folder / ".notes.tmp", folder / "x.ckpt.tmp", tmp_path / ".last.ckpt.zzz.tmp"]
     for path in kept:
         path.write_bytes(b"keep")
-    with caplog.at_level(logging.WARNING, logger="framework.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="framework.core.checkpoints"):
         removed = remove_orphan_temporaries(folder)
     assert sorted(removed) == sorted(orphans) and not any(p.exists() for p in orphans)
     assert all(p.exists() for p in kept)

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO
 from framework.cli import error_line, main, run_cli
-from framework.divergence import check_state_dict
+from framework.core.divergence import check_state_dict
 from framework.run_folder import LOCK_FILE, RUN_RECORD, RunFolderBusy, RunFolders
 from helpers import shrink_config
 

@@ -14,7 +14,7 @@ from data_modules.segmentation import (
     load_segmentation_folder,
     load_segmentation_npz,
 )
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 SHARED_SEG = REPO.parent / "shared" / "data" / "segmentation"
 

@@ -1,6 +1,6 @@
 import pytest
 
-from framework.specs import TASK_KINDS, TaskSpec
+from framework.core.specs import TASK_KINDS, TaskSpec
 
 
 def blood(**kw):

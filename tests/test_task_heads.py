@@ -10,7 +10,7 @@ from framework.heads import PrognosisHead, SegmentationHead
 from framework.heads.segmentation import plan_decoder
 from framework.metrics import ConcordanceIndex
 from framework.model import MedCLModel
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 SEG = TaskSpec(name="seg", kind="segmentation", label_names=["polyp"])
 PROG = TaskSpec(name="prog", kind="prognosis", time_bins=[0.0, 2.0, 5.0, 10.0, 20.0])

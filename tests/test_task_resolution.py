@@ -10,7 +10,7 @@ import torch
 from data_modules import MedMNISTDataModule, SegmentationDataModule
 from framework.backbone.resolution import check_input_size
 from framework.model import MedCLModel
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 from replicas import make_local_dir_replica
 
 

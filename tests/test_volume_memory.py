@@ -12,7 +12,7 @@ import torch
 from framework.backbone.slices import over_slices
 from framework.callbacks import VolumeMemory
 from framework.model import MedCLModel
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 
 def _spy(fn, seen):

@@ -16,7 +16,7 @@ from data_modules.io import read_array, to_axial
 from data_modules.synthetic import synthetic_ct, write_large_ct, write_nifti
 from data_modules.volume_slabs import NiftiSlabs, NiftiSlabWriter
 from framework.model import MedCLModel
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 from framework.volume_inference import encode_volume_slabs, segment_volume_slabs
 
 

@@ -426,7 +426,7 @@ def register_checkpoint_architecture(checkpoint: Union[str, os.PathLike, Mapping
         the registered architecture, or ``None`` if the checkpoint stores none.
     """
     if not isinstance(checkpoint, Mapping):
-        from framework.checkpoints import load_checkpoint
+        from framework.core.checkpoints import load_checkpoint
 
         source = source or f"checkpoint {str(checkpoint)!r}"
         checkpoint = load_checkpoint(checkpoint, source, mmap=True)

@@ -28,7 +28,7 @@ from framework.backbone.architecture import Architecture, quiet_local_dir_build,
 from framework.backbone.resolution import check_input_size, enable_any_input_size, patch_multiple
 from framework.backbone.slices import DEFAULT_SLICE_BATCH_SIZE, over_slices
 from framework.backbone.weights_file import OMITTED_KEY, load_weights_into, read_metadata
-from framework.checkpoints import ALLOW_PICKLE_ENV, allow_pickle
+from framework.core.checkpoints import ALLOW_PICKLE_ENV, allow_pickle
 
 __all__ = ["CLIPBackbone", "MODEL_CONFIG_DIR", "register_model_configs", "list_architectures"]
 
@@ -270,7 +270,7 @@ class CLIPBackbone(nn.Module):
         return True
 
     def _check_and_note(self, path: str) -> None:
-        from framework.divergence import check_state_dict
+        from framework.core.divergence import check_state_dict
 
         check_state_dict(self.clip.state_dict(), f"pretrained {path!r}")
         self.clear_text_cache()

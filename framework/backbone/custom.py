@@ -283,7 +283,7 @@ class CustomBackbone(nn.Module):
         source = load()
         if source is None:
             return None
-        from framework.divergence import check_state_dict
+        from framework.core.divergence import check_state_dict
 
         check_state_dict(self.tower.state_dict(), f"pretrained weights of {self.class_path!r} ({source})")
         log.info("CustomBackbone %s: pretrained weights loaded from %s", self.class_path, source)

@@ -1,7 +1,7 @@
 """Each task at its own input size: image towers that run at any resolution.
 
 A task declares the in-plane size it is trained at (:attr:`TaskSpec.image_size
-<framework.specs.TaskSpec.image_size>`, by default the size its data comes in); the backbone runs its
+<framework.core.specs.TaskSpec.image_size>`, by default the size its data comes in); the backbone runs its
 image tower at that size (:meth:`CLIPBackbone.input_size <framework.backbone.clip.CLIPBackbone.input_size>`).
 
 * Convolutional towers (timm ResNets, ...) take any size as they are.

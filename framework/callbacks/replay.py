@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from data_modules.stream import domain_for
+from framework.core.data_protocol import domain_for
 from framework.distributed import rank_and_world_size
 from framework.metrics.evaluation import extract_features
 from framework.replay import (

@@ -18,7 +18,7 @@ class StageCheckpoint(pl.Callback):
     to leave a 1-epoch model where the finished stage's was, and the next stage grew it without a
     word.  Here a stage that fails or is killed never touches ``path``; a finished re-run keeps the
     earlier finished checkpoint as ``<stem>-v<k>.ckpt`` before writing its own (written atomically,
-    see :class:`framework.checkpoints.AtomicCheckpointIO`).
+    see :class:`framework.core.checkpoints.AtomicCheckpointIO`).
 
     Args:
         path: the stage checkpoint, e.g. ``runs/unicon/checkpoints/02_prognosis.ckpt``.

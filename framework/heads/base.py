@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["TaskHead", "soft_kl_divergence"]
 

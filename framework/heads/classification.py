@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 from framework.heads.base import TaskHead, soft_kl_divergence
 from framework.metrics.auroc import DefinedAUROC
 from framework.heads.registry import register_head
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["ClassificationHead", "MultilabelHead"]
 

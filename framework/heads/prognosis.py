@@ -11,7 +11,7 @@ from torchmetrics import MetricCollection
 from framework.heads.base import TaskHead, soft_kl_divergence
 from framework.heads.registry import register_head
 from framework.metrics.survival import ConcordanceIndex, split_survival_target
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["PrognosisHead", "PROGNOSIS_LOSSES"]
 

@@ -13,7 +13,7 @@ from torchmetrics.segmentation import DiceScore, MeanIoU
 from framework.backbone.slices import DEFAULT_SLICE_BATCH_SIZE, over_slices
 from framework.heads.base import TaskHead, soft_kl_divergence
 from framework.heads.registry import register_head
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["SegmentationHead", "plan_decoder"]
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from framework.distributed import rank_and_world_size
 from framework.metrics.auroc import DefinedAUROC, defined_auroc  # noqa: F401 (re-exported)
 from framework.heads import HEAD_REGISTRY, TaskHead
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = [
     "evaluate_head",

@@ -22,19 +22,19 @@ from pytorch_lightning.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 
-from data_modules.base import single_sample_last_batches
+from framework.core.data_protocol import single_sample_last_batches
 from framework.adapters import AdapterSpec, check_lora_options
 from framework.backbone.architecture import forget_checkpoint_architectures, register_checkpoint_architecture, resolve_architecture
 from framework.backbone.custom import check_backbone_value, comparable_backbone
-from framework.checkpoints import load_checkpoint
-from framework.divergence import check_loss, check_module, check_state_dict
+from framework.core.checkpoints import load_checkpoint
+from framework.core.divergence import check_loss, check_module, check_state_dict
 from framework.heads import TaskHead
 from framework.metrics.evaluation import evaluate_head
 from framework.model import MedCLModel
 from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
 from framework.precision import trainer_precision, warn_on_slow_precision
-from framework.seeding import seed_epoch
-from framework.specs import TaskSpec
+from framework.core.seeding import seed_epoch
+from framework.core.specs import TaskSpec
 
 __all__ = ["MedCLModule", "CHECKPOINT_KEY", "OPTIMIZER_ON_NEW_TASK", "MODEL_DEFINING_HPARAMS", "hparam_differences"]
 
@@ -412,7 +412,7 @@ class MedCLModule(pl.LightningModule):
     # ------------------------------------------------------------------ experience hooks
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
-        seed_epoch(epoch)  # exact resume, and no dependence on later domains (framework/seeding.py)
+        seed_epoch(epoch)  # exact resume, and no dependence on later domains (framework/core/seeding.py)
         experience = self.experience_of_epoch(epoch)
         tasks = self.experiences()[experience]
         starting = epoch == experience * self.epochs_per_experience()
@@ -493,7 +493,7 @@ class MedCLModule(pl.LightningModule):
         if reg is not None:
             self.log("train/regularization", reg, batch_size=1, on_step=False, on_epoch=True)
             total = total + reg
-        check_loss(self, total, losses, reg)  # a diverged run stops here (framework/divergence.py)
+        check_loss(self, total, losses, reg)  # a diverged run stops here (framework/core/divergence.py)
         self.log("train/loss", total, prog_bar=True, batch_size=1)
         return total
 

@@ -37,9 +37,9 @@ import torch
 from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor
 
-from data_modules.stream import domain_for
+from framework.core.data_protocol import domain_for
 from framework.model import MedCLModel
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["Regularizer", "EWC", "LwF", "REGULARIZERS", "CHECKPOINT_KEY", "build_regularizers", "distillable"]
 

@@ -8,7 +8,7 @@ from torch import nn
 from framework.adapters import AdapterSpec
 from framework.model import MedCLModel
 from framework.paradigms.base import MedCLModule
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["SpecializedModule"]
 

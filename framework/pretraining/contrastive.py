@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from framework.backbone.clip import CLIPBackbone
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 __all__ = ["ContrastivePretraining"]
 

@@ -92,6 +92,6 @@ class ExportPretrainedWeights(pl.Callback):
 
 
 def _seed() -> Optional[int]:
-    from framework.seeding import run_seed
+    from framework.core.seeding import run_seed
 
     return run_seed()

@@ -13,11 +13,24 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-__all__ = ["TASK_KINDS", "TaskSpec"]
+__all__ = ["TASK_KINDS", "TaskSpec", "task_kinds"]
 
-#: Every kind of task the framework knows about.  A kind is only *usable* once a head is
-#: registered for it (see :mod:`framework.heads.registry`).
+#: MedCL's own task kinds.  A user's package adds a kind by registering a head for it
+#: (``@framework.heads.register_head("landmarks")``, see docs/extending.md); :func:`task_kinds` lists all.
 TASK_KINDS = ("classification", "multilabel", "prognosis", "segmentation")
+
+
+def task_kinds() -> Tuple[str, ...]:
+    """MedCL's kinds and every kind a user's package registered a head for."""
+    from framework.core.registry import HEADS
+
+    return TASK_KINDS + tuple(k for k in HEADS._entries if k not in TASK_KINDS)
+
+
+def _known_kind(kind: Any) -> bool:
+    from framework.core.registry import HEADS
+
+    return isinstance(kind, str) and (kind in TASK_KINDS or HEADS.known(kind))
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
@@ -39,7 +52,7 @@ class TaskSpec:
     Args:
         name: unique task name, used as the batch key, head key, metric prefix and checkpoint key.
             Letters, digits, ``_`` and ``-``; must start with a letter.
-        kind: one of :data:`TASK_KINDS`.
+        kind: one of :data:`TASK_KINDS`, or a kind a user's package registered a head for (:func:`task_kinds`).
         modality: imaging modality, e.g. ``"microscopy"``, ``"ct"``, ``"x-ray"``.
         class_names: class names for classification / multilabel tasks (at least two).
         prompt_template: text prompt with one ``{}`` placeholder for a class name, e.g.
@@ -100,8 +113,12 @@ class TaskSpec:
     def _validate(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             self._fail("name", "a non-empty identifier of letters, digits, '_' or '-' starting with a letter", self.name)
-        if self.kind not in TASK_KINDS:
-            self._fail("kind", f"one of {list(TASK_KINDS)}", self.kind, _did_you_mean(self.kind, TASK_KINDS))
+        if not _known_kind(self.kind):
+            kinds = task_kinds()
+            self._fail(
+                "kind", f"one of {list(kinds)} (a package of yours adds one with @framework.heads.register_head; import it first)",
+                self.kind, _did_you_mean(self.kind, kinds),
+            )
         if not isinstance(self.modality, str) or not self.modality:
             self._fail("modality", "a non-empty string", self.modality)
         if not isinstance(self.class_names, tuple) or not all(isinstance(c, str) and c for c in self.class_names):
