@@ -415,7 +415,7 @@ def avalanche_wrapper_class():
             self._add_head(0)
 
         def _add_head(self, label: int) -> None:
-            from framework.seeding import derived_seed
+            from framework.core.seeding import derived_seed
 
             spec = self.specs[label]
             if spec.name in self.medcl.heads:
@@ -498,7 +498,7 @@ def medcl_order_plugin(specs, batch_size: int, seed: int):
     from avalanche.training.plugins import SupervisedPlugin
     from torch.utils.data import DataLoader
 
-    from framework.seeding import ReseededRandomSampler, derived_seed, seed_epoch
+    from framework.core.seeding import ReseededRandomSampler, derived_seed, seed_epoch
 
     class MedCLOrder(SupervisedPlugin):
         def __init__(self):

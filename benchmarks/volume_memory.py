@@ -65,7 +65,7 @@ def worker(path: Path, mode: str, out: Path) -> None:
     from data_modules.intensity import parse_intensity
     from data_modules.volume_slabs import NiftiSlabs, NiftiSlabWriter
     from framework.model import MedCLModel
-    from framework.specs import TaskSpec
+    from framework.core.specs import TaskSpec
     from framework.volume_inference import encode_volume_slabs, segment_volume_slabs
 
     torch.manual_seed(0)

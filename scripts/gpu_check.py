@@ -87,7 +87,7 @@ def _fit(name: str, presets: List[str], extra: List[str], work: Path) -> Dict[st
 def vit_b16_step(smoke: bool) -> Dict[str, Any]:
     """Training steps of a ViT-B/16 open_clip tower with a classification head (random weights)."""
     from framework.model import MedCLModel
-    from framework.specs import TaskSpec
+    from framework.core.specs import TaskSpec
 
     device = torch.device("cpu" if smoke else "cuda")
     size, batch, steps = (64, 2, 2) if smoke else (224, 32, 10)

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from data_modules import DomainDataModule
 from data_modules.base import SPLITS
-from framework.specs import TaskSpec
+from framework.core.specs import TaskSpec
 
 
 class _ImageLabelDataset(Dataset):
