@@ -8,7 +8,7 @@ from framework.adapters import AdapterSpec, RoutedPatchEmbedding, check_lora_opt
 from framework.adapters.lora import lora_layers
 from framework.adapters.patch_embedding import init_from_rgb
 from framework.model import MedCLModel
-from framework.paradigms.freezing import FREEZE_POLICIES, FreezingPolicy
+from framework.strategies.freezing_policy import FREEZE_POLICIES, FreezingPolicy
 from framework.core.specs import TaskSpec
 
 ARCHS = ["medcl-vit-tiny", "medcl-resnet18-tiny"]

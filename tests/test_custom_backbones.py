@@ -20,7 +20,7 @@ from framework.cli import check_class_paths, run_cli
 from framework.model import MedCLModel
 from framework.paradigms import ContinualModule, JointModule
 from framework.paradigms.base import hparam_differences
-from framework.paradigms.freezing import FreezingPolicy
+from framework.strategies.freezing_policy import FreezingPolicy
 from framework.resume_check import resume_differences
 from framework.core.specs import TaskSpec
 from helpers import shrink_config

@@ -8,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from framework.adapters.domain_bn import DomainBatchNorm
 from framework.model import MedCLModel
-from framework.paradigms.freezing import FreezingPolicy
+from framework.strategies.freezing_policy import FreezingPolicy
 from framework.core.specs import TaskSpec
 
 A = TaskSpec(name="blood", kind="classification", class_names=("a", "b"), modality="microscopy", image_size=(28, 28))

@@ -13,8 +13,10 @@ from conftest import DEMO_DIR
 from data_modules import DomainStream, MedMNISTDataModule
 from framework.callbacks import ReplayCallback
 from framework.heads import build_head
-from framework.paradigms import EWC, ContinualModule, LwF
-from framework.paradigms.regularizers import CHECKPOINT_KEY, distillable
+from framework.paradigms import ContinualModule
+from framework.strategies import EWC, LwF
+from framework.strategies.lwf import distillable
+from framework.strategies.regularizer import CHECKPOINT_KEY
 from framework.core.specs import TaskSpec
 
 # resumed trainers here do not checkpoint, which Lightning mentions
@@ -91,7 +93,7 @@ def trained_on_blood(stream):
     module.eval()  # no dropout: teacher and student compute the same function
     trainer = SimpleNamespace(datamodule=stream)
     for regularizer in module.regularizers.values():
-        regularizer.on_experience_end(module, trainer, 0, ["bloodmnist"])
+        regularizer.after_experience(trainer, module, 0, ["bloodmnist"])
     return module
 
 
@@ -173,8 +175,10 @@ def test_lwf_teacher_is_rebuilt_from_its_state_and_loaded_strictly(trained_on_bl
     assert restored.teacher.tasks == ["bloodmnist"] and restored.teacher is not module.regularizers["lwf"].teacher
     assert_same_tensors(restored.state_dict()["teacher"]["state_dict"], state["teacher"]["state_dict"])
     broken = {"teacher": {**state["teacher"], "state_dict": dict(list(state["teacher"]["state_dict"].items())[1:])}}
+    with pytest.raises(ValueError, match=r"'callbacks\.LwF\.teacher\.state_dict': the weights do not fit"):
+        LwF().load_state_dict(broken, module)  # a strategy in trainer.callbacks
     with pytest.raises(ValueError, match=r"'medcl_regularizers\.lwf\.teacher\.state_dict': the weights do not fit"):
-        LwF().load_state_dict(broken, module)
+        LwF(where="regularizers.lwf").load_state_dict(broken, module)  # built from the deprecated model option
 
 
 def test_lwf_only_distils_heads_that_can_read_the_images():

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from framework.callbacks import ReplayCallback
-from framework.callbacks.replay import ClassBalancedPolicy, ReplayBuffer, ReservoirPolicy
+from framework.replay import ClassBalancedPolicy, ReplayBuffer, ReservoirPolicy
 
 
 def stream(buffer, task, n, n_classes=4, channels=3, start=0):
@@ -113,32 +113,30 @@ def test_loading_a_different_policy_or_capacity_is_refused():
 
 
 # ---------------------------------------------------------------------- the callback
-def test_callback_mixes_old_tasks_into_the_batch_in_place():
+def test_replay_strategy_adds_old_tasks_to_the_batch():
     cb = ReplayCallback(capacity=50, policy="reservoir", replay_batch_size=8)
     first = {"a": {"image": torch.rand(16, 3, 4, 4), "target": torch.randint(0, 3, (16,))}}
-    cb.on_train_batch_start(None, None, first, 0)
+    first = cb.before_forward(None, None, first)
     assert set(first) == {"a"}  # nothing older to replay yet
-    second = {"b": {"image": torch.rand(16, 1, 4, 4), "target": torch.randint(0, 5, (16,))}}
-    cb.on_train_batch_start(None, None, second, 1)
-    assert set(second) == {"a", "b"}
+    given = {"b": {"image": torch.rand(16, 1, 4, 4), "target": torch.randint(0, 5, (16,))}}
+    second = cb.before_forward(None, None, given)
+    assert set(second) == {"a", "b"} and set(given) == {"b"}  # a new batch: Lightning's stays as it came
     assert second["a"]["image"].shape == (8, 3, 4, 4)
     assert len(cb.buffer) == 32
 
 
 def test_callback_replays_uint8_exemplars_as_uint8():
     cb = ReplayCallback(capacity=50, replay_batch_size=4)
-    cb.on_train_batch_start(None, None, {"a": {"image": torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8), "target": torch.zeros(8, dtype=torch.long)}}, 0)
-    batch = {"b": {"image": torch.rand(8, 1, 4, 4), "target": torch.zeros(8, dtype=torch.long)}}
-    cb.on_train_batch_start(None, None, batch, 1)
+    cb.before_forward(None, None, {"a": {"image": torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8), "target": torch.zeros(8, dtype=torch.long)}})
+    batch = cb.before_forward(None, None, {"b": {"image": torch.rand(8, 1, 4, 4), "target": torch.zeros(8, dtype=torch.long)}})
     assert batch["a"]["image"].dtype == torch.uint8 and batch["b"]["image"].dtype == torch.float32
 
 
 def test_callback_replay_ratio_scales_with_the_current_batch():
     cb = ReplayCallback(capacity=100, replay_batch_size=None, replay_ratio=0.5)
-    cb.on_train_batch_start(None, None, {"a": {"image": torch.rand(40, 3, 2, 2), "target": torch.zeros(40, dtype=torch.long)}}, 0)
+    cb.before_forward(None, None, {"a": {"image": torch.rand(40, 3, 2, 2), "target": torch.zeros(40, dtype=torch.long)}})
     for size, expected in ((16, 8), (10, 5), (3, 2)):
-        batch = {"b": {"image": torch.rand(size, 3, 2, 2), "target": torch.zeros(size, dtype=torch.long)}}
-        cb.on_train_batch_start(None, None, batch, 1)
+        batch = cb.before_forward(None, None, {"b": {"image": torch.rand(size, 3, 2, 2), "target": torch.zeros(size, dtype=torch.long)}})
         assert len(batch["a"]["target"]) == expected
 
 
@@ -146,15 +144,14 @@ def test_callback_task_balance_gives_old_tasks_equal_shares():
     cb = ReplayCallback(capacity=200, replay_batch_size=10, balance="task")
     for task, n in (("a", 90), ("b", 10)):
         cb.buffer.add_batch(task, torch.rand(n, 3, 2, 2), torch.zeros(n, dtype=torch.long))
-    batch = {"c": {"image": torch.rand(4, 3, 2, 2), "target": torch.zeros(4, dtype=torch.long)}}
-    cb.on_train_batch_start(None, None, batch, 0)
+    batch = cb.before_forward(None, None, {"c": {"image": torch.rand(4, 3, 2, 2), "target": torch.zeros(4, dtype=torch.long)}})
     assert len(batch["a"]["target"]) == len(batch["b"]["target"]) == 5
 
 
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        ({"policy": "fifo"}, "policy expected"),
+        ({"policy": "fifo"}, "policy: unknown buffer policy 'fifo'; registered: "),
         ({"replay_batch_size": -1}, "replay_batch_size expected an integer >= 0, found -1"),
         ({"capacity": 0}, "capacity expected a positive integer, found 0"),
         ({"max_mb": 10.0}, "exactly one budget"),
@@ -171,7 +168,7 @@ def test_callback_task_balance_gives_old_tasks_equal_shares():
 def test_callback_argument_validation(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment) as err:
         ReplayCallback(**kwargs)
-    assert str(err.value).startswith("ReplayCallback:")
+    assert str(err.value).startswith("Replay:")
 
 
 def test_resume_with_another_budget_fails_loudly():
@@ -306,13 +303,13 @@ def test_herding_callback_encodes_each_experience_and_keeps_per_class_quotas():
     module = _Module()
     cb = ReplayCallback(capacity=30, policy="herding", herding_candidates=1000)
     batch = {"a": {"image": data["a"][0][:8], "target": data["a"][1][:8]}}
-    cb.on_train_batch_start(trainer, module, batch, 0)
+    cb.before_forward(trainer, module, batch)
     assert len(cb.buffer) == 0  # herding stores nothing during an experience
-    cb.on_experience_end(trainer, module, 0, ["a"])
+    cb.after_experience(trainer, module, 0, ["a"])
     assert cb.buffer.class_counts("a") == {0: 10, 1: 10, 2: 10}
     assert module.training and module.modes == ["eval", "train(True)"] and module.model.adapters.active == ["rgb"]
     assert cb.buffer.task_data("a")[0].dtype == torch.uint8
-    cb.on_experience_end(trainer, module, 1, ["b"])  # 5 groups: quota 6 each
+    cb.after_experience(trainer, module, 1, ["b"])  # 5 groups: quota 6 each
     assert cb.buffer.class_counts("a") == {0: 6, 1: 6, 2: 6} and cb.buffer.class_counts("b") == {0: 6, 1: 6}
     assert module.model.adapters.active == ["rgb", "ct"]
 
@@ -324,7 +321,7 @@ def test_herding_candidates_are_a_seeded_subset():
     first = cb.featurise(trainer, _Module(), 0, "a")
     again = cb.featurise(trainer, _Module(), 0, "a")
     assert len(first[0]) == 12 and torch.equal(first[0], again[0])
-    cb.on_experience_end(trainer, _Module(), 0, ["a"])
+    cb.after_experience(trainer, _Module(), 0, ["a"])
     assert len(cb.buffer) == 12  # at most the candidates
 
 

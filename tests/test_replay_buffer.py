@@ -128,7 +128,7 @@ def test_changing_a_tasks_shape_or_dtype_is_refused():
         ({"capacity": 0}, "capacity expected a positive integer, found 0"),
         ({"capacity": 2.5}, "capacity expected a positive integer, found 2.5"),
         ({"max_mb": 0.0}, "max_mb expected a positive number of megabytes, found 0.0"),
-        ({"capacity": 5, "policy": "fifo"}, "policy expected one of"),
+        ({"capacity": 5, "policy": "fifo"}, "policy: unknown buffer policy .fifo.; registered: "),
         ({"capacity": 5, "task_quota": {"a": -1}}, r"task_quota\['a'\] expected a positive integer, found -1"),
         ({"capacity": 5, "task_quota": {"a": True}}, r"task_quota\['a'\] expected a positive integer"),
         ({"capacity": 5, "task_quota": {"": 3}}, "task_quota expected task names"),

@@ -148,6 +148,12 @@ class Registry:
             )
         return self._entries[name]
 
+    def __iter__(self):
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
     def items(self) -> Iterable:
         self._load(entry_points=True)
         return sorted(self._entries.items())
@@ -160,7 +166,7 @@ def _qualname(obj: Any) -> str:
 #: task kind -> head class (:func:`framework.heads.register_head`)
 HEADS = Registry("head kind", "heads", builtins=("framework.heads",))
 #: name -> replay-buffer storage policy class (:mod:`framework.replay.policies`)
-POLICIES = Registry("buffer policy", "policies", builtins=("framework.replay.policies",))
+POLICIES = Registry("buffer policy", "policies", builtins=("framework.replay",))
 #: name -> continual-learning strategy class (:mod:`framework.strategies`)
 STRATEGIES = Registry("strategy", "strategies", builtins=("framework.strategies",))
 #: name -> continual-learning metric (:mod:`framework.metrics.continual`)

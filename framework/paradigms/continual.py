@@ -2,23 +2,52 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Dict, List, Mapping, Optional
-
-from torch import Tensor
 
 from framework.paradigms.base import MedCLModule
 from framework.paradigms.joint import SharedModelMixin
-from framework.paradigms.regularizers import CHECKPOINT_KEY as REGULARIZERS_KEY
-from framework.paradigms.regularizers import REGULARIZERS, build_regularizers
-from framework.precision import trainer_precision
+from framework.strategies.ewc import EWC
+from framework.strategies.lwf import LwF
+from framework.strategies.regularizer import CHECKPOINT_KEY as REGULARIZERS_KEY
+from framework.strategies.regularizer import Regularizer
 
-__all__ = ["ContinualModule"]
+__all__ = ["ContinualModule", "REGULARIZERS", "build_regularizers"]
 
 log = logging.getLogger(__name__)
 
+#: names of the deprecated ``model.regularizers`` option -> strategy class
+REGULARIZERS = {"ewc": EWC, "lwf": LwF}
+
+
+def build_regularizers(config: Optional[Mapping[str, Any]], where: str = "regularizers") -> Dict[str, Regularizer]:
+    """Validate ``{name: {option: value}}`` (the deprecated ``model.regularizers``) and build the strategies, in order.
+
+    Raises:
+        ValueError: on an unknown regulariser or option (listing the known ones) or an invalid value
+            (naming e.g. ``regularizers.ewc.weight``).
+    """
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{where} expected a mapping of regulariser name -> options (known: {sorted(REGULARIZERS)}), found {config!r}")
+    out: Dict[str, Regularizer] = {}
+    for name, options in config.items():
+        if name not in REGULARIZERS:
+            raise ValueError(f"{where}: unknown regulariser {name!r}; known: {sorted(REGULARIZERS)}")
+        options = {} if options is None else options
+        if not isinstance(options, Mapping):
+            raise ValueError(f"{where}.{name} expected a mapping of options {sorted(REGULARIZERS[name].OPTIONS)}, found {options!r}")
+        cls = REGULARIZERS[name]
+        for key in options:
+            if key not in cls.OPTIONS:
+                raise ValueError(f"{where}.{name}.{key}: unknown option; {name} takes {sorted(cls.OPTIONS)}")
+        out[name] = cls(**dict(options), where=f"{where}.{name}")
+    return out
+
 
 class ContinualModule(SharedModelMixin, MedCLModule):
-    """Continual learning (paradigm c; with :class:`~framework.callbacks.ReplayCallback`, paradigm d).
+    """Continual learning (paradigm c; with strategies such as :class:`~framework.strategies.Replay`, paradigm d).
 
     One ``fit`` covers the whole stream: epoch ``e`` belongs to experience
     ``e // epochs_per_experience``, so ``trainer.max_epochs`` must equal
@@ -27,11 +56,11 @@ class ContinualModule(SharedModelMixin, MedCLModule):
 
     Args:
         epochs_per_experience: training epochs spent on each domain.
-        regularizers: regularisation strategies and their options, any of
-            :data:`~framework.paradigms.regularizers.REGULARIZERS`, e.g.
+        regularizers: deprecated: list the strategies under ``trainer.callbacks`` instead
+            (``class_path: framework.strategies.EWC``, ``framework.strategies.LwF``).  Still accepted:
             ``{"ewc": {"weight": 100.0, "fisher_batches": 20}, "lwf": {"weight": 1.0, "temperature": 2.0}}``
-            (see :mod:`framework.paradigms.regularizers`).  They combine with each other and with
-            replay; each penalty is logged as ``train/<name>`` and their sum as ``train/regularization``.
+            builds those strategies as the module's own (their state in the checkpoint under
+            ``medcl_regularizers``, so older checkpoints resume).
         **kwargs: see :class:`~framework.paradigms.base.MedCLModule`.
 
     Raises:
@@ -43,9 +72,16 @@ class ContinualModule(SharedModelMixin, MedCLModule):
         if isinstance(epochs_per_experience, bool) or not isinstance(epochs_per_experience, int) or epochs_per_experience < 1:
             raise ValueError(f"ContinualModule: epochs_per_experience expected an integer >= 1, found {epochs_per_experience!r}")
         built = build_regularizers(regularizers)  # validated before the (slow) model is built
+        if built:
+            warnings.warn(
+                "ContinualModule: model.init_args.regularizers is deprecated; list the strategies under trainer.callbacks, e.g. "
+                "{class_path: framework.strategies.EWC, init_args: {weight: 100.0}} (docs/strategies.md)",
+                FutureWarning, stacklevel=2,
+            )
         super().__init__(**kwargs)
-        #: name -> regulariser (plain objects: their tensors and teacher are not part of the module)
+        #: name -> regulariser built from the deprecated option (strategies of the module's own)
         self.regularizers = built
+        self.own_strategies.extend(built.values())
 
     def epochs_per_experience(self) -> int:
         return int(self.hparams.epochs_per_experience)
@@ -66,27 +102,6 @@ class ContinualModule(SharedModelMixin, MedCLModule):
                 "ContinualModule: trainer.reload_dataloaders_every_n_epochs must be 1 so the stream can switch domains "
                 f"between epochs; found {self.trainer.reload_dataloaders_every_n_epochs}"
             )
-
-    # ------------------------------------------------------------------ regularisation
-    def regularization_loss(self, batch: Mapping[str, Mapping[str, Tensor]]) -> Optional[Tensor]:
-        total = None
-        for name, regularizer in self.regularizers.items():
-            penalty = regularizer.penalty(self, batch)
-            if penalty is None:
-                continue
-            self.log(f"train/{name}", penalty, batch_size=1, on_step=False, on_epoch=True)
-            total = penalty if total is None else total + penalty
-        return total
-
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
-        epoch = self.current_epoch
-        if self.regularizers and self.is_last_epoch_of_experience(epoch):
-            experience = self.experience_of_epoch(epoch)
-            tasks = list(self.experiences()[experience])
-            for regularizer in self.regularizers.values():
-                with trainer_precision(self.trainer):  # EWC's Fisher passes under the run's precision
-                    regularizer.on_experience_end(self, self.trainer, experience, tasks)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:

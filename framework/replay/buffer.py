@@ -1,31 +1,35 @@
-"""Tensor-backed rehearsal storage: a budget of ``(task, image, target)`` exemplars on the CPU.
+"""Tensor-backed rehearsal storage: a budget of exemplars on the CPU.
 
-Every task has its own preallocated ``images (rows, *shape)`` and ``targets (rows, *tshape)``
-tensors, in the dtype the data provided (uint8 images stay uint8).  Rows ``0 .. size-1`` hold
-the task's samples; an evicted row is filled by moving the task's last row into the hole, so
-insertion, eviction and sampling touch only the rows they read or write: the work of one
-training step (offer a batch, draw a replay batch) does not grow with the buffer's capacity.
+Every task has its own preallocated tensors, one per stored field (``image``, ``target``, and what a
+strategy stores beside them, e.g. DER++'s logits; :mod:`framework.replay.storage`), in the dtype the
+data provided (uint8 images stay uint8).  Rows ``0 .. size-1`` hold the task's samples; an evicted row
+is filled by moving the task's last row into the hole, so insertion, eviction and sampling touch
+only the rows they read or write: the work of one training step (offer a batch, draw a replay
+batch) does not grow with the buffer's capacity.
 
-*Which* samples are kept is decided by a storage policy (:mod:`framework.replay.policies`); the
-buffer executes its decisions with vectorised ``index_copy_`` / ``index_select`` per task.
+*Which* samples are kept is decided by a storage policy (:mod:`framework.replay.policies`, or a
+user's, registered in :data:`~framework.core.registry.POLICIES`); it plans its decisions on a
+:class:`~framework.replay.plan.BatchPlan` and the buffer executes them with vectorised
+``index_copy_`` / ``index_select`` per task.  Replay batches are drawn by :mod:`framework.replay.sampling`.
 """
 from __future__ import annotations
 
-import bisect
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from framework.replay.policies import POLICIES, StoragePolicy
+from framework.core.registry import POLICIES
+from framework.replay.plan import BatchPlan
+from framework.replay.policies import StoragePolicy
+from framework.replay.sampling import BALANCE_MODES, choose, draw
+from framework.replay.storage import REQUIRED_FIELDS, TaskStore, sample_bytes
 
 __all__ = ["ReplayBuffer", "BatchPlan", "STATE_FORMAT", "BALANCE_MODES"]
 
 #: version of :meth:`ReplayBuffer.state_dict`'s layout
 STATE_FORMAT = 2
-#: ``balance`` values accepted by :meth:`ReplayBuffer.sample`
-BALANCE_MODES = ("uniform", "task")
 _MIN_ROWS = 64  # allocations are not shrunk below this many rows
 
 
@@ -33,149 +37,17 @@ def _positive_int(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and value >= 1
 
 
-class _Uniforms:
-    """Uniform draws from a generator, fetched in chunks (one tensor call per chunk)."""
-
-    def __init__(self, generator: torch.Generator, chunk: int) -> None:
-        self.generator = generator
-        self.chunk = max(int(chunk), 16)
-        self.values: List[float] = []
-        self.next = 0
-
-    def below(self, m: int) -> int:
-        """A uniform integer in ``[0, m)``."""
-        if self.next == len(self.values):
-            self.values = torch.rand(self.chunk, dtype=torch.float64, generator=self.generator).tolist()
-            self.next = 0
-        u = self.values[self.next]
-        self.next += 1
-        return min(int(u * m), m - 1)
-
-
-class _Store:
-    """One task's preallocated storage; rows ``0 .. size-1`` are valid."""
-
-    __slots__ = ("images", "targets", "size")
-
-    def __init__(self, images: Tensor, targets: Tensor, size: int) -> None:
-        self.images, self.targets, self.size = images, targets, size
-
-    @classmethod
-    def like(cls, images: Tensor, targets: Tensor) -> "_Store":
-        return cls(images.new_empty((0, *images.shape[1:]), device="cpu"), targets.new_empty((0, *targets.shape[1:]), device="cpu"), 0)
-
-    @property
-    def rows(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def sample_bytes(self) -> int:
-        return _sample_bytes(self.images, self.targets)
-
-    def resize(self, rows: int) -> None:
-        """Reallocate to ``rows`` rows (>= size), keeping the stored samples."""
-        images = self.images.new_empty((rows, *self.images.shape[1:]))
-        targets = self.targets.new_empty((rows, *self.targets.shape[1:]))
-        images[: self.size] = self.images[: self.size]
-        targets[: self.size] = self.targets[: self.size]
-        self.images, self.targets = images, targets
-
-
-def _sample_bytes(images: Tensor, targets: Tensor) -> int:
-    return math.prod(images.shape[1:]) * images.element_size() + math.prod(targets.shape[1:]) * targets.element_size()
-
-
-class BatchPlan:
-    """A policy's decisions for one offered batch of ``task``, executed by :meth:`ReplayBuffer.commit`.
-
-    Destinations are rows of ``task``: rows below :attr:`base` overwrite stored samples, rows from
-    :attr:`base` on are appended (contiguously).  A later incoming sample may take an earlier
-    one's destination (it then replaces that sample, as in the sequential algorithm).  Samples of
-    other tasks are evicted with :meth:`evict`; ``task``'s own samples are overwritten, never
-    evicted, so the destinations stay valid.
-
-    Attributes:
-        rand: uniform draws from the buffer's generator (``rand.below(m)``).
-    """
-
-    def __init__(self, buffer: "ReplayBuffer", task: Optional[str], n: int) -> None:
-        store = buffer._stores.get(task) if task is not None else None
-        self.task = task
-        self.base = store.size if store is not None else 0
-        self.appended = 0
-        self.dest: Dict[int, int] = {}
-        self.evicted: Dict[str, Set[int]] = {}
-        self.n_evicted = 0
-        self.rand = _Uniforms(buffer.generator, n)
-        self._others = [(t, s.size) for t, s in buffer._stores.items() if t != task and s.size]
-        self._starts: List[int] = []
-        total = 0
-        for _, size in self._others:
-            self._starts.append(total)
-            total += size
-        self.n_other = total
-
-    @property
-    def members(self) -> int:
-        """Samples ``task`` holds now, this batch's placements included."""
-        return self.base + self.appended
-
-    @property
-    def total(self) -> int:
-        """Samples the buffer holds now, this batch's decisions included."""
-        return self.n_other - self.n_evicted + self.members
-
-    def place(self, i: int, row: int) -> None:
-        """Incoming sample ``i`` replaces whatever holds ``row`` of ``task`` (a stored row or an appended one)."""
-        self.dest[row] = i
-
-    def append(self, i: int) -> int:
-        """Incoming sample ``i`` takes a new row of ``task``; returns that row."""
-        row = self.base + self.appended
-        self.appended += 1
-        self.dest[row] = i
-        return row
-
-    def evict(self, task: str, row: int) -> None:
-        """Remove the stored ``row`` of another task."""
-        rows = self.evicted.setdefault(task, set())
-        if row not in rows:
-            rows.add(row)
-            self.n_evicted += 1
-
-    def random_other(self) -> Tuple[str, int]:
-        """A uniformly random stored sample of the other tasks that is not evicted yet.
-
-        Rejection sampling over the other tasks' samples (expected draws <= 2), or, when more than
-        half of them are evicted, a draw among the O(batch) survivors.
-        """
-        alive = self.n_other - self.n_evicted
-        if alive <= 0:
-            raise RuntimeError("BatchPlan.random_other: no sample of another task is left")
-        if self.n_evicted * 2 <= self.n_other:
-            while True:
-                task, row = self._locate(self.rand.below(self.n_other))
-                if row not in self.evicted.get(task, ()):
-                    return task, row
-        survivors = [(t, r) for t, size in self._others for r in range(size) if r not in self.evicted.get(t, ())]
-        return survivors[self.rand.below(len(survivors))]
-
-    def _locate(self, index: int) -> Tuple[str, int]:
-        k = bisect.bisect_right(self._starts, index) - 1
-        return self._others[k][0], index - self._starts[k]
-
-
 class ReplayBuffer:
-    """A budget of stored ``(task, image, target)`` exemplars on the CPU.
+    """A budget of stored exemplars on the CPU: ``(task, image, target)`` and any field a strategy stores with them.
 
     Args:
         capacity: budget in samples, all tasks together; or
-        max_mb: budget in megabytes (2**20 bytes) of image + target data: the capacity in samples is
+        max_mb: budget in megabytes (2**20 bytes) of stored data (image, target and extra fields): the capacity in samples is
             ``floor(max_mb * 2**20 / b)``, ``b`` the largest per-sample size seen so far, so it
             shrinks (and the policy evicts) when a larger kind of sample arrives.  Exactly one of
             ``capacity`` and ``max_mb`` is given.
-        policy: a :class:`~framework.replay.policies.StoragePolicy` instance or a name of
-            :data:`~framework.replay.policies.POLICIES` (default ``"reservoir"``).
+        policy: a :class:`~framework.replay.policies.StoragePolicy` instance, a registered policy name
+            (:data:`~framework.core.registry.POLICIES`) or a ``class_path`` (default ``"reservoir"``).
         seed: seed of the buffer's own generator (insertion and sampling).
         task_quota: optional maximum samples per named task; a task at its quota only replaces its
             own samples.
@@ -206,11 +78,9 @@ class ReplayBuffer:
         if policy is None:
             policy = "reservoir"
         if isinstance(policy, str):
-            if policy not in POLICIES:
-                raise ValueError(f"ReplayBuffer: policy expected one of {sorted(POLICIES)} or a StoragePolicy, found {policy!r}")
-            policy = POLICIES[policy]()
+            policy = POLICIES.get(policy, where="ReplayBuffer: policy")()
         if not isinstance(policy, StoragePolicy):
-            raise ValueError(f"ReplayBuffer: policy expected one of {sorted(POLICIES)} or a StoragePolicy, found {type(policy).__name__}")
+            raise ValueError(f"ReplayBuffer: policy expected one of {POLICIES.names()}, a class_path or a StoragePolicy, found {type(policy).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"ReplayBuffer: seed expected an integer, found {seed!r}")
         self.task_quota = self.check_task_quota(task_quota, "ReplayBuffer")
@@ -224,7 +94,7 @@ class ReplayBuffer:
         self.policy = policy
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        self._stores: Dict[str, _Store] = {}
+        self._stores: Dict[str, TaskStore] = {}
         self._size = 0
 
     @staticmethod
@@ -270,6 +140,25 @@ class ReplayBuffer:
             out[label] = out.get(label, 0) + 1
         return dict(sorted(out.items()))
 
+    def store(self, task: str) -> Optional[TaskStore]:
+        """``task``'s storage (for policies and plans), or None."""
+        return self._stores.get(task)
+
+    def fields(self, task: str) -> List[str]:
+        """The fields ``task``'s samples are stored with (``image``, ``target``, then any extras)."""
+        store = self._stores.get(task)
+        return [] if store is None else list(store.fields)
+
+    def task_fields(self, task: str) -> Dict[str, Tensor]:
+        """Views ``{field: (n, ...)}`` of ``task``'s stored samples.
+
+        Raises:
+            KeyError: naming the task and the tasks the buffer knows.
+        """
+        if task not in self._stores:
+            raise KeyError(f"ReplayBuffer has no task {task!r}; tasks: {list(self._stores)}")
+        return self._stores[task].view()
+
     def task_data(self, task: str) -> Tuple[Tensor, Tensor]:
         """Views ``(images (n, ...), targets (n, ...))`` of ``task``'s stored samples.
 
@@ -286,12 +175,12 @@ class ReplayBuffer:
         return None if self.task_quota is None else self.task_quota.get(task)
 
     def nbytes(self) -> int:
-        """Bytes of the stored samples (images and targets)."""
+        """Bytes of the stored samples (every field)."""
         return sum(s.size * s.sample_bytes for s in self._stores.values())
 
     def allocated_bytes(self) -> int:
         """Bytes of the allocated storage (stored samples plus room to grow)."""
-        return sum(s.images.nbytes + s.targets.nbytes for s in self._stores.values())
+        return sum(s.nbytes() for s in self._stores.values())
 
     @staticmethod
     def labels_of(targets: Tensor) -> Optional[List[int]]:
@@ -301,47 +190,61 @@ class ReplayBuffer:
         return targets.reshape(-1).to("cpu", torch.long).tolist()
 
     # ------------------------------------------------------------------ insertion
-    def add_batch(self, task: str, images: Tensor, targets: Tensor) -> None:
+    def add_batch(self, task: str, images: Tensor, targets: Tensor, **extras: Tensor) -> None:
         """Offer every sample of a batch to the storage policy (kept samples are copied to the CPU).
 
+        Args:
+            task: the task the samples belong to.
+            images: ``(n, ...)`` images.
+            targets: ``(n, ...)`` targets.
+            **extras: more fields stored with each sample (e.g. ``logits=(n, C)`` for DER++); a task
+                keeps the fields it was first offered with.
+
         Raises:
-            ValueError: on tensors of different lengths, or a task whose image or target shape or
-                dtype differs from what it stored before (or a sample larger than ``max_mb``).
+            ValueError: on tensors of different lengths, or a task whose fields, their shapes or
+                dtypes differ from what it stored before (or a sample larger than ``max_mb``).
         """
-        self._check_batch(task, images, targets, "add_batch")
+        batch = {"image": images, "target": targets, **extras}
+        self._check_batch(task, batch, "add_batch")
         if len(images) == 0:
             return
-        images, targets = images.detach(), targets.detach()
-        self.observe(task, images, targets)
-        labels = self.labels_of(targets) if self.policy.uses_labels else None
-        self.policy.add_batch(self, task, images, targets, labels)
+        batch = {k: v.detach() for k, v in batch.items()}
+        self.observe(task, batch)
+        labels = self.labels_of(batch["target"]) if self.policy.uses_labels else None
+        self.policy.add_batch(self, task, batch, labels)
 
-    def observe(self, task: str, images: Tensor, targets: Tensor) -> None:
-        """Register ``task``'s sample shape and dtype and update the budget (called by :meth:`add_batch`).
+    def observe(self, task: str, batch: Mapping[str, Tensor]) -> None:
+        """Register ``task``'s fields, their shapes and dtypes, and update the budget (called by :meth:`add_batch`).
 
         Raises:
-            ValueError: if the shape or dtype differs from what ``task`` stored before, or one
-                sample is larger than ``max_mb``.
+            ValueError: if the fields, a shape or a dtype differ from what ``task`` stored before, or
+                one sample is larger than ``max_mb``.
         """
         store = self._stores.get(task)
         if store is not None:
-            for what, mine, new in (("image", store.images, images), ("target", store.targets, targets)):
+            if list(store.fields) != list(batch):
+                raise ValueError(
+                    f"ReplayBuffer: task {task!r} stores the fields {list(store.fields)}, but new samples come with {list(batch)}; "
+                    f"a task's samples must keep one set of fields"
+                )
+            for what, mine in store.fields.items():
+                new = batch[what]
                 if tuple(mine.shape[1:]) != tuple(new.shape[1:]) or mine.dtype != new.dtype:
                     raise ValueError(
                         f"ReplayBuffer: task {task!r} stores {what}s of shape {tuple(mine.shape[1:])} and dtype {mine.dtype}, "
                         f"but new {what}s have shape {tuple(new.shape[1:])} and dtype {new.dtype}; a task's samples must keep one shape and dtype"
                     )
-        per = _sample_bytes(images, targets)
+        per = sample_bytes(batch)
         capacity = None
         if self.max_mb is not None and per > self.sample_bytes:
             capacity = int(self.max_mb * 2**20 // per)
             if capacity < 1:
                 raise ValueError(
-                    f"ReplayBuffer: max_mb={self.max_mb} cannot hold one sample of task {task!r} ({per:,} bytes of image + target); "
+                    f"ReplayBuffer: max_mb={self.max_mb} cannot hold one sample of task {task!r} ({per:,} bytes of {' + '.join(batch)}); "
                     f"expected max_mb >= {per / 2**20:.4f}"
                 )
         if store is None:
-            self._stores[task] = _Store.like(images, targets)
+            self._stores[task] = TaskStore.like(batch)
         self.sample_bytes = max(self.sample_bytes, per)
         if capacity is not None and (self.capacity is None or capacity < self.capacity):
             self._set_capacity(capacity)
@@ -364,10 +267,10 @@ class ReplayBuffer:
         """A fresh :class:`BatchPlan` for ``n`` incoming samples of ``task`` (None: evictions only)."""
         return BatchPlan(self, task, n)
 
-    def commit(self, plan: BatchPlan, images: Optional[Tensor], targets: Optional[Tensor]) -> Dict[str, List[Tuple[int, int]]]:
-        """Execute a plan: evict, then write the chosen incoming samples to their rows.
+    def commit(self, plan: BatchPlan, batch: Optional[Mapping[str, Tensor]]) -> Dict[str, List[Tuple[int, int]]]:
+        """Execute a plan: evict, then write the chosen incoming samples (every field of ``batch``) to their rows.
 
-        Only the chosen rows of ``images``/``targets`` are copied (to the CPU).
+        Only the chosen rows are copied (to the CPU).
 
         Returns:
             ``{task: [(from_row, to_row), ...]}``: rows moved to fill eviction holes.
@@ -384,8 +287,7 @@ class ReplayBuffer:
                 store.resize(min(max(top, 2 * store.rows), self._row_limit(task)))
             src = torch.tensor([plan.dest[r] for r in rows], dtype=torch.long)
             dst = torch.tensor(rows, dtype=torch.long)
-            store.images.index_copy_(0, dst, images.index_select(0, src.to(images.device)).to("cpu"))
-            store.targets.index_copy_(0, dst, targets.index_select(0, src.to(targets.device)).to("cpu"))
+            store.write(dst, batch, src)
             if top > store.size:
                 self._size += top - store.size
                 store.size = top
@@ -407,9 +309,7 @@ class ReplayBuffer:
             holes = sorted(r for r in rows if r < new)
             movers = [r for r in range(new, store.size) if r not in rows]
             if holes:
-                h, m = torch.tensor(holes, dtype=torch.long), torch.tensor(movers, dtype=torch.long)
-                store.images.index_copy_(0, h, store.images.index_select(0, m))
-                store.targets.index_copy_(0, h, store.targets.index_select(0, m))
+                store.move(torch.tensor(holes, dtype=torch.long), torch.tensor(movers, dtype=torch.long))
             moves[task] = list(zip(movers, holes))
             self._size -= len(rows)
             store.size = new
@@ -417,15 +317,16 @@ class ReplayBuffer:
                 store.resize(max(2 * store.size, _MIN_ROWS))
         return moves
 
-    def set_task_data(self, task: str, images: Tensor, targets: Tensor) -> None:
-        """Replace ``task``'s stored samples by ``images``/``targets`` (copied to the CPU).
+    def set_task_data(self, task: str, images: Tensor, targets: Tensor, **extras: Tensor) -> None:
+        """Replace ``task``'s stored samples by ``images``/``targets`` (and ``extras`` fields), copied to the CPU.
 
         Raises:
-            ValueError: on tensors of different lengths, a shape or dtype that differs from the
+            ValueError: on tensors of different lengths, fields, shapes or dtypes that differ from the
                 task's, or more samples than the capacity (beside the other tasks') or the task's quota.
         """
-        self._check_batch(task, images, targets, "set_task_data")
-        self.observe(task, images, targets)
+        batch = {"image": images, "target": targets, **extras}
+        self._check_batch(task, batch, "set_task_data")
+        self.observe(task, batch)
         store = self._stores[task]
         n = len(images)
         others = self._size - store.size
@@ -437,99 +338,45 @@ class ReplayBuffer:
         quota = self.quota_of(task)
         if quota is not None and n > quota:
             raise ValueError(f"ReplayBuffer.set_task_data: task {task!r} expected at most its task_quota of {quota} samples, found {n}")
-        self._replace(task, images, targets)
+        self.replace_task_data(task, batch)
         self.policy.on_task_data_set(self, task)
 
-    def _replace(self, task: str, images: Tensor, targets: Tensor) -> None:
+    def replace_task_data(self, task: str, batch: Mapping[str, Tensor]) -> None:
+        """Store ``batch`` (every field of ``task``, rows in a policy's order) as ``task``'s samples, without
+        checks or policy bookkeeping: for policies that reorder or rebuild a task's rows
+        (:meth:`set_task_data` is the checked entry point)."""
         store = self._stores[task]
-        self._size += len(images) - store.size
-        store.images = images.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-        store.targets = targets.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-        store.size = len(images)
+        self._size += len(batch["image"]) - store.size
+        store.fields = {k: batch[k].detach().to("cpu").clone(memory_format=torch.contiguous_format) for k in store.fields}
+        store.size = len(batch["image"])
 
     @staticmethod
-    def _check_batch(task: Any, images: Any, targets: Any, where: str) -> None:
+    def _check_batch(task: Any, batch: Mapping[str, Any], where: str) -> None:
         if not isinstance(task, str) or not task:
             raise ValueError(f"ReplayBuffer.{where}: task expected a non-empty string, found {task!r}")
-        for name, value in (("images", images), ("targets", targets)):
+        for name, value in batch.items():
             if not isinstance(value, Tensor) or value.ndim < 1:
-                raise ValueError(f"ReplayBuffer.{where}: {name} expected a tensor with a batch dimension, found {getattr(value, 'shape', type(value).__name__)}")
-        if len(images) != len(targets):
-            raise ValueError(f"ReplayBuffer.{where}: task {task!r} expected as many targets as images, found {len(targets)} targets for {len(images)} images")
+                plural = {"image": "images", "target": "targets"}.get(name, name)
+                raise ValueError(f"ReplayBuffer.{where}: {plural} expected a tensor with a batch dimension, found {getattr(value, 'shape', type(value).__name__)}")
+        n = len(batch["image"])
+        for name, value in batch.items():
+            if name != "image" and len(value) != n:
+                plural = {"target": "targets"}.get(name, f"{name!r} values")
+                raise ValueError(f"ReplayBuffer.{where}: task {task!r} expected as many {plural} as images, found {len(value)} {plural} for {n} images")
 
     # ------------------------------------------------------------------ sampling
     def choose(self, m: int, k: int) -> List[int]:
-        """``k`` distinct uniform integers of ``[0, m)`` (Floyd's algorithm: O(k), not O(m))."""
-        if k >= m:
-            return list(range(m))
-        if k <= 0:
-            return []
-        u = torch.rand(k, dtype=torch.float64, generator=self.generator).tolist()
-        chosen: Set[int] = set()
-        out = []
-        for step, j in enumerate(range(m - k, m)):
-            t = min(int(u[step] * (j + 1)), j)
-            if t in chosen:
-                t = j
-            chosen.add(t)
-            out.append(t)
-        return out
+        """``k`` distinct uniform integers of ``[0, m)`` from the buffer's generator (:func:`~framework.replay.sampling.choose`)."""
+        return choose(self.generator, m, k)
 
     def sample(self, n: int, exclude: Sequence[str] = (), balance: str = "uniform", max_tasks: Optional[int] = None) -> Dict[str, Dict[str, Tensor]]:
-        """Draw up to ``n`` distinct stored samples of the tasks not in ``exclude``.
-
-        Args:
-            n: how many to draw.
-            exclude: tasks to skip (those of the current batch).
-            balance: ``"uniform"``: every eligible stored sample is equally likely; ``"task"``: each
-                eligible task gets an equal share of the ``n`` draws (the remainder goes to random
-                tasks), drawn uniformly from its samples and capped by what it holds.
-            max_tasks: draw from at most this many eligible tasks, chosen uniformly at random
-                (``balance`` then applies among them); ``None``: every eligible task.  Each task in a
-                batch costs the model one forward/backward pass, so this keeps a step's cost flat
-                as tasks accumulate.  The draw is still capped by what the chosen tasks hold.
-
-        Returns:
-            ``{task: {"image": (k, ...), "target": (k, ...)}}`` (copies, in the stored dtype) for
-            the tasks drawn, in the buffer's task order.
+        """Up to ``n`` distinct stored samples of the tasks not in ``exclude``, every field copied
+        (:func:`~framework.replay.sampling.draw` documents the arguments).
 
         Raises:
             ValueError: on a negative ``n``, an unknown ``balance`` or a ``max_tasks`` below 1.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"ReplayBuffer.sample: n expected an integer >= 0, found {n!r}")
-        if max_tasks is not None and (isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1):
-            raise ValueError(f"ReplayBuffer.sample: max_tasks expected an integer >= 1 or None, found {max_tasks!r}")
-        if balance not in BALANCE_MODES:
-            raise ValueError(f"ReplayBuffer.sample: balance expected one of {list(BALANCE_MODES)}, found {balance!r}")
-        excluded = set(exclude)
-        eligible = [(t, s) for t, s in self._stores.items() if s.size and t not in excluded]
-        if not eligible or n == 0:
-            return {}
-        if max_tasks is not None and len(eligible) > max_tasks:  # (choose() draws nothing when the cap does not bind)
-            eligible = [eligible[k] for k in sorted(self.choose(len(eligible), max_tasks))]
-        rows: Dict[str, List[int]] = {}
-        if balance == "uniform":
-            starts, total = [], 0
-            for _, store in eligible:
-                starts.append(total)
-                total += store.size
-            for index in self.choose(total, min(n, total)):
-                k = bisect.bisect_right(starts, index) - 1
-                rows.setdefault(eligible[k][0], []).append(index - starts[k])
-        else:
-            share, extra = divmod(n, len(eligible))
-            lucky = set(self.choose(len(eligible), extra))
-            for k, (task, store) in enumerate(eligible):
-                picks = self.choose(store.size, min(share + (k in lucky), store.size))
-                if picks:
-                    rows[task] = picks
-        out = {}
-        for task, store in eligible:
-            if task in rows:
-                index = torch.tensor(sorted(rows[task]), dtype=torch.long)
-                out[task] = {"image": store.images.index_select(0, index), "target": store.targets.index_select(0, index)}
-        return out
+        return draw(self._stores, self.generator, n, exclude, balance, max_tasks)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
@@ -544,7 +391,7 @@ class ReplayBuffer:
             "effective_capacity": self.capacity,
             "sample_bytes": self.sample_bytes,
             "generator": self.generator.get_state(),
-            "tasks": {t: {"image": s.images[: s.size].clone(), "target": s.targets[: s.size].clone()} for t, s in self._stores.items()},
+            "tasks": {t: {k: v.clone() for k, v in s.view().items()} for t, s in self._stores.items()},
             "policy_state": self.policy.state_dict(),
         }
 
@@ -568,12 +415,14 @@ class ReplayBuffer:
             if state.get(field) != value:
                 verb = "uses" if field == "policy" else "has"
                 raise ValueError(f"ReplayBuffer: checkpoint field '{field}' is {state.get(field)!r}, this buffer {verb} {value!r}")
-        stores: Dict[str, _Store] = {}
+        stores: Dict[str, TaskStore] = {}
         for task, data in dict(state.get("tasks", {})).items():
-            images, targets = data.get("image"), data.get("target")
-            if not isinstance(images, Tensor) or not isinstance(targets, Tensor) or len(images) != len(targets):
-                raise ValueError(f"ReplayBuffer: checkpoint field 'tasks.{task}' expected 'image' and 'target' tensors of one length")
-            stores[task] = _Store(images.to("cpu").contiguous(), targets.to("cpu").contiguous(), len(images))
+            images = data.get("image")
+            ok = isinstance(images, Tensor) and isinstance(data.get("target"), Tensor)
+            if not ok or any(not isinstance(v, Tensor) or len(v) != len(images) for v in data.values()):
+                raise ValueError(f"ReplayBuffer: checkpoint field 'tasks.{task}' expected 'image', 'target' (and extra field) tensors of one length")
+            fields = {"image": images, "target": data["target"], **{k: v for k, v in data.items() if k not in REQUIRED_FIELDS}}
+            stores[task] = TaskStore({k: v.to("cpu").contiguous() for k, v in fields.items()}, len(images))
         size = sum(s.size for s in stores.values())
         capacity = state.get("effective_capacity")
         if size > (capacity or 0):

@@ -9,27 +9,35 @@ pairs, multilabel vectors, float scalars) one group per task.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from framework.replay.herding import herding_order
+from framework.core.registry import POLICIES
 
 if TYPE_CHECKING:  # pragma: no cover
     from framework.replay.buffer import ReplayBuffer
 
-__all__ = ["StoragePolicy", "ReservoirPolicy", "ClassBalancedPolicy", "HerdingPolicy", "POLICIES", "Group"]
+__all__ = ["StoragePolicy", "ReservoirPolicy", "ClassBalancedPolicy", "POLICIES", "Group", "Encoder", "register_policy"]
 
 #: a storage group: ``(task, class index)``, or ``(task, None)`` for targets that are not class indices
 Group = Tuple[str, Optional[int]]
+#: ``encode(task) -> (images, targets, features)``: a task's training samples (or a seeded subset of them)
+#: with their L2-normalised backbone features, computed on request (the replay strategy provides it)
+Encoder = Callable[[str], Tuple[Tensor, Tensor, Tensor]]
 
 
 class StoragePolicy(ABC):
     """Decides which offered samples a buffer keeps and which stored samples they replace.
 
+    A user's policy subclasses this and registers with ``@POLICIES.register("name")``
+    (:data:`~framework.core.registry.POLICIES`); ``Replay(policy="name")`` then uses it.  It plans
+    each offered batch on ``buffer.plan(task, n)`` (append, place, evict; draws from
+    ``plan.rand``) and executes the plan with ``buffer.commit(plan, batch)`` (docs/extending.md).
+
     Attributes:
-        name: the policy's key in :data:`POLICIES` (stored in checkpoints).
+        name: the policy's registry name (stored in checkpoints; set by the registration).
         uses_labels: whether :meth:`add_batch` needs the class labels of the batch.
     """
 
@@ -37,8 +45,9 @@ class StoragePolicy(ABC):
     uses_labels: bool = False
 
     @abstractmethod
-    def add_batch(self, buffer: "ReplayBuffer", task: str, images: Tensor, targets: Tensor, labels: Optional[List[int]]) -> None:
-        """Offer a batch of ``task`` (``labels``: class indices when :attr:`uses_labels` and the targets are classes)."""
+    def add_batch(self, buffer: "ReplayBuffer", task: str, batch: Mapping[str, Tensor], labels: Optional[List[int]]) -> None:
+        """Offer a batch of ``task``: ``batch`` holds ``image``, ``target`` and any extra stored field, ``(n, ...)``
+        each; ``labels``: class indices when :attr:`uses_labels` and the targets are classes."""
 
     @abstractmethod
     def evict_to(self, buffer: "ReplayBuffer", capacity: int) -> None:
@@ -47,11 +56,31 @@ class StoragePolicy(ABC):
     def on_task_data_set(self, buffer: "ReplayBuffer", task: str) -> None:
         """``task``'s contents were replaced by :meth:`ReplayBuffer.set_task_data`."""
 
+    def after_experience(self, buffer: "ReplayBuffer", tasks: List[str], encode: Encoder) -> None:
+        """An experience training ``tasks`` ended; ``encode(task)`` gives its samples with their features
+        (computed only if called).  Nothing by default; herding selects its exemplars here."""
+
     def state_dict(self) -> Dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any], buffer: "ReplayBuffer") -> None:
         """Restore from :meth:`state_dict`, after ``buffer``'s contents were restored."""
+
+
+def register_policy(name: str):
+    """Class decorator: register a :class:`StoragePolicy` under ``name`` (sets ``cls.name``, stored in checkpoints).
+
+    Raises:
+        ValueError: if the class is not a StoragePolicy or the name is taken by another class.
+    """
+
+    def decorator(cls):
+        if not (isinstance(cls, type) and issubclass(cls, StoragePolicy)):
+            raise ValueError(f"register_policy({name!r}): expected a subclass of framework.replay.StoragePolicy, found {cls!r}")
+        cls.name = name
+        return POLICIES.register(name)(cls)
+
+    return decorator
 
 
 def _locate(buffer: "ReplayBuffer", indices: Sequence[int]) -> Dict[str, List[int]]:
@@ -67,6 +96,7 @@ def _locate(buffer: "ReplayBuffer", indices: Sequence[int]) -> Dict[str, List[in
     return out
 
 
+@register_policy("reservoir")
 class ReservoirPolicy(StoragePolicy):
     """Reservoir sampling (Vitter's algorithm R) over the whole stream.
 
@@ -80,14 +110,12 @@ class ReservoirPolicy(StoragePolicy):
     ``quota / s_t`` in place of a random sample of its own (reservoir within the task).
     """
 
-    name = "reservoir"
-
     def __init__(self) -> None:
         self.seen = 0
         self.task_seen: Dict[str, int] = {}
 
-    def add_batch(self, buffer: "ReplayBuffer", task: str, images: Tensor, targets: Tensor, labels: Optional[List[int]]) -> None:
-        n = len(images)
+    def add_batch(self, buffer: "ReplayBuffer", task: str, batch: Mapping[str, Tensor], labels: Optional[List[int]]) -> None:
+        n = len(batch["image"])
         plan = buffer.plan(task, n)
         capacity, quota = buffer.capacity, buffer.quota_of(task)
         seen_task = self.task_seen.get(task, 0)
@@ -111,7 +139,7 @@ class ReservoirPolicy(StoragePolicy):
                 plan.evict(*plan.random_other())
                 plan.append(i)
         self.task_seen[task] = seen_task
-        buffer.commit(plan, images, targets)
+        buffer.commit(plan, batch)
 
     def evict_to(self, buffer: "ReplayBuffer", capacity: int) -> None:
         excess = len(buffer) - capacity
@@ -126,6 +154,7 @@ class ReservoirPolicy(StoragePolicy):
         self.task_seen = {str(t): int(n) for t, n in dict(state.get("task_seen", {})).items()}
 
 
+@register_policy("class_balanced")
 class ClassBalancedPolicy(StoragePolicy):
     """Equal share of the capacity for every ``(task, class)`` group seen so far.
 
@@ -136,7 +165,6 @@ class ClassBalancedPolicy(StoragePolicy):
     group per task.  An index group -> rows makes each decision O(groups), not O(capacity).
     """
 
-    name = "class_balanced"
     uses_labels = True
 
     def __init__(self) -> None:
@@ -187,8 +215,8 @@ class ClassBalancedPolicy(StoragePolicy):
         return largest[0], row
 
     # ------------------------------------------------------------------ policy
-    def add_batch(self, buffer: "ReplayBuffer", task: str, images: Tensor, targets: Tensor, labels: Optional[List[int]]) -> None:
-        n = len(images)
+    def add_batch(self, buffer: "ReplayBuffer", task: str, batch: Mapping[str, Tensor], labels: Optional[List[int]]) -> None:
+        n = len(batch["image"])
         plan = buffer.plan(task, n)
         capacity, quota = buffer.capacity, buffer.quota_of(task)
         for i in range(n):
@@ -215,14 +243,14 @@ class ClassBalancedPolicy(StoragePolicy):
             j = plan.rand.below(self.seen[group])  # reservoir sampling within the group
             if j < len(own):
                 plan.place(i, own[j])
-        self._apply_moves(buffer, buffer.commit(plan, images, targets))
+        self._apply_moves(buffer, buffer.commit(plan, batch))
 
     def evict_to(self, buffer: "ReplayBuffer", capacity: int) -> None:
         plan = buffer.plan(None, 0)
         for _ in range(len(buffer) - capacity):
             task, row = self._evict_largest(plan, list(self.members))
             plan.evict(task, row)
-        self._apply_moves(buffer, buffer.commit(plan, None, None))
+        self._apply_moves(buffer, buffer.commit(plan, None))
 
     def on_task_data_set(self, buffer: "ReplayBuffer", task: str) -> None:
         for group in self.members:
@@ -261,143 +289,3 @@ class ClassBalancedPolicy(StoragePolicy):
         if missing:
             raise ValueError(f"ClassBalancedPolicy: checkpoint field 'policy_state.members' misses stored rows of task(s) {missing}")
         self.seen, self.members, self._group, self._pos = seen, members, groups, pos
-
-
-class HerdingPolicy(StoragePolicy):
-    """iCaRL's exemplar selection by herding (Rebuffi et al., 2017).
-
-    Stores nothing while an experience trains.  At its end, :meth:`select` receives backbone
-    features of the experience's training samples (the :class:`~framework.callbacks.ReplayCallback`
-    computes them) and keeps, for every group (class, or task for non-class targets), the first
-    ``quota`` samples of the group in herding order (:func:`~framework.replay.herding.herding_order`):
-    those whose running mean best approximates the group's mean L2-normalised feature.  Every group
-    seen so far gets the same quota, ``capacity // groups`` (capped by ``task_quota // the task's
-    groups``); when new groups shrink it, older groups keep their first-ranked exemplars.  A
-    task's exemplars are stored group by group, each in herding order.
-    """
-
-    name = "herding"
-
-    def __init__(self) -> None:
-        self.groups: List[Group] = []
-        self.segments: Dict[str, List[List[Any]]] = {}  # task -> [[label, count], ...] in storage order
-
-    def add_batch(self, buffer: "ReplayBuffer", task: str, images: Tensor, targets: Tensor, labels: Optional[List[int]]) -> None:
-        """Nothing is stored during an experience (see :meth:`select`)."""
-
-    def quota(self, buffer: "ReplayBuffer", task: str) -> int:
-        """Exemplars per group of ``task`` under the current capacity and groups."""
-        if not self.groups:
-            return 0
-        share = (buffer.capacity or 0) // len(self.groups)
-        limit = buffer.quota_of(task)
-        if limit is not None:
-            share = min(share, limit // max(1, sum(1 for g in self.groups if g[0] == task)))
-        return share
-
-    def select(self, buffer: "ReplayBuffer", candidates: Mapping[str, Tuple[Tensor, Tensor, Tensor]]) -> None:
-        """Choose the exemplars of the tasks in ``candidates`` and shrink older tasks' to the new quota.
-
-        Args:
-            buffer: the buffer to fill.
-            candidates: ``{task: (images (n, ...), targets (n, ...), features (n, d))}``; a task's
-                previous exemplars are replaced.
-
-        Raises:
-            ValueError: if a task's three tensors differ in length or ``features`` is not 2-D.
-        """
-        labels: Dict[str, List[Optional[int]]] = {}
-        for task, (images, targets, features) in candidates.items():
-            if not isinstance(features, Tensor) or features.ndim != 2 or not len(images) == len(targets) == len(features):
-                raise ValueError(
-                    f"HerdingPolicy.select: task {task!r} expected images, targets and 2-D features of one length, "
-                    f"found {len(images)}, {len(targets)} and {tuple(getattr(features, 'shape', ()))}"
-                )
-            if len(images):
-                buffer.observe(task, images, targets)
-            found = buffer.labels_of(targets)
-            labels[task] = [None] * len(images) if found is None else found
-            for label in sorted(set(labels[task]), key=lambda c: -1 if c is None else c):
-                if (task, label) not in self.groups:
-                    self.groups.append((task, label))
-        for task in list(self.segments):
-            if task not in candidates:
-                self._truncate(buffer, task)
-        for task, (images, targets, _) in candidates.items():
-            if task in self.segments:  # a task trained again: its old exemplars make room first
-                self._store(buffer, task, images[:0], targets[:0], [])
-        for task, (images, targets, features) in candidates.items():
-            quota = self.quota(buffer, task)
-            chosen: List[Tensor] = []
-            segments: List[List[Any]] = []
-            for label in [g[1] for g in self.groups if g[0] == task]:
-                rows = torch.tensor([r for r, c in enumerate(labels[task]) if c == label], dtype=torch.long)
-                k = min(quota, len(rows))
-                if k:
-                    chosen.append(rows[herding_order(features.index_select(0, rows.to(features.device)).cpu(), k)])
-                    segments.append([label, k])
-            index = torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.long)
-            self._store(buffer, task, images.index_select(0, index.to(images.device)), targets.index_select(0, index.to(targets.device)), segments)
-
-    def _store(self, buffer: "ReplayBuffer", task: str, images: Tensor, targets: Tensor, segments: List[List[Any]]) -> None:
-        buffer.set_task_data(task, images, targets)
-        self.segments[task] = segments
-
-    def _truncate(self, buffer: "ReplayBuffer", task: str) -> None:
-        quota = self.quota(buffer, task)
-        segments = self.segments[task]
-        if all(count <= quota for _, count in segments):
-            return
-        keep, start, kept = [], 0, []
-        for label, count in segments:
-            k = min(count, quota)
-            keep.append(torch.arange(start, start + k))
-            start += count
-            if k:
-                kept.append([label, k])
-        images, targets = buffer.task_data(task)
-        index = torch.cat(keep) if keep else torch.empty(0, dtype=torch.long)
-        self._store(buffer, task, images.index_select(0, index), targets.index_select(0, index), kept)
-
-    def evict_to(self, buffer: "ReplayBuffer", capacity: int) -> None:
-        for task in list(self.segments):
-            self._truncate(buffer, task)
-
-    def on_task_data_set(self, buffer: "ReplayBuffer", task: str) -> None:
-        """Segments = the task's groups in storage order (rows are regrouped, stably, if a group is split)."""
-        images, targets = buffer.task_data(task)
-        labels = buffer.labels_of(targets) or [None] * len(targets)
-        order: Dict[Optional[int], int] = {}
-        for label in labels:
-            order.setdefault(label, len(order))
-        runs = sum(1 for r, label in enumerate(labels) if r == 0 or labels[r - 1] != label)
-        if runs > len(order):
-            perm = torch.tensor(sorted(range(len(labels)), key=lambda r: order[labels[r]]), dtype=torch.long)
-            buffer._replace(task, images.index_select(0, perm), targets.index_select(0, perm))
-        counts: Dict[Optional[int], int] = {}
-        for label in labels:
-            counts[label] = counts.get(label, 0) + 1
-        self.segments[task] = [[label, counts[label]] for label in order]
-        for label in order:
-            if (task, label) not in self.groups:
-                self.groups.append((task, label))
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"groups": [[t, c] for t, c in self.groups], "segments": {t: [list(s) for s in segs] for t, segs in self.segments.items()}}
-
-    def load_state_dict(self, state: Mapping[str, Any], buffer: "ReplayBuffer") -> None:
-        groups = [(str(t), None if c is None else int(c)) for t, c in state.get("groups", [])]
-        segments = {str(t): [[None if c is None else int(c), int(n)] for c, n in segs] for t, segs in dict(state.get("segments", {})).items()}
-        counts = buffer.counts()
-        for task in set(segments) | set(counts):
-            stored = sum(n for _, n in segments.get(task, []))
-            if stored != counts.get(task, 0):
-                raise ValueError(
-                    f"HerdingPolicy: checkpoint field 'policy_state.segments' counts {stored} exemplars of task {task!r}, "
-                    f"the buffer holds {counts.get(task, 0)}"
-                )
-        self.groups, self.segments = groups, segments
-
-
-#: storage policies by name (the ``policy`` argument of the buffer and the callback)
-POLICIES = {"reservoir": ReservoirPolicy, "class_balanced": ClassBalancedPolicy, "herding": HerdingPolicy}

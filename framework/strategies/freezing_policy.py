@@ -1,4 +1,4 @@
-"""Freezing policies: which parts of a grown model train in an experience.
+"""Freezing policies: which parts of a grown model train in an experience (applied by the Freezing strategy, framework/strategies/freezing.py).
 
 UNICON keeps old skills by parameter isolation: the shared backbone stays frozen (or changes only
 through per-modality adapters) and every task owns its head.  A policy is applied at the start of

@@ -1,16 +1,16 @@
-"""Rehearsal callback: mixes stored exemplars of earlier tasks into every training batch.
+"""Rehearsal as a strategy: stored exemplars of earlier tasks are mixed into every training batch.
 
 Storage policy (which samples to keep, :mod:`framework.replay`) is separated from the replay
-mechanism (how they are mixed into batches), as in Avalanche.  The callback fills the buffer from
-every training batch and adds keys for earlier tasks to the batch dict *in place* (a Lightning
-callback cannot replace a batch).  With the ``herding`` policy the buffer is filled at the end of
-each experience instead, from backbone features of the experience's training data (iCaRL).
+mechanism (how they are mixed into batches), as in Avalanche.  The strategy offers every training
+batch to the buffer and returns the batch with keys for earlier tasks added (``before_forward``).
+A policy may also act when an experience ends (``after_experience``): herding fills the buffer from
+backbone features of the experience's training data (iCaRL).
 """
 from __future__ import annotations
 
 import math
 import zlib
-from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -19,16 +19,17 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from framework.core.data_protocol import domain_for
+from framework.core.registry import POLICIES
 from framework.distributed import rank_and_world_size
 from framework.metrics.evaluation import extract_features
-from framework.replay import (
-    BALANCE_MODES, POLICIES, ClassBalancedPolicy, HerdingPolicy, ReplayBuffer, ReservoirPolicy, StoragePolicy,
-)
+from framework.replay import BALANCE_MODES, ReplayBuffer, StoragePolicy
+from framework.strategies.base import Batch, Strategy, register_strategy
 
-__all__ = ["ReplayCallback", "ReplayBuffer", "StoragePolicy", "ReservoirPolicy", "ClassBalancedPolicy", "HerdingPolicy", "POLICIES"]
+__all__ = ["Replay", "ReplayCallback"]
 
 
-class ReplayCallback(pl.Callback):
+@register_strategy("replay")
+class Replay(Strategy):
     """Rehearsal for continual learning (paradigm d).
 
     Before each training step, exemplars of tasks *not* in the current batch are drawn from the
@@ -36,8 +37,8 @@ class ReplayCallback(pl.Callback):
     batch dict under their task keys (on the batch's device, in their stored dtype), so the shared
     ``training_step`` also computes their losses.  The buffer travels in the checkpoint.
 
-    With ``policy="herding"`` nothing is stored during an experience; at its end the callback
-    encodes the experience's training data with the task's backbone (``encode_image(...,
+    With ``policy="herding"`` nothing is stored during an experience; at its end the policy has
+    the strategy encode the experience's training data with the task's backbone (``encode_image(...,
     normalize=True)``, eval mode, no gradients) and the policy keeps the herding-ordered exemplars
     of every class.  When a task's training set is larger than ``herding_candidates``, a random
     subset of that size is encoded: the first ``herding_candidates`` indices of a permutation drawn
@@ -49,7 +50,9 @@ class ReplayCallback(pl.Callback):
     Args:
         capacity: buffer budget in samples (all tasks together); or
         max_mb: buffer budget in megabytes of stored image + target data (set ``capacity: null``).
-        policy: ``"reservoir"``, ``"class_balanced"`` or ``"herding"`` (see :mod:`framework.replay.policies`).
+        policy: a registered storage policy (``"reservoir"``, ``"class_balanced"``, ``"herding"``, or a
+            user's, see :data:`~framework.core.registry.POLICIES`), a ``class_path``, or a
+            :class:`~framework.replay.policies.StoragePolicy` instance (``{class_path: ..., init_args: ...}`` in YAML).
         replay_batch_size: exemplars mixed into each training batch; or
         replay_ratio: exemplars per current sample (0.5: half the current batch size; set
             ``replay_batch_size: null``).
@@ -72,7 +75,7 @@ class ReplayCallback(pl.Callback):
         self,
         capacity: Optional[int] = 500,
         max_mb: Optional[float] = None,
-        policy: str = "reservoir",
+        policy: Union[str, StoragePolicy] = "reservoir",
         replay_batch_size: Optional[int] = 32,
         replay_ratio: Optional[float] = None,
         balance: str = "uniform",
@@ -82,14 +85,16 @@ class ReplayCallback(pl.Callback):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        name = "ReplayCallback"
+        name = "Replay"
         if (capacity is None) == (max_mb is None):
             raise ValueError(
                 f"{name}: expected exactly one budget, capacity (samples) or max_mb (megabytes; set capacity: null), "
                 f"found capacity={capacity!r}, max_mb={max_mb!r}"
             )
-        if policy not in POLICIES:
-            raise ValueError(f"{name}: policy expected one of {sorted(POLICIES)}, found {policy!r}")
+        if isinstance(policy, str):
+            policy = POLICIES.get(policy, where=f"{name}: policy")()
+        if not isinstance(policy, StoragePolicy):
+            raise ValueError(f"{name}: policy expected a registered policy name {POLICIES.names()}, a class_path or a StoragePolicy, found {policy!r}")
         if (replay_batch_size is None) == (replay_ratio is None):
             raise ValueError(
                 f"{name}: expected exactly one of replay_batch_size and replay_ratio (set replay_batch_size: null to use a ratio), "
@@ -114,7 +119,7 @@ class ReplayCallback(pl.Callback):
             self.buffer = ReplayBuffer(capacity, policy, seed=seed, max_mb=max_mb, task_quota=task_quota)
         except ValueError as err:
             raise ValueError(str(err).replace("ReplayBuffer:", f"{name}:", 1)) from None
-        self.policy_name = policy
+        self.policy_name = policy.name
         self.replay_batch_size = replay_batch_size
         self.replay_ratio = None if replay_ratio is None else float(replay_ratio)
         self.balance = balance
@@ -125,8 +130,8 @@ class ReplayCallback(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        # Fixed key: resuming with another capacity or policy must fail loudly in
-        # load_state_dict, not silently start from an empty buffer under a new key.
+        # Fixed key (the strategy's name before it was one; checkpoints keep it): resuming with another
+        # capacity or policy must fail loudly in load_state_dict, not silently start from an empty buffer under a new key.
         return "ReplayCallback"
 
     def replay_size(self, current: int) -> int:
@@ -136,24 +141,29 @@ class ReplayCallback(pl.Callback):
         return self.replay_batch_size
 
     # ------------------------------------------------------------------ training
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: MutableMapping[str, Any], batch_idx: int) -> None:
+    def before_forward(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Batch) -> Batch:
+        """Draw exemplars of the tasks not in the batch, offer the batch to the buffer, and return the
+        batch with the exemplars added under their task keys (on the batch's device, in their stored dtype)."""
         if not isinstance(batch, MutableMapping):
-            raise TypeError(f"ReplayCallback expects dict batches keyed by task, found {type(batch).__name__}")
+            raise TypeError(f"Replay expects dict batches keyed by task, found {type(batch).__name__}")
         if not batch:
-            return
+            return batch
         current = tuple(batch.keys())
         size = sum(len(sub["target"]) for sub in batch.values())
         replay = self.buffer.sample(self.replay_size(size), exclude=current, balance=self.balance, max_tasks=self.max_tasks_per_step)
         for task, sub in list(batch.items()):
             self.buffer.add_batch(task, sub["image"], sub["target"])
+        if not replay:
+            return batch
         device = next(iter(batch.values()))["image"].device
+        out = dict(batch)
         for task, sub in replay.items():
-            batch[task] = {k: v.to(device, non_blocking=True) for k, v in sub.items()}
+            out[task] = {k: v.to(device, non_blocking=True) for k, v in sub.items()}
+        return out
 
-    def on_experience_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, experience: int, tasks: List[str]) -> None:
-        if isinstance(self.buffer.policy, HerdingPolicy):
-            candidates = {task: self.featurise(trainer, pl_module, experience, task) for task in tasks}
-            self.buffer.policy.select(self.buffer, candidates)
+    def after_experience(self, trainer: pl.Trainer, module: pl.LightningModule, experience: int, tasks: List[str]) -> None:
+        """The policy's turn (herding selects its exemplars here), then a summary line."""
+        self.buffer.policy.after_experience(self.buffer, list(tasks), lambda task: self.featurise(trainer, module, experience, task))
         if getattr(trainer, "is_global_zero", True):
             rank_zero_info(
                 f"replay buffer after experience {experience} ({self.policy_name}): {len(self.buffer)}/{self.buffer.capacity} samples "
@@ -166,7 +176,7 @@ class ReplayCallback(pl.Callback):
         Raises:
             ValueError: if the trainer's datamodule cannot serve ``task``'s training data.
         """
-        domain = domain_for(getattr(trainer, "datamodule", None), task, "ReplayCallback(policy='herding'): encoding exemplars")
+        domain = domain_for(getattr(trainer, "datamodule", None), task, f"Replay(policy={self.policy_name!r}): encoding exemplars")
         loader = domain.loader("train", keyed=False, shuffle=False)
         n = len(loader.dataset)
         if n <= self.herding_candidates:
@@ -236,16 +246,16 @@ class ReplayCallback(pl.Callback):
         loading_for, self._loading_for = getattr(self, "_loading_for", None), None
         if state_dict.get("stripped"):
             if loading_for not in (None, "fit"):
-                rank_zero_info(f"ReplayCallback: the checkpoint was shared without its replay exemplars; {loading_for} does not need them")
+                rank_zero_info(f"Replay: the checkpoint was shared without its replay exemplars; {loading_for} does not need them")
                 return
             raise ValueError(
-                f"ReplayCallback: the checkpoint was shared without its replay exemplars (medcl-share removed "
+                f"Replay: the checkpoint was shared without its replay exemplars (medcl-share removed "
                 f"{state_dict.get('removed_samples', 'its')} stored samples), so it cannot resume a replay run; resume from the "
                 f"original checkpoint, or start a new run from this one with --model.init_args.init_from <this checkpoint>"
             )
         if "buffer" in state_dict or "ranks" not in state_dict:
             raise ValueError(
-                "ReplayCallback: the checkpoint's replay buffer format is from an older MedCL (expected 'world_size' and 'ranks' "
+                "Replay: the checkpoint's replay buffer format is from an older MedCL (expected 'world_size' and 'ranks' "
                 f"entries, found {sorted(state_dict)}); it cannot be resumed with this version: start a new run "
                 "(init_from loads the model weights without the buffer)"
             )
@@ -253,7 +263,11 @@ class ReplayCallback(pl.Callback):
         stored = state_dict.get("world_size")
         if stored != world_size or len(state_dict["ranks"]) != world_size:
             raise ValueError(
-                f"ReplayCallback: checkpoint field 'world_size' is {stored}, this run has world_size {world_size}; every rank keeps "
+                f"Replay: checkpoint field 'world_size' is {stored}, this run has world_size {world_size}; every rank keeps "
                 f"its own replay buffer, so resume with {stored} processes"
             )
         self.buffer.load_state_dict(state_dict["ranks"][rank])
+
+
+#: the strategy's former name, kept for configs and code that use it
+ReplayCallback = Replay
