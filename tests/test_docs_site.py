@@ -99,6 +99,23 @@ def test_every_relative_link_in_the_readme_resolves():
     assert not broken, f"README.md links to missing files or anchors: {broken}"
 
 
+def test_every_relative_link_in_the_docs_resolves_on_github_too():
+    """The pages are read on GitHub as well as in the site: each relative link names an existing file
+    (relative to its page) and each anchor a heading of that file, by GitHub's anchor rule."""
+    pages = sorted((REPO / "docs").rglob("*.md"))
+    assert len(pages) >= 20
+    broken = []
+    for page in pages:
+        for target in relative_links(page.read_text()):
+            path, _, anchor = unquote(target).partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+            elif anchor and file.suffix == ".md" and anchor not in _heading_slugs(file.read_text()):
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert not broken, f"broken relative links in docs/: {broken}"
+
+
 def _build(config_dir: Path, site: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(config_dir))
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
