@@ -116,6 +116,24 @@ def test_every_relative_link_in_the_docs_resolves_on_github_too():
     assert not broken, f"broken relative links in docs/: {broken}"
 
 
+def test_benchmark_report_shows_the_site_copies_of_the_plots(monkeypatch):
+    """benchmarks/report.py writes docs/benchmarks.md with its plots linked from docs/figures/benchmarks/,
+    and the copies there are the current plots of benchmarks/results/ (the site cannot show files
+    outside docs/)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import report
+
+    assert report._relink("![curve](medmnist_baselines_curve.png)") == "![curve](figures/benchmarks/medmnist_baselines_curve.png)"
+    assert report._relink("see [raw](extra/x.md)") == "see [raw](../benchmarks/results/extra/x.md)"
+    assert report._relink("[site](https://example.org/a.png)") == "[site](https://example.org/a.png)"
+    text = report.document({})
+    images = [t for t in relative_links(text) if t.endswith(".png")]
+    assert images and all(t.startswith("figures/benchmarks/") for t in images), images
+    stale = [png.name for png in sorted(report.RESULTS.glob("*.png"))
+             if not (report.FIGURES / png.name).is_file() or (report.FIGURES / png.name).read_bytes() != png.read_bytes()]
+    assert not stale, f"docs/figures/benchmarks/ is out of date for {stale}: run python benchmarks/report.py"
+
+
 def _build(config_dir: Path, site: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(config_dir))
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
