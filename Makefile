@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unicon env clean-runs
+.PHONY: demo test unicon docs env clean-runs
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ unicon: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the documentation site (mkdocs.yml, docs/) into site/; strict: a broken link, page or anchor fails
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 clean-runs:
 	rm -rf runs

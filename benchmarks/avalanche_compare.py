@@ -983,7 +983,7 @@ def markdown(result: Dict[str, Any]) -> str:
         "loggers and the progress bar. A shipped strategy config spends extra time on those.",
         "* Avalanche's `ClassBalancedBuffer` groups by class index only: with per-task labels 0..k-1, class 0 of Blood and "
         "class 0 of OrganA share a group, whereas MedCL balances per (task, class). Only relevant to `replay_class_balanced`.",
-        "* One seed: the single-seed spread of these numbers is large (the README's strategy table saw average accuracies move "
+        "* One seed: the single-seed spread of these numbers is large (the strategy table in docs/strategies.md saw average accuracies move "
         "by up to 0.10 when only the batch order changed).",
     ]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,8 @@
 """Write ``docs/benchmarks.md`` from the latest ``benchmarks/results/*.{json,md}``: the machine, the
 targets of issue 9 with the measured value and whether each is met, then every benchmark's own
-table under the command that produced it.
+table under the command that produced it.  The plots (``benchmarks/results/*.png``) are copied to
+``docs/figures/benchmarks/`` so that the documentation site (``mkdocs build --strict``, whose pages
+live in ``docs/``) shows them; the page links those copies.
 
     python benchmarks/report.py            # after running the benchmarks
 """
@@ -8,12 +10,15 @@ from __future__ import annotations
 
 import json
 import platform
+import re
+import shutil
 from statistics import mean, median
 from typing import Any, Dict, List, Optional, Tuple
 
 from runs import REPO, RESULTS, load_results
 
 DOC = REPO / "docs" / "benchmarks.md"
+FIGURES = REPO / "docs" / "figures" / "benchmarks"  # copies of the results' plots, inside the docs site
 
 #: (results name, title, command, budget) in the order of the document
 SECTIONS: List[Tuple[str, str, str, str]] = [
@@ -137,18 +142,35 @@ def document(notes: Dict[str, str]) -> str:
             continue
         body = md.read_text().splitlines()
         body = body[1:] if body and body[0].startswith("# ") else body  # the section has its own title
-        lines += [line.replace("](", "](../benchmarks/results/") if "](" in line and "http" not in line else line for line in body]
+        lines += [_relink(line) for line in body]
         png = RESULTS / f"{name}.png"
         if png.is_file():
-            lines += ["", f"![{name}](../benchmarks/results/{name}.png)"]
+            lines += ["", f"![{name}](figures/benchmarks/{name}.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _relink(line: str) -> str:
+    """A results file's relative link, made to work from ``docs/benchmarks.md``: a plot points at its
+    copy in ``docs/figures/benchmarks/``, anything else at the file in ``benchmarks/results/``."""
+    if "](" not in line or "http" in line:
+        return line
+    return re.sub(r"\]\(([^)]+)\)", lambda m: f"](figures/benchmarks/{m.group(1)})" if m.group(1).endswith(".png")
+                  else f"](../benchmarks/results/{m.group(1)})", line)
+
+
+def copy_figures() -> None:
+    """Copy every plot of ``benchmarks/results/`` into ``docs/figures/benchmarks/`` (the site's copy)."""
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    for png in sorted(RESULTS.glob("*.png")):
+        shutil.copyfile(png, FIGURES / png.name)
 
 
 def main() -> None:
     notes_file = RESULTS / "notes.json"
     notes = json.loads(notes_file.read_text()) if notes_file.is_file() else {}
+    copy_figures()
     DOC.write_text(document(notes))
-    print(f"wrote {DOC}")
+    print(f"wrote {DOC} and copied the plots to {FIGURES}")
 
 
 if __name__ == "__main__":
