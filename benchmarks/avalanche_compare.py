@@ -56,6 +56,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from config_files import load_config
 from runs import REPO, RESULTS, fmt
 
 # Importing this module by name (the MedCL config names ``avalanche_compare.SharedEvaluation``)
@@ -281,7 +282,7 @@ class SharedEvaluation(pl.Callback):
 # ---------------------------------------------------------------------------------------- MedCL
 def strategy_config(strategy: str) -> Dict[str, Any]:
     """The shipped strategy config (model section, ReplayCallback options)."""
-    return yaml.safe_load((STRATEGY_CONFIGS / f"{strategy}.yaml").read_text())
+    return load_config(STRATEGY_CONFIGS / f"{strategy}.yaml")  # the callbacks it names by path, inlined
 
 
 def replay_options(strategy: str) -> Optional[Dict[str, Any]]:

@@ -49,6 +49,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
+from config_files import load_config
 from runs import REPO, RESULTS, write_results, save_figure
 
 NAME = "overhead"
@@ -204,7 +205,7 @@ def _train(model, optimizer, dm, task: str, stored, generator, bf16: bool, ends:
 
 # ---------------------------------------------------------------------- 2. medcl fit
 def base_config(out: Path, max_epochs: int, epochs_per_experience: int) -> Dict[str, Any]:
-    config = yaml.safe_load(QUICKSTART.read_text())
+    config = load_config(QUICKSTART)
     config["model"]["init_args"]["epochs_per_experience"] = epochs_per_experience
     config["trainer"].update(max_epochs=max_epochs, default_root_dir=str(out))
     for logger in config["trainer"]["logger"]:
@@ -356,7 +357,7 @@ def step_flops() -> Dict[str, float]:
 # ---------------------------------------------------------------------- 4. breakdown
 def breakdown(out: Path, epochs_per_experience: Optional[int], limit_batches: Optional[int] = None) -> Dict[str, Any]:
     """The quickstart as shipped (or with fewer epochs / batches), profiled by Lightning's SimpleProfiler."""
-    config = yaml.safe_load(QUICKSTART.read_text())
+    config = load_config(QUICKSTART)
     if limit_batches:
         config["trainer"]["limit_train_batches"] = limit_batches
     if epochs_per_experience:

@@ -22,6 +22,7 @@ import yaml
 
 from paradigm_study import mean_std, pm
 from pretrained_start import CROSS_DOMAINS, summary
+from config_files import load_config
 from runs import REPO, RESULTS, finish_study, latest_metrics, load_results, record, run_config, save_figure
 
 NAME = "wise_ft"
@@ -31,8 +32,7 @@ KEYS = ["average_score", "retention_final", "retention_transfer", "retention_dro
 
 def config_for(alpha: float, folder: Path) -> Path:
     """A copy of :data:`CONFIG` with ``WiSEFT(alpha)`` and its own run folder."""
-    config = yaml.safe_load(CONFIG.read_text())
-    config["data"] = str(CONFIG.parent / config["data"])
+    config = load_config(CONFIG)  # its stream and callbacks inlined: the copy is written elsewhere
     root = f"runs/wise_ft/alpha_{alpha:g}"
     config["trainer"]["default_root_dir"] = root
     config["trainer"]["logger"] = [{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "runs/wise_ft", "name": f"alpha_{alpha:g}"}}]

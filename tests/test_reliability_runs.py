@@ -20,7 +20,7 @@ from conftest import REPO
 from framework.cli import error_line, main, run_cli
 from framework.core.divergence import check_state_dict
 from framework.run_folder import LOCK_FILE, RUN_RECORD, RunFolderBusy, RunFolders
-from helpers import shrink_config
+from helpers import load_config, shrink_config
 
 MEDCL = Path(sys.executable).with_name("medcl")
 QUICKSTART = Path("experiments/quickstart.yaml")
@@ -255,7 +255,7 @@ def test_a_class_path_under_an_unknown_key_is_never_imported(tmp_path, monkeypat
     marker = tmp_path / "imported"
     (tmp_path / "mymod_untrusted.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nclass X: pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    config = yaml.safe_load(QUICKSTART.read_text())
+    config = load_config(QUICKSTART)
     config["notes"] = {"class_path": "mymod_untrusted.X"}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -269,7 +269,7 @@ def test_a_class_path_under_an_unknown_key_is_never_imported(tmp_path, monkeypat
 
 
 def test_an_unquoted_yaml_number_names_its_field(tmp_path):
-    config = yaml.safe_load(QUICKSTART.read_text())
+    config = load_config(QUICKSTART)
     config["trainer"]["callbacks"][-1]["init_args"] = {"filename": 1}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -1,0 +1,77 @@
+"""Read an experiment config as one plain dict, with the files it names inlined.
+
+An experiment names shared pieces by path, as jsonargparse (``medcl``'s parser) allows: a class
+value (``data: ../streams/four_medmnist.yaml``), the whole ``trainer`` group, a ``trainer.logger``
+or ``trainer.callbacks`` list, or one item of such a list (``- ../callbacks/evaluation.yaml``).  A
+relative path is relative to the file that names it.  ``medcl`` reads those files itself; a script
+that edits an experiment and writes it elsewhere (benchmarks, tests/helpers.py ``shrink_config``)
+reads it with :func:`load_config`, so that the copy still names nothing relative to the original.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import yaml
+
+__all__ = ["load_config", "inline"]
+
+#: top-level keys whose value may be a file (a class spec, or the trainer group)
+_TOP = ("model", "data", "trainer")
+#: ``trainer`` keys whose value, or whose list items, may be files (class specs)
+_TRAINER_LISTS = ("logger", "callbacks", "plugins")
+
+
+def _is_file_ref(value: Any) -> bool:
+    return isinstance(value, str) and value.endswith((".yaml", ".yml"))
+
+
+def _read(ref: str, base: Path, where: str) -> Tuple[Any, Path]:
+    path = (base / ref) if not Path(ref).is_absolute() else Path(ref)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: expected a YAML file {ref!r} relative to {base}, found no file {path}")
+    try:
+        return yaml.safe_load(path.read_text()), path.parent
+    except yaml.YAMLError as err:
+        raise ValueError(f"{where}: {path} is not valid YAML: {err}") from None
+
+
+def _inline_specs(value: Any, base: Path, where: str) -> Any:
+    """A class spec, a list of them, or a file holding either (items of a list file are relative to it)."""
+    if _is_file_ref(value):
+        loaded, inner = _read(value, base, where)
+        return _inline_specs(loaded, inner, f"{where} ({value})")
+    if isinstance(value, list):
+        return [_inline_specs(item, base, f"{where}[{i}]") for i, item in enumerate(value)]
+    return value
+
+
+def inline(config: Dict[str, Any], base: Path, where: str = "config") -> Dict[str, Any]:
+    """``config`` (read from a file in folder ``base``) with every file it names inlined."""
+    config = dict(config)
+    for key in _TOP:
+        if _is_file_ref(config.get(key)):
+            config[key], inner = _read(config[key], base, f"{where}: {key}")
+            if key == "trainer":  # the trainer file's own references are relative to it
+                config[key] = inline({"trainer": config[key]}, inner, f"{where}: trainer ({inner})")["trainer"]
+    trainer = config.get("trainer")
+    if isinstance(trainer, dict):
+        trainer = config["trainer"] = dict(trainer)
+        for key in _TRAINER_LISTS:
+            if key in trainer:
+                trainer[key] = _inline_specs(trainer[key], base, f"{where}: trainer.{key}")
+    return config
+
+
+def load_config(path: Path) -> Dict[str, Any]:
+    """The experiment at ``path`` as one dict: what ``medcl fit --config path`` reads, with no file names in it.
+
+    Raises:
+        FileNotFoundError: naming the experiment, the field and the missing file.
+        ValueError: if the experiment or a file it names is not a YAML mapping.
+    """
+    path = Path(path)
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a YAML mapping (model, data, trainer, ...), found {type(config).__name__}")
+    return inline(config, path.parent, str(path))
