@@ -86,5 +86,5 @@ def draw(stores: Mapping[str, TaskStore], generator: torch.Generator, n: int, ex
     for task, store in eligible:
         if task in rows:
             index = torch.tensor(sorted(rows[task]), dtype=torch.long)
-            out[task] = {"image": store.images.index_select(0, index), "target": store.targets.index_select(0, index)}
+            out[task] = store.select(index)
     return out
