@@ -119,6 +119,22 @@ def test_injection_does_not_freeze_the_tower(arch):
     assert all(p.requires_grad for n, p in base_visual(model) if n != name)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_routing_keeps_every_requires_grad_flag(arch):
+    """peft's set_adapter/enable_adapters flip adapters' requires_grad: routing puts them back."""
+    model = make_model(arch)
+    model.add_task(cls_task("ct_task", "ct"))
+    model.add_task(cls_task("xray_task", "xray"))
+    for p in model.adapters.parameters("xray"):
+        p.requires_grad_(False)  # as the freezing policy leaves an old modality's adapter
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    loss = model(images(), "ct_task").sum() + model(images(), "xray_task").sum()
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    loss.backward()
+    assert all(p.grad is not None for p in model.adapters.parameters("ct")[-2:])  # LoRA B of the routed modality trains
+    assert all(p.grad is None for p in model.adapters.parameters("xray"))
+
+
 # ---------------------------------------------------------------- routing
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forward_routes_to_the_task_modality(arch):
@@ -141,7 +157,7 @@ def test_forward_routes_to_the_task_modality(arch):
     model(x, "xray_task")
     assert torch.allclose(model(x, "ct_task"), ct0, atol=1e-6)
     assert torch.allclose(model.backbone.encode_image(x), plain0, atol=1e-6)
-    assert all(layer._disable_adapters and not layer._active_adapter for layer in lora_layers(model.backbone.clip.visual))
+    assert all(layer.disable_adapters and not layer.active_adapters for layer in lora_layers(model.backbone.clip.visual))
 
     # a later task of an adapted modality shares that modality's adapter
     model.add_task(cls_task("ct_task2", "ct"))

@@ -2,10 +2,13 @@
 
 Each modality's LoRA is one named peft adapter injected into the image tower
 (``peft.inject_adapter_in_model``).  Routing is per forward pass: :func:`route` activates one
-modality's adapter, or none.  peft's own ``set_adapter``/``enable_adapters`` also flip
-``requires_grad`` of every adapter, which would undo MedCL's freezing policy between steps, so
-:func:`route` sets only the two routing fields of peft's tuner layers (``_active_adapter`` and
-``_disable_adapters``, the ones ``set_adapter`` itself sets).
+modality's adapter, or none, with the tuner layers' public ``set_adapter``/``enable_adapters``.
+Those also flip ``requires_grad`` of every adapter, which would undo MedCL's freezing policy
+between steps, so :func:`route` puts the flags back as they were.
+
+peft API used: ``LoraConfig``, ``inject_adapter_in_model``, ``BaseTunerLayer`` (documented) and
+``peft.tuners.tuners_utils.check_target_module_exists`` (public name, undocumented: peft is pinned
+in constraints.txt and tests/test_private_apis.py checks its signature).
 """
 from __future__ import annotations
 
@@ -77,11 +80,15 @@ def lora_layers(visual: nn.Module) -> List[nn.Module]:
 
 
 def route(layers: List[nn.Module], modality: Optional[str]) -> None:
-    """Activate ``modality``'s LoRA in every tuner layer (of :func:`lora_layers`) that has it; disable the others."""
+    """Activate ``modality``'s LoRA in every tuner layer (of :func:`lora_layers`) that has it; disable
+    the others.  No ``requires_grad`` flag changes (the freezing policy owns them)."""
     for layer in layers:
         has = modality is not None and modality in layer.lora_A
-        layer._active_adapter = [modality] if has else []
-        layer._disable_adapters = not has
+        flags = [(p, p.requires_grad) for p in layer.parameters()]
+        layer.set_adapter([modality] if has else [])
+        layer.enable_adapters(has)
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
 
 
 def lora_parameters(visual: nn.Module, modality: str) -> List[nn.Parameter]:

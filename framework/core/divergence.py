@@ -22,6 +22,8 @@ from typing import Any, List, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from framework.core.attachment import attached_trainer
+
 __all__ = ["DivergenceError", "check_loss", "check_module", "check_state_dict", "non_finite_entries"]
 
 
@@ -53,7 +55,7 @@ def _last_checkpoint(trainer: Any) -> str:
 
 
 def _where(module: Any) -> str:
-    trainer = module._trainer if isinstance(module, nn.Module) and hasattr(module, "_trainer") else None
+    trainer = attached_trainer(module) if isinstance(module, nn.Module) else None
     if trainer is None:
         return ""
     epoch = trainer.current_epoch
@@ -97,7 +99,7 @@ def check_module(module: nn.Module, when: str) -> None:
     """
     bad = non_finite_entries(dict(module.named_parameters())) or non_finite_entries(dict(module.named_buffers()), nan_only=True)
     if bad:
-        trainer = getattr(module, "_trainer", None)
+        trainer = attached_trainer(module)
         kept = f"; {_last_checkpoint(trainer)}" if trainer is not None else ""
         raise DivergenceError(
             f"training diverged: the weights are not finite (nan/inf in {', '.join(bad)}) at {_where(module)} while {when}; "

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from framework.backbone.clip import CLIPBackbone
+from framework.core.attachment import attached_trainer
 from framework.core.specs import TaskSpec
 
 __all__ = ["ContrastivePretraining"]
@@ -129,8 +130,9 @@ class ContrastivePretraining(pl.LightningModule):
     def setup(self, stage: str) -> None:
         from open_clip.loss import ClipLoss
 
-        world = self.trainer.world_size if self._trainer is not None else 1
-        rank = self.trainer.global_rank if self._trainer is not None else 0
+        trainer = attached_trainer(self)
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
         # every rank's features join the batch's negatives (gather_with_grad keeps the gradients exact)
         self._loss = ClipLoss(gather_with_grad=world > 1, rank=rank, world_size=world)
 
@@ -163,7 +165,8 @@ class ContrastivePretraining(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        trainer = attached_trainer(self)
+        total = max(1, int(trainer.estimated_stepping_batches)) if trainer is not None else 1
         warmup = min(self.hparams.warmup_steps, total - 1) if total > 1 else 0
 
         def factor(step: int) -> float:
@@ -178,7 +181,8 @@ class ContrastivePretraining(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def zero_shot_tasks(self) -> List[Optional[TaskSpec]]:
         """The data module's labelled tasks, one per evaluation loader (``None`` for a loader of pairs)."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        datamodule = trainer.datamodule if trainer is not None else None
         return list(getattr(datamodule, "zero_shot_tasks", []) or [])
 
     def zero_shot_logits(self, images: Tensor, spec: TaskSpec) -> Tensor:
