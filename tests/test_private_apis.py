@@ -93,3 +93,16 @@ def test_ckpt_path_keeps_the_users_model_section(tmp_path):
         _parse_ckpt_path = LightningCLI._parse_ckpt_path
 
     assert _parsed_model_args(LightningStep, ckpt)["lr"] == 0.123
+
+
+def test_ddp_strategy_keeps_its_wrapping_kwargs_in_ddp_kwargs():
+    """``framework/paradigms/preflight.py`` sets ``find_unused_parameters`` on a DDPStrategy that exists already
+    (a MedCL step leaves the heads of tasks not in the batch unused).  Lightning has no public setter once the
+    strategy is built (a user's ``strategy: ddp`` string builds it without the option); it reads the private
+    ``_ddp_kwargs`` dict when it wraps the module.  Pinned: pytorch-lightning in constraints.txt."""
+    from pytorch_lightning.strategies import DDPStrategy
+
+    strategy = DDPStrategy(find_unused_parameters=True, static_graph=False)
+    assert strategy._ddp_kwargs == {"find_unused_parameters": True, "static_graph": False}
+    source = inspect.getsource(DDPStrategy._setup_model)
+    assert "self._ddp_kwargs" in source  # the dict is what DistributedDataParallel(...) receives

@@ -79,6 +79,11 @@ class Registry:
 
         return decorator if entry is None else decorator(entry)
 
+    @property
+    def entries(self) -> Dict[str, Any]:
+        """The live name -> entry mapping of what is registered so far (nothing is imported to fill it)."""
+        return self._entries
+
     def unregister(self, name: str) -> None:
         """Remove ``name`` (tests, or a package replacing an entry)."""
         self._entries.pop(name, None)

@@ -24,7 +24,7 @@ def task_kinds() -> Tuple[str, ...]:
     """MedCL's kinds and every kind a user's package registered a head for."""
     from framework.core.registry import HEADS
 
-    return TASK_KINDS + tuple(k for k in HEADS._entries if k not in TASK_KINDS)
+    return TASK_KINDS + tuple(k for k in HEADS.entries if k not in TASK_KINDS)
 
 
 def _known_kind(kind: Any) -> bool:

@@ -16,7 +16,7 @@ from framework.core.specs import TaskSpec
 __all__ = ["HEAD_REGISTRY", "register_head", "build_head", "registered_kinds"]
 
 #: kind -> head class (the registry's entries; read-only use)
-HEAD_REGISTRY = HEADS._entries
+HEAD_REGISTRY = HEADS.entries
 T = TypeVar("T", bound=type)
 
 

@@ -11,6 +11,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from framework.adapters import AdapterSpec
 from framework.backbone.architecture import forget_checkpoint_architectures, register_checkpoint_architecture
 from framework.backbone.custom import comparable_backbone
+from framework.core.attachment import attached_trainer
 from framework.core.checkpoints import load_checkpoint
 from framework.core.divergence import check_module, check_state_dict
 from framework.core.specs import TaskSpec
@@ -93,7 +94,7 @@ class CheckpointFormatMixin:
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Rebuild the heads and adapters stored in the checkpoint before Lightning loads the weights (strictly)."""
         meta = checkpoint.get(CHECKPOINT_KEY)
-        ckpt = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        ckpt = getattr(attached_trainer(self), "ckpt_path", None)
         check_state_dict(checkpoint.get("state_dict", {}), f"--ckpt_path {ckpt}" if ckpt else "checkpoint")
         if meta is None:
             raise ValueError(
@@ -104,7 +105,7 @@ class CheckpointFormatMixin:
                 f"checkpoint field '{CHECKPOINT_KEY}.paradigm' is {meta.get('paradigm')!r}, but it is being loaded into "
                 f"{type(self).__name__}; load it with that class"
             )
-        for i, spec, adapter in self._stored_tasks(meta, "checkpoint"):
+        for i, spec, adapter in self.stored_tasks(meta, "checkpoint"):
             offered = self.stream_specs.get(spec.name)
             if offered is not None and not spec.same_task(offered):
                 raise ValueError(
@@ -124,7 +125,7 @@ class CheckpointFormatMixin:
         self.initial_tasks = list(meta.get("initial_tasks", self.initial_tasks))
 
     @staticmethod
-    def _stored_tasks(meta: Mapping[str, Any], where: str, key: str = CHECKPOINT_KEY) -> Iterable[Tuple[int, TaskSpec, Optional[AdapterSpec]]]:
+    def stored_tasks(meta: Mapping[str, Any], where: str, key: str = CHECKPOINT_KEY) -> Iterable[Tuple[int, TaskSpec, Optional[AdapterSpec]]]:
         """``(index, spec, adapter it brought)`` for every task stored in a checkpoint entry with
         ``tasks`` and ``adapters`` (the ``medcl`` entry, or ``key``, e.g. LwF's teacher)."""
         adapters = meta.get("adapters", {})
@@ -166,7 +167,7 @@ class CheckpointFormatMixin:
             raise ValueError(f"{where}: the checkpoint's model differs from this configuration ({'; '.join(problems)}); set the config to the checkpoint's values")
         check_state_dict(checkpoint["state_dict"], where)
         with self.rebuilding():
-            for _, spec, adapter in self._stored_tasks(meta, where):
+            for _, spec, adapter in self.stored_tasks(meta, where):
                 self.add_task(spec, adapter=adapter)
         try:
             self.load_state_dict(checkpoint["state_dict"], strict=True)

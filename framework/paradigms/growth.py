@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from framework.adapters import AdapterSpec
+from framework.core.attachment import attached_trainer
 from framework.core.specs import TaskSpec
 
 __all__ = ["GrowthMixin", "OPTIMIZER_ON_NEW_TASK", "default_optimizer"]
@@ -45,7 +46,7 @@ class GrowthMixin:
         self._update_optimizer_for(spec.name)
 
     def _update_optimizer_for(self, task: str) -> None:
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None or not trainer.optimizers:
             return
         if self.hparams.optimizer_on_new_task == "reset":

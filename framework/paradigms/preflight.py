@@ -4,6 +4,7 @@ from __future__ import annotations
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
+from framework.core.attachment import attached_trainer
 from framework.core.data_protocol import single_sample_last_batches
 from framework.precision import warn_on_slow_precision
 
@@ -16,12 +17,13 @@ class PreflightMixin:
     def setup(self, stage: str) -> None:
         # strategies' own parameters (prompts) and token hooks first: a checkpoint loaded below holds them
         self.strategy_runner.attach()
-        restoring = self.checkpoint_pending or (self._trainer is not None and self.trainer.ckpt_path is not None)
+        trainer = attached_trainer(self)
+        restoring = self.checkpoint_pending or (trainer is not None and trainer.ckpt_path is not None)
         if self.hparams.init_from is not None and not self.task_specs and not restoring:
             self.load_initial_model(self.hparams.init_from)
         elif not restoring:
             self.load_pretrained()
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(trainer, "datamodule", None)
         specs = getattr(datamodule, "task_specs", None)
         if specs is None:
             if stage == "fit":

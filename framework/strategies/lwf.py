@@ -125,7 +125,7 @@ class LwF(Regularizer):
         key = f"{self.checkpoint_field}.teacher"
         with module.rebuilding():  # the stored weights follow
             teacher = module.new_model()
-            for _, spec, adapter in module._stored_tasks(stored, "checkpoint", key=key):  # the same reader as the model's own tasks
+            for _, spec, adapter in module.stored_tasks(stored, "checkpoint", key=key):  # the same reader as the model's own tasks
                 teacher.add_task(spec, adapter)
         try:
             teacher.load_state_dict(stored["state_dict"], strict=True)

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 from torch import Tensor, nn
 
 from framework.backbone.tokens import TokenHook
+from framework.core.attachment import attached_trainer
 from framework.precision import trainer_precision
 from framework.strategies.base import Batch, ExperienceCallback, Outputs, Strategy
 
@@ -40,7 +41,7 @@ class StrategyRunner:
 
     # ------------------------------------------------------------------ who takes part
     def _callbacks(self) -> List[pl.Callback]:
-        trainer = self.module._trainer
+        trainer = attached_trainer(self.module)
         return list(trainer.callbacks) if trainer is not None else []
 
     def strategies(self) -> List[Strategy]:
