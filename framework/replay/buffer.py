@@ -10,7 +10,10 @@ batch) does not grow with the buffer's capacity.
 *Which* samples are kept is decided by a storage policy (:mod:`framework.replay.policies`, or a
 user's, registered in :data:`~framework.core.registry.POLICIES`); it plans its decisions on a
 :class:`~framework.replay.plan.BatchPlan` and the buffer executes them with vectorised
-``index_copy_`` / ``index_select`` per task.  Replay batches are drawn by :mod:`framework.replay.sampling`.
+``index_copy_`` / ``index_select`` per task.  Replay batches are drawn by :mod:`framework.replay.sampling`,
+the checkpoint state is :mod:`framework.replay.buffer_state`.  What stays here (budget, insertion,
+eviction, row moves) keeps one invariant, the sizes and rows of every task against the capacity,
+which is why this file is a little over 350 lines.
 """
 from __future__ import annotations
 
@@ -24,12 +27,11 @@ from framework.core.registry import POLICIES
 from framework.replay.plan import BatchPlan
 from framework.replay.policies import StoragePolicy
 from framework.replay.sampling import BALANCE_MODES, choose, draw
-from framework.replay.storage import REQUIRED_FIELDS, TaskStore, sample_bytes
+from framework.replay.buffer_state import STATE_FORMAT, BufferStateMixin
+from framework.replay.storage import TaskStore, sample_bytes
 
 __all__ = ["ReplayBuffer", "BatchPlan", "STATE_FORMAT", "BALANCE_MODES"]
 
-#: version of :meth:`ReplayBuffer.state_dict`'s layout
-STATE_FORMAT = 2
 _MIN_ROWS = 64  # allocations are not shrunk below this many rows
 
 
@@ -37,7 +39,7 @@ def _positive_int(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and value >= 1
 
 
-class ReplayBuffer:
+class ReplayBuffer(BufferStateMixin):
     """A budget of stored exemplars on the CPU: ``(task, image, target)`` and any field a strategy stores with them.
 
     Args:
@@ -377,64 +379,3 @@ class ReplayBuffer:
             ValueError: on a negative ``n``, an unknown ``balance`` or a ``max_tasks`` below 1.
         """
         return draw(self._stores, self.generator, n, exclude, balance, max_tasks)
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> Dict[str, Any]:
-        """Compact per-task tensors (trimmed to size, copied) and the policy's and generator's
-        state; loadable with ``torch.load(weights_only=True)``."""
-        return {
-            "format": STATE_FORMAT,
-            "policy": self.policy.name,
-            "capacity": self.budget_capacity,
-            "max_mb": self.max_mb,
-            "task_quota": None if self.task_quota is None else dict(self.task_quota),
-            "effective_capacity": self.capacity,
-            "sample_bytes": self.sample_bytes,
-            "generator": self.generator.get_state(),
-            "tasks": {t: {k: v.clone() for k, v in s.view().items()} for t, s in self._stores.items()},
-            "policy_state": self.policy.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict`.
-
-        Raises:
-            ValueError: naming the field, the checkpoint's value and this buffer's, if the policy or
-                budget (``capacity``, ``max_mb``, ``task_quota``) differs, or if the state is not in
-                this version's format.
-        """
-        if not isinstance(state, Mapping):
-            raise ValueError(f"ReplayBuffer.load_state_dict: expected a mapping from ReplayBuffer.state_dict, found {type(state).__name__}")
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(
-                f"ReplayBuffer: the checkpoint's replay buffer format is from an older MedCL (field 'format' is {state.get('format')!r}, "
-                f"this version reads {STATE_FORMAT}); it cannot be loaded, retrain or start from the model weights with init_from"
-            )
-        mine = {"policy": self.policy.name, "capacity": self.budget_capacity, "max_mb": self.max_mb, "task_quota": self.task_quota}
-        for field, value in mine.items():
-            if state.get(field) != value:
-                verb = "uses" if field == "policy" else "has"
-                raise ValueError(f"ReplayBuffer: checkpoint field '{field}' is {state.get(field)!r}, this buffer {verb} {value!r}")
-        stores: Dict[str, TaskStore] = {}
-        for task, data in dict(state.get("tasks", {})).items():
-            images = data.get("image")
-            ok = isinstance(images, Tensor) and isinstance(data.get("target"), Tensor)
-            if not ok or any(not isinstance(v, Tensor) or len(v) != len(images) for v in data.values()):
-                raise ValueError(f"ReplayBuffer: checkpoint field 'tasks.{task}' expected 'image', 'target' (and extra field) tensors of one length")
-            fields = {"image": images, "target": data["target"], **{k: v for k, v in data.items() if k not in REQUIRED_FIELDS}}
-            stores[task] = TaskStore({k: v.to("cpu").contiguous() for k, v in fields.items()}, len(images))
-        size = sum(s.size for s in stores.values())
-        capacity = state.get("effective_capacity")
-        if size > (capacity or 0):
-            raise ValueError(f"ReplayBuffer: checkpoint holds {size} samples, more than its field 'effective_capacity' ({capacity})")
-        previous = (self._stores, self._size, self.capacity, self.sample_bytes, self.generator.get_state())
-        self._stores, self._size = stores, size
-        self.capacity = capacity
-        self.sample_bytes = int(state.get("sample_bytes", 0))
-        try:
-            self.generator.set_state(state["generator"])
-            self.policy.load_state_dict(state.get("policy_state", {}), self)
-        except Exception:
-            self._stores, self._size, self.capacity, self.sample_bytes = previous[:4]
-            self.generator.set_state(previous[4])
-            raise
