@@ -132,6 +132,8 @@ class MedCLModule(CheckpointFormatMixin, GrowthMixin, ScheduleMixin, PreflightMi
                 f"{type(self).__name__}: lr={lr} / weight_decay={weight_decay} set the default AdamW, but an optimizer is configured; "
                 f"give them in the optimizer's init_args instead"
             )
+        # the callables themselves (hparams hold their config: LightningCLI records what the config gave)
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         #: the freezing policy, a strategy of the module's own (framework/strategies/freezing.py)
         self.freezing = Freezing(freeze)
         # a custom backbone is stored as {class_path, init_args} (init_args always present)

@@ -78,9 +78,9 @@ class GrowthMixin:
         groups = [{"params": params, "name": name} for name, params in self.optimizer_groups() + self.strategy_runner.trainable_groups(self._trainable) if params]
         if not groups:
             raise ValueError(f"{type(self).__name__}: nothing to train (every parameter is frozen and no head exists)")
-        factory = self.hparams.get("optimizer")
+        factory = self.optimizer_factory
         optimizer = default_optimizer(groups, self.hparams.lr, self.hparams.weight_decay) if factory is None else factory(groups)
-        scheduler_factory = self.hparams.get("lr_scheduler")
+        scheduler_factory = self.scheduler_factory
         if scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_factory(optimizer), "interval": "epoch"}}

@@ -95,7 +95,7 @@ class PreflightMixin:
         """An lr scheduler set up for the first experience's parameter groups would never schedule the
         groups of heads added later (torch schedulers keep one base lr per group they were built with);
         rebuilding the optimizer on every new task (``optimizer_on_new_task: reset``) rebuilds the scheduler too."""
-        if self.hparams.get("lr_scheduler") is None or self.hparams.optimizer_on_new_task == "reset":
+        if self.scheduler_factory is None or self.hparams.optimizer_on_new_task == "reset":
             return
         first = set(self.experiences()[0]) | set(self.task_specs)
         later = [t for tasks in self.experiences()[1:] for t in tasks if t not in first]
