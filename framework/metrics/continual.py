@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ContinualSummary", "summarize", "zero_shot_retention", "format_matrix", "UNDEFINED"]
+__all__ = ["ContinualSummary", "summarize", "zero_shot_retention", "format_matrix", "UNDEFINED", "MatrixView", "register_metric", "compute_metrics"]
 
 #: how a value that was computed but is undefined (``NaN``) is printed; ``None`` (not evaluated) prints as ``-`` or ``n/a``
 UNDEFINED = "undefined"
@@ -185,3 +185,78 @@ def format_matrix(
             cells.append(text.rjust(w))
         lines.append(label.ljust(first) + " | " + " | ".join(cells))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- open registry of summary metrics
+class MatrixView:
+    """What a registered continual metric reads: the score matrix so far (rows: after each experience;
+    ``NaN`` where a task was not evaluated or its score is undefined), the task names (columns) and
+    the row that first trained each task (``learned_at``; absent for tasks never trained here)."""
+
+    def __init__(self, matrix: Sequence[Sequence[Optional[float]]], tasks: Sequence[str], experience_tasks: Optional[Sequence[Sequence[str]]] = None) -> None:
+        self.matrix = _as_matrix(matrix)
+        self.tasks = list(tasks)
+        experience_tasks = experience_tasks if experience_tasks is not None else [[t] for t in self.tasks[: len(self.matrix)]]
+        self.learned_at: Dict[str, int] = {}
+        for i, names in enumerate(experience_tasks):
+            for name in names:
+                self.learned_at.setdefault(name, i)
+
+    @property
+    def last(self) -> int:
+        return len(self.matrix) - 1
+
+    def learned(self, row: int) -> List[int]:
+        """Columns of the tasks trained in rows ``<= row``."""
+        return [j for j, t in enumerate(self.tasks) if t in self.learned_at and self.learned_at[t] <= row]
+
+
+def register_metric(name: str):
+    """Decorator: register ``fn(view: MatrixView) -> Optional[float]`` as a continual metric under ``name``;
+    ``ContinualEvaluation(metrics=[name, ...])`` computes it after every experience and reports it with the
+    built-in ones (JSON, CSV, printed summary, loggers).
+
+    Raises:
+        ValueError: if ``name`` is taken by another function.
+    """
+    from framework.core.registry import METRICS
+
+    def decorator(fn):
+        if not callable(fn):
+            raise ValueError(f"register_metric({name!r}): expected a function of a MatrixView, found {fn!r}")
+        return METRICS.register(name)(fn)
+
+    return decorator
+
+
+def compute_metrics(names: Sequence[str], view: MatrixView) -> Dict[str, Optional[float]]:
+    """``{name: value}`` of registered metrics (names or ``class_path``-style ``"pkg.module.function"``).
+
+    Raises:
+        ValueError: on an unknown name (listing the registered ones), or a value that is not a number or None.
+    """
+    from framework.core.registry import METRICS
+
+    out: Dict[str, Optional[float]] = {}
+    for name in names:
+        value = METRICS.get(name, where="ContinualEvaluation: metrics")(view)
+        if value is not None and not isinstance(value, (int, float)):
+            raise ValueError(f"continual metric {name!r} returned {type(value).__name__}; expected a number or None")
+        out[name] = None if value is None else float(value)
+    return out
+
+
+@register_metric("learning_accuracy")
+def learning_accuracy(view: MatrixView) -> Optional[float]:
+    """Mean score of every task right after the experience that trained it (plasticity; Riemer et al. 2019)."""
+    values = [view.matrix[view.learned_at[t], j] for j, t in enumerate(view.tasks) if t in view.learned_at and view.learned_at[t] <= view.last]
+    return _mean(values)
+
+
+@register_metric("min_accuracy")
+def min_accuracy(view: MatrixView) -> Optional[float]:
+    """The lowest score of a trained task in the last row (the worst-kept task)."""
+    if view.last < 0:
+        return None
+    values = [float(view.matrix[view.last, j]) for j in view.learned(view.last) if not math.isnan(view.matrix[view.last, j])]
+    return min(values) if values else None
