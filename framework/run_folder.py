@@ -18,16 +18,16 @@ settles the run folder before anything is instantiated (:meth:`RunFolders.prepar
 
 The settings are applied to a copy of the parsed configuration only while the classes are
 instantiated (:meth:`RunFolders.applied`); the ``config.yaml`` saved in the run folder keeps what
-the user wrote, so it can be run again.
+the user wrote, so it can be run again.  Reading the parsed config and the run-folder layout
+(checkpoint's run, newest ``last`` checkpoint, config file name, CSV history) is in
+:mod:`framework.run_layout`; this module re-exports its public names.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib
 import json
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -38,107 +38,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from framework.run_layout import (
+    LOCK_FILE, RUN_RECORD, VERSION_FOLDER, VERSIONED_LOGGERS, WANDB_LOGGERS, config_file_name, config_get, find_last_in_config,
+    holds_checkpoint, keep_csv_history, logger_root, loggers_of, newer_checkpoints, run_folder_of_checkpoint,
+)
+
 __all__ = [
     "RunFolders", "RunFolderBusy", "RUN_RECORD", "LOCK_FILE", "run_folder_of_checkpoint", "find_last_in_config", "keep_csv_history",
     "config_file_name",
 ]
 
-#: file in every run folder: the W&B run id, the command, when it started
-RUN_RECORD = "medcl_run.json"
-#: held by the process that writes a run folder
-LOCK_FILE = ".medcl.lock"
-_VERSION = re.compile(r"version_(\d+)$")
-
 
 class RunFolderBusy(RuntimeError):
     """Another live process is writing the run folder."""
-
-
-def _class(class_path: Any) -> Optional[type]:
-    if not isinstance(class_path, str):
-        return None
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None  # reported by the parser
-
-
-def _is(class_path: Any, *bases: str) -> bool:
-    cls = _class(class_path)
-    if cls is None:
-        return False
-    for base in bases:
-        module, _, name = base.rpartition(".")
-        try:
-            if issubclass(cls, getattr(importlib.import_module(module), name)):
-                return True
-        except (ImportError, AttributeError):  # pragma: no cover - optional logger packages
-            continue
-    return False
-
-
-_VERSIONED = ("pytorch_lightning.loggers.CSVLogger", "pytorch_lightning.loggers.TensorBoardLogger")
-_WANDB = ("pytorch_lightning.loggers.WandbLogger",)
-_CHECKPOINT = ("pytorch_lightning.callbacks.ModelCheckpoint",)
-
-
-def _items(value: Any) -> List[Any]:
-    if value is None or isinstance(value, bool):
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _get(namespace: Any, key: str, default: Any = None) -> Any:
-    if namespace is None:
-        return default
-    getter = getattr(namespace, "get", None)
-    return getter(key, default) if callable(getter) else getattr(namespace, key, default)
-
-
-def _loggers(trainer: Any, bases: Tuple[str, ...]) -> List[Any]:
-    return [entry for entry in _items(_get(trainer, "logger")) if _is(_get(entry, "class_path"), *bases)]
-
-
-def _root(trainer: Any, logger: Any) -> Path:
-    args = _get(logger, "init_args")
-    save_dir = _get(args, "save_dir") or _get(trainer, "default_root_dir") or os.getcwd()
-    name = _get(args, "name", "lightning_logs")
-    return Path(save_dir) / name if name else Path(save_dir)
-
-
-def run_folder_of_checkpoint(ckpt_path: Any) -> Optional[Path]:
-    """The run folder a checkpoint was written in (``<run>/checkpoints/<file>.ckpt``), or ``None``
-    when the file does not sit in a run folder (a copied or stage checkpoint)."""
-    if not ckpt_path or "://" in str(ckpt_path):
-        return None
-    path = Path(ckpt_path).absolute()
-    if path.parent.name != "checkpoints":
-        return None
-    run = path.parent.parent
-    return run if (run / RUN_RECORD).is_file() or _VERSION.match(run.name) else None
-
-
-def find_last_in_config(trainer: Any) -> Tuple[Optional[Path], List[str]]:
-    """The most recently written ``last*.ckpt`` of the earlier runs of a parsed ``trainer`` config,
-    and the folders searched: a checkpoint callback's ``dirpath`` if one is set, else
-    ``<save_dir>/<name>/<any version>/checkpoints`` of the first versioned logger, else
-    ``<default_root_dir>/[<any version>/]checkpoints`` (where Lightning's ``ModelCheckpoint`` writes)."""
-    patterns: List[Tuple[Path, str]] = []
-    for callback in _items(_get(trainer, "callbacks")):
-        dirpath = _get(_get(callback, "init_args"), "dirpath")
-        if dirpath and _is(_get(callback, "class_path"), *_CHECKPOINT):
-            patterns.append((Path(dirpath), "last*.ckpt"))
-    if not patterns:
-        versioned = _loggers(trainer, _VERSIONED)
-        if versioned:
-            patterns.append((_root(trainer, versioned[0]), "*/checkpoints/last*.ckpt"))
-        else:
-            root = Path(_get(trainer, "default_root_dir") or os.getcwd())
-            patterns += [(root / "checkpoints", "last*.ckpt"), (root, "version_*/checkpoints/last*.ckpt")]
-    found = [path for folder, pattern in patterns for path in folder.glob(pattern) if path.is_file()]
-    searched = [str(folder / pattern) for folder, pattern in patterns]
-    return (max(found, key=lambda p: p.stat().st_mtime) if found else None), searched
 
 
 def _pid_alive(pid: int) -> bool:
@@ -194,10 +106,10 @@ class RunFolders:
         """
         if _is_child_rank():
             return
-        trainer = _get(config, "trainer")
-        versioned = _loggers(trainer, _VERSIONED)
+        trainer = config_get(config, "trainer")
+        versioned = loggers_of(trainer, VERSIONED_LOGGERS)
         continued = run_folder_of_checkpoint(ckpt_path)
-        newer = _newer_checkpoints(Path(ckpt_path)) if continued is not None and self.subcommand == "fit" else []
+        newer = newer_checkpoints(Path(ckpt_path)) if continued is not None and self.subcommand == "fit" else []
         if newer:  # a branch from an earlier point: continuing in place would overwrite the run's later checkpoints
             from pytorch_lightning.utilities import rank_zero_info
 
@@ -213,7 +125,7 @@ class RunFolders:
         elif versioned:
             self._claim(trainer, versioned)
         else:  # no versioned logger: one version folder under default_root_dir
-            root = Path(_get(trainer, "default_root_dir") or os.getcwd())
+            root = Path(config_get(trainer, "default_root_dir") or os.getcwd())
             self._claim_under(root)
             self._override(trainer, "default_root_dir", str(self.path))
         self._lock_folder()
@@ -226,18 +138,18 @@ class RunFolders:
 
     def _plan_existing(self, trainer: Any, versioned: List[Any], run: Path) -> None:
         for logger in versioned:
-            args = _get(logger, "init_args")
+            args = config_get(logger, "init_args")
             self._override(args, "save_dir", str(run.parent.parent))
             self._override(args, "name", run.parent.name)
-            match = _VERSION.match(run.name)
+            match = VERSION_FOLDER.match(run.name)
             self._override(args, "version", int(match.group(1)) if match else run.name)
         if not versioned:
             self._override(trainer, "default_root_dir", str(run))
 
     def _claim(self, trainer: Any, versioned: List[Any]) -> None:
         first = versioned[0]
-        explicit = _get(_get(first, "init_args"), "version")
-        root = _root(trainer, first)
+        explicit = config_get(config_get(first, "init_args"), "version")
+        root = logger_root(trainer, first)
         if explicit is not None:
             folder = root / (explicit if isinstance(explicit, str) else f"version_{explicit}")
             if self.subcommand == "fit" and folder.is_dir() and any(folder.iterdir()):
@@ -252,8 +164,8 @@ class RunFolders:
         else:
             self._claim_under(root)
         for logger in versioned:  # every versioned logger writing under the same root shares the version
-            if _root(trainer, logger) == root:
-                self._override(_get(logger, "init_args"), "version", int(_VERSION.match(self.path.name).group(1)) if explicit is None else explicit)
+            if logger_root(trainer, logger) == root:
+                self._override(config_get(logger, "init_args"), "version", int(VERSION_FOLDER.match(self.path.name).group(1)) if explicit is None else explicit)
 
     def _mkdirs(self, folder: Path) -> None:
         missing = []
@@ -267,7 +179,7 @@ class RunFolders:
     def _claim_under(self, root: Path) -> None:
         """``root/version_<N>`` for the next free ``N``, created with ``os.mkdir`` (atomic across processes)."""
         self._mkdirs(root)
-        numbers = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _VERSION.match(p.name))]
+        numbers = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := VERSION_FOLDER.match(p.name))]
         n = max(numbers) + 1 if numbers else 0
         while True:
             try:
@@ -306,16 +218,16 @@ class RunFolders:
             return
 
     def _plan_wandb(self, trainer: Any) -> None:
-        loggers = _loggers(trainer, _WANDB)
+        loggers = loggers_of(trainer, WANDB_LOGGERS)
         if not loggers:
             return
         for logger in loggers:
-            folder = Path(_get(_get(logger, "init_args"), "save_dir") or ".").absolute() / "wandb"
+            folder = Path(config_get(config_get(logger, "init_args"), "save_dir") or ".").absolute() / "wandb"
             self.wandb_dirs[folder] = folder.exists()
             self._wandb_before |= set(folder.iterdir()) if folder.is_dir() else set()
         stored = self.record().get("wandb_run_id")
-        args = _get(loggers[0], "init_args")
-        given = _get(args, "id") or _get(args, "version")
+        args = config_get(loggers[0], "init_args")
+        given = config_get(args, "id") or config_get(args, "version")
         if stored and self.continued:
             self.wandb_id = stored
             self._override(args, "id", stored)
@@ -365,7 +277,7 @@ class RunFolders:
     def applied(self) -> Iterator[None]:
         """Set the planned values in the parsed config while the classes are instantiated, then
         restore what the user wrote (the saved ``config.yaml`` stays re-runnable)."""
-        before = [(ns, key, _get(ns, key)) for ns, key, _ in self._overrides]
+        before = [(ns, key, config_get(ns, key)) for ns, key, _ in self._overrides]
         for namespace, key, value in self._overrides:
             namespace[key] = value
         try:
@@ -394,10 +306,10 @@ class RunFolders:
         if self.path is None:
             return removed
         if self.continued:  # an earlier command's run: keep it all, unless this command only added a W&B folder
-            if not _holds_checkpoint(self.path, since=self._started):
+            if not holds_checkpoint(self.path, since=self._started):
                 removed += self._remove_new_wandb_runs()
             return removed
-        if not self.created or _holds_checkpoint(self.path):
+        if not self.created or holds_checkpoint(self.path):
             return removed
         removed += self._remove_new_wandb_runs()
         shutil.rmtree(self.path, ignore_errors=True)
@@ -423,58 +335,3 @@ class RunFolders:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         return removed
-
-
-def keep_csv_history(trainer: Any) -> None:
-    """Keep the ``metrics.csv`` of a continued run folder: Lightning's CSV writer deletes an existing
-    one when it starts, so it is moved aside while the writer starts and put back (the writer then
-    appends, and rewrites the header if new columns come)."""
-    import csv
-    import warnings
-
-    from pytorch_lightning.loggers import CSVLogger
-
-    for logger in getattr(trainer, "loggers", []):
-        if not isinstance(logger, CSVLogger) or not getattr(trainer, "is_global_zero", True):
-            continue
-        metrics = Path(logger.log_dir) / "metrics.csv"
-        aside = metrics.with_name(".metrics.csv.kept")
-        if metrics.is_file():
-            os.replace(metrics, aside)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-                writer = logger.experiment  # starts the writer (public property)
-        finally:
-            if aside.is_file():
-                os.replace(aside, metrics)
-        if metrics.is_file():  # the writer appends under the file's header, widened when new columns come
-            with open(metrics, newline="") as fh:
-                writer.metrics_keys = list(next(csv.reader(fh), []))
-
-
-def config_file_name(folder: Path, subcommand: str, default: str = "config.yaml") -> str:
-    """``config.yaml`` for a new run folder; ``config.<subcommand>[-<k>].yaml`` when the folder
-    already holds one (a resumed, tested or predicted run keeps the config it started with)."""
-    if not (Path(folder) / default).exists():
-        return default
-    stem, suffix = default.rsplit(".", 1)
-    k = 1
-    while (Path(folder) / f"{stem}.{subcommand}-{k}.{suffix}").exists():
-        k += 1
-    return f"{stem}.{subcommand}-{k}.{suffix}"
-
-
-def _newer_checkpoints(ckpt: Path) -> List[Path]:
-    """The checkpoints beside ``ckpt`` written after it (newest first): the run went on past it."""
-    try:
-        mtime = ckpt.stat().st_mtime
-    except OSError:
-        return []
-    newer = [p for p in ckpt.parent.glob("*.ckpt") if p != ckpt and p.stat().st_mtime > mtime]
-    return sorted(newer, key=lambda p: -p.stat().st_mtime)
-
-
-def _holds_checkpoint(path: Path, since: Optional[float] = None) -> bool:
-    """Whether ``path`` holds a checkpoint (written at or after ``since``, a ``time.time()``, if given)."""
-    return path.is_dir() and any(p.suffix == ".ckpt" and (since is None or p.stat().st_mtime >= since) for p in path.rglob("*"))

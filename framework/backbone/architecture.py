@@ -18,7 +18,9 @@ themselves are in the checkpoint's ``state_dict``.
 
 The model is always built by open_clip itself (``create_model('local-dir:...')``) from a folder
 materialised from the architecture under ``$MEDCL_CACHE/architectures/``; only the pretrained
-*weights* are loaded separately (:func:`resolve_weights`), when a run starts from them.
+*weights* are loaded separately (:func:`resolve_weights`), when a run starts from them.  Reading a
+source (schemas, hub downloads, config files, text-tower files, weights) is in
+:mod:`framework.backbone.sources`; this module re-exports its public names.
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
+from framework.backbone.sources import (
+    SCHEMAS, WEIGHT_FILES, hf_download, hf_text_files, offline_hint, read_config_json, resolve_weights, schema_of, weights_in_folder,
+)
+
 __all__ = [
     "Architecture",
     "quiet_local_dir_build",
@@ -48,23 +54,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMAS = ("hf-hub:", "local-dir:")
-#: weight files open_clip looks for in a folder or hub repository, preferred first
-WEIGHT_FILES = (
-    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
-)
 RECORD_FORMAT = 1
 #: architectures read from checkpoints in this process: backbone name -> architecture
 _FROM_CHECKPOINTS: Dict[str, "Architecture"] = {}
-
-
-def schema_of(name: str) -> Optional[str]:
-    """``"hf-hub"``, ``"local-dir"`` or ``None`` for a plain architecture name."""
-    for prefix in SCHEMAS:
-        if isinstance(name, str) and name.startswith(prefix):
-            return prefix[:-1]
-    return None
 
 
 def _cache_dir() -> Path:
@@ -179,69 +171,7 @@ def quiet_local_dir_build() -> Iterator[None]:
         root.removeFilter(note)
 
 
-# ---------------------------------------------------------------------------- reading a source
-def _hf_download(repo: str, filename: str, cache_dir: Optional[str]) -> str:
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(repo, filename, cache_dir=cache_dir)
-
-
-def _offline_hint(name: str) -> str:
-    return (
-        f"On a machine with internet, fill the Hugging Face cache with `python -c \"import open_clip; open_clip.create_model('{name}')\"` "
-        f"and copy ~/.cache/huggingface here (then HF_HUB_OFFLINE=1 works), or download the repository folder and use "
-        f"local-dir:/path/to/it (see docs/foundation_models.md)"
-    )
-
-
-def _read_json(path: Path, what: str) -> Dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{what}: {path} is not readable JSON ({type(err).__name__}: {err})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model_cfg"), dict):
-        found = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{what}: {path} expected an open_clip config with a 'model_cfg' mapping, found {found}")
-    for key in ("embed_dim", "vision_cfg", "text_cfg"):
-        if key not in data["model_cfg"]:
-            raise ValueError(f"{what}: {path} field 'model_cfg.{key}' is missing (expected open_clip's model config layout)")
-    return data
-
-
-def _weights_in_folder(folder: Path) -> Optional[str]:
-    # open_clip's own choice order (open_clip.factory._find_checkpoint_in_dir is private)
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return str(folder / name)
-    return None
-
-
-def _hf_text_files(text_cfg: Mapping[str, Any], tokenizer_source: Optional[str], what: str) -> Dict[str, Union[str, bytes]]:
-    """The Hugging Face text tower's ``config.json`` and tokenizer files, via transformers' own save."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    model_source = text_cfg["hf_model_name"]
-    tokenizer_source = tokenizer_source or text_cfg.get("hf_tokenizer_name") or model_source
-    with tempfile.TemporaryDirectory(prefix="medcl-text-") as tmp:
-        try:
-            AutoConfig.from_pretrained(model_source).save_pretrained(tmp)
-            AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
-        except OSError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RuntimeError(
-                f"{what}: the Hugging Face text tower {model_source!r} (tokenizer {tokenizer_source!r}) is not available offline ({first}). "
-                + _offline_hint(f"hf-hub:{model_source}")
-            ) from None
-        files: Dict[str, Union[str, bytes]] = {}
-        for path in sorted(Path(tmp).iterdir()):
-            data = path.read_bytes()
-            try:
-                files[path.name] = data.decode("utf-8")
-            except UnicodeDecodeError:  # e.g. a sentencepiece model
-                files[path.name] = data
-    return files
-
-
+# ---------------------------------------------------------------------------- resolving a name
 def resolve_architecture(name: str, pretrained: Optional[str] = None, cache_dir: Optional[str] = None, from_source: bool = False) -> Architecture:
     """The :class:`Architecture` of a backbone name (a checkpoint's stored one first, see
     :func:`register_checkpoint_architecture`).
@@ -281,19 +211,19 @@ def resolve_architecture(name: str, pretrained: Optional[str] = None, cache_dir:
         if not config_path.is_file():
             found = sorted(p.name for p in folder.iterdir())[:10]
             raise FileNotFoundError(f"{what}: {config_path} not found (expected an open_clip model folder with open_clip_config.json; found {found})")
-        data = _read_json(config_path, what)
-        weights = _weights_in_folder(folder)
+        data = read_config_json(config_path, what)
+        weights = weights_in_folder(folder)
         tokenizer_source = str(folder)  # open_clip reads a local-dir model's tokenizer from the folder itself
     elif schema == "hf-hub":
         try:
-            config_path = Path(_hf_download(identifier, "open_clip_config.json", cache_dir))
+            config_path = Path(hf_download(identifier, "open_clip_config.json", cache_dir))
         except Exception as err:  # huggingface_hub raises several types for a missing cache entry offline
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RuntimeError(f"{what}: open_clip_config.json of {identifier!r} could not be read ({type(err).__name__}: {first}). " + _offline_hint(name)) from None
-        data = _read_json(config_path, what)
+            raise RuntimeError(f"{what}: open_clip_config.json of {identifier!r} could not be read ({type(err).__name__}: {first}). " + offline_hint(name)) from None
+        data = read_config_json(config_path, what)
         for filename in WEIGHT_FILES[:4]:
             try:
-                weights = _hf_download(identifier, filename, cache_dir)
+                weights = hf_download(identifier, filename, cache_dir)
                 break
             except Exception:  # not in this repository (or not cached): try the next name
                 continue
@@ -326,75 +256,11 @@ def resolve_architecture(name: str, pretrained: Optional[str] = None, cache_dir:
     architecture = Architecture(name=name, model_cfg=model_cfg, preprocess_cfg=preprocess, weights=weights)
     if architecture.hf_text:
         text = model_cfg["text_cfg"]
-        architecture.files = _hf_text_files(text, tokenizer_source, what)
+        architecture.files = hf_text_files(text, tokenizer_source, what)
         if text.get("hf_model_pretrained", True) and weights is None:
             architecture.text_weights = text["hf_model_name"]
     return architecture
 
-
-def resolve_weights(pretrained: Optional[str], architecture: Architecture, cache_dir: Optional[str] = None) -> Optional[str]:
-    """The local file of the CLIP weights a run starts from, or ``None``.
-
-    Args:
-        pretrained: ``None`` (the source's own weights: a hub repository's or a folder's, none for
-            a plain name), a local file, ``hf-hub:org/repo`` or ``local-dir:/path`` (their weights
-            file), or an open_clip tag of a plain name (downloaded, needs internet).
-        architecture: the backbone's architecture.
-        cache_dir: download cache.
-
-    Raises:
-        FileNotFoundError: for a missing file or folder, or a folder without a weights file.
-        ValueError: for an unknown tag.
-        RuntimeError: if weights cannot be downloaded or are not in the offline cache.
-    """
-    import open_clip
-
-    if pretrained in (None, "", "none", "None"):
-        return architecture.weights
-    if not isinstance(pretrained, str):
-        raise ValueError(f"CLIPBackbone: pretrained expected None, a file path, hf-hub:org/repo, local-dir:/path or a tag, found {pretrained!r}")
-    if os.path.isfile(pretrained):
-        return pretrained
-    schema = schema_of(pretrained)
-    identifier = pretrained[len(schema) + 1:] if schema else pretrained
-    if schema == "local-dir":
-        folder = Path(identifier).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"CLIPBackbone: pretrained folder not found: {folder}")
-        found = _weights_in_folder(folder)
-        if found is None:
-            raise FileNotFoundError(f"CLIPBackbone: pretrained folder {folder} holds no weights file (expected one of {list(WEIGHT_FILES)})")
-        return found
-    if schema == "hf-hub":
-        errors = []
-        for filename in WEIGHT_FILES[:4]:
-            try:
-                return _hf_download(identifier, filename, cache_dir)
-            except Exception as err:  # not in this repository (or not cached): try the next name
-                errors.append(f"{filename}: {type(err).__name__}")
-        raise RuntimeError(f"CLIPBackbone: pretrained={pretrained!r}: no weights file could be read ({'; '.join(errors)}). " + _offline_hint(pretrained))
-    name = architecture.name
-    from framework.backbone.shipped import shipped_tags, shipped_weights
-
-    shipped = shipped_weights(name, pretrained)  # MedCL's own pretrained models (framework/backbone/shipped.py)
-    if shipped is not None:
-        return shipped
-    tags = [*shipped_tags(name), *(open_clip.list_pretrained_tags_by_model(name) if schema_of(name) is None else [])]
-    if pretrained in tags:
-        try:
-            return open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, pretrained), cache_dir=cache_dir)
-        except Exception as err:
-            raise RuntimeError(
-                f"CLIPBackbone: could not download pretrained weights {pretrained!r} for {name!r} (no internet?). "
-                f"Download them on a machine with internet, e.g. `python -c \"import open_clip; open_clip.create_model('{name}', "
-                f"pretrained='{pretrained}', cache_dir='weights')\"`, then pass the local file: pretrained=/path/to/open_clip_model.safetensors"
-            ) from err
-    if os.sep in pretrained or pretrained.startswith(".") or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")):
-        raise FileNotFoundError(f"CLIPBackbone: pretrained checkpoint file not found: {pretrained}")
-    raise ValueError(
-        f"CLIPBackbone: pretrained={pretrained!r} is neither an existing file, hf-hub:org/repo, local-dir:/path nor a known tag for "
-        f"{name!r} (known tags: {tags or 'none'})"
-    )
 
 
 # ---------------------------------------------------------------------------- checkpoints

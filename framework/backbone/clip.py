@@ -10,6 +10,11 @@ to build a model, so every open_clip architecture works.  Two tiny architectures
 Each also exists with the pretrained all-MiniLM-L6-v2 text tower (``medcl-vit-tiny-minilm``,
 ``medcl-resnet18-tiny-minilm``; see :mod:`framework.backbone.minilm`), whose prompts carry
 meaning before any training.
+
+Why one file of over 350 lines: :class:`CLIPBackbone` is a single ``nn.Module`` whose weight loading,
+image side and text side all act on the same open_clip model and cached state, so splitting it would
+scatter one concept; where a name resolves is in :mod:`framework.backbone.architecture` and
+:mod:`framework.backbone.sources`, slice pooling in :mod:`framework.backbone.slices`.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from torch import Tensor, nn
 
 from framework.backbone.architecture import Architecture, quiet_local_dir_build, resolve_architecture, resolve_weights, schema_of
 from framework.backbone.resolution import check_input_size, enable_any_input_size, patch_multiple
-from framework.backbone.slices import DEFAULT_SLICE_BATCH_SIZE, over_slices
+from framework.backbone.slices import DEFAULT_SLICE_BATCH_SIZE, over_slices, slice_average  # slice_average: also its old import path
 from framework.backbone.weights_file import OMITTED_KEY, load_weights_into, read_metadata
 from framework.core.checkpoints import ALLOW_PICKLE_ENV, allow_pickle
 
@@ -62,21 +67,6 @@ def list_architectures() -> List[str]:
     """All architecture names open_clip can build, MedCL's tiny ones included."""
     register_model_configs()
     return open_clip.list_models()
-
-
-def slice_average(encode_slices, volumes: Tensor, size: Tuple[int, int]) -> Tensor:
-    """``(B, E)``: per-slice embeddings (``encode_slices``: ``(B, C, D, H, W) -> (B, E, D)``) averaged;
-    slices larger in-plane than ``size`` are tiled with MONAI ``sliding_window_inference`` (one
-    embedding per slice and window, stitched to ``(B, E, D, ~H/h, ~W/w)``), never shrunk."""
-    d, h, w = volumes.shape[-3:]
-    if h > size[0] or w > size[1]:
-        from monai.inferers import sliding_window_inference
-
-        maps = sliding_window_inference(
-            volumes, roi_size=(d, *size), sw_batch_size=4, overlap=0.0, predictor=lambda window: encode_slices(window)[..., None, None]
-        )
-        return maps.flatten(2).mean(dim=2)
-    return encode_slices(volumes).mean(dim=2)
 
 
 def _eval_frozen(module: nn.Module) -> None:

@@ -9,16 +9,17 @@ unless ``checkpoint`` is set: then each micro-batch is recomputed in the backwar
 ``torch.utils.checkpoint``, non-reentrant), trading compute for memory.
 
 The settings live on the backbone (``slice_batch_size``, ``checkpoint_slices``) and are set from a
-config with :class:`framework.callbacks.VolumeMemory`.
+config with :class:`framework.callbacks.VolumeMemory`.  :func:`slice_average` pools the per-slice
+embeddings of a volume (both CLIPBackbone and a 2D CustomBackbone use it).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_SLICE_BATCH_SIZE", "over_slices", "check_slice_settings"]
+__all__ = ["DEFAULT_SLICE_BATCH_SIZE", "over_slices", "slice_average", "check_slice_settings"]
 
 #: slices per micro-batch when nothing else is configured
 DEFAULT_SLICE_BATCH_SIZE = 32
@@ -63,3 +64,18 @@ def over_slices(fn: Callable[[Tensor], Tensor], volumes: Tensor, slice_batch_siz
             out = fn(slices)
         outs.append(out.reshape(b, k, *out.shape[1:]))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def slice_average(encode_slices, volumes: Tensor, size: Tuple[int, int]) -> Tensor:
+    """``(B, E)``: per-slice embeddings (``encode_slices``: ``(B, C, D, H, W) -> (B, E, D)``) averaged;
+    slices larger in-plane than ``size`` are tiled with MONAI ``sliding_window_inference`` (one
+    embedding per slice and window, stitched to ``(B, E, D, ~H/h, ~W/w)``), never shrunk."""
+    d, h, w = volumes.shape[-3:]
+    if h > size[0] or w > size[1]:
+        from monai.inferers import sliding_window_inference
+
+        maps = sliding_window_inference(
+            volumes, roi_size=(d, *size), sw_batch_size=4, overlap=0.0, predictor=lambda window: encode_slices(window)[..., None, None]
+        )
+        return maps.flatten(2).mean(dim=2)
+    return encode_slices(volumes).mean(dim=2)

@@ -1,35 +1,29 @@
 """After each experience, test every domain: the in-domain matrix, forward transfer against a
-random-init reference, cross-domain sets and never-trained (cross-task) tasks."""
+random-init reference, cross-domain sets and never-trained (cross-task) tasks.
+
+The callback evaluates; :mod:`framework.callbacks.continual_result` turns its rows into the result
+dict and :mod:`framework.callbacks.reports` writes every output (files, printed report, loggers)."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
-from framework.callbacks.continual_report import (
-    INITIAL_ROW, SECONDARY_METRICS, column_labels, format_report, json_ready, plot_curves, plot_matrix, row_label, write_csv,
+from framework.callbacks.continual_result import build_result as _build_result
+from framework.callbacks.reports import (
+    CURVES_PNG, INITIAL_ROW, METRICS_CSV, METRICS_JSON, METRICS_PNG, LoggerReport, plot_matrix, print_report, row_label, write_result_files,
 )
-from framework.heads import HEAD_REGISTRY
-from framework.metrics.continual import summarize, zero_shot_retention
 from framework.metrics.evaluation import PROBE_DEFAULTS, can_route, evaluate_head, fresh_head, linear_probe, supports_zero_shot
 from framework.precision import trainer_precision
 
 __all__ = ["ContinualEvaluation", "METRICS_JSON", "METRICS_CSV", "METRICS_PNG", "CURVES_PNG", "plot_matrix", "row_label"]
 
 log = logging.getLogger(__name__)
-
-METRICS_JSON = "continual_metrics.json"
-METRICS_CSV = "continual_metrics.csv"
-METRICS_PNG = "accuracy_matrix.png"
-CURVES_PNG = "task_curves.png"
 
 
 class ContinualEvaluation(pl.Callback):
@@ -118,7 +112,7 @@ class ContinualEvaluation(pl.Callback):
         #: task -> reference numbers from the data (e.g. a semi-synthetic task's oracle C-index)
         self.reference: Optional[Dict[str, Dict[str, float]]] = None
         self._current: Optional[Tuple[int, List[str]]] = None  # (experience, tasks) being trained
-        self._wandb_defined = False
+        self._logger_report = LoggerReport()  # W&B's experience axis is defined once per callback
         self._run_dir: Optional[Path] = None
 
     # ------------------------------------------------------------------ hooks
@@ -268,167 +262,36 @@ class ContinualEvaluation(pl.Callback):
         return self.result
 
     def build_result(self, all_tasks: List[str], pl_module, specs, datamodule=None) -> Dict[str, Any]:
-        experiences = sorted(self.rows)
-        score = lambda values: None if values is None else values.get("score")  # noqa: E731
-        matrix = [[score(self.rows[e].get(t)) for t in all_tasks] for e in experiences]
-        reference = (self.random_init or {}).get("tasks", {})
-        random_init = {t: score(v) for t, v in reference.items() if score(v) is not None}
-        summary = summarize(matrix, all_tasks, [self.experience_tasks[e] for e in experiences], random_init=random_init)
-        # each column's metric is its head's score: accuracy, C-index, Dice ...
-        metrics = {spec.name: HEAD_REGISTRY[spec.kind].score_name for spec in specs}
-        score_names = sorted(set(metrics.values()))
-        secondary = {}
-        for metric in SECONDARY_METRICS:
-            values = [[(self.rows[e].get(t) or {}).get(metric) for t in all_tasks] for e in experiences]
-            if any(v is not None for row in values for v in row):
-                secondary[metric] = values
-        cross_domain = {}
-        for name, task in getattr(datamodule, "cross_domain_task", {}).items():
-            spec = datamodule.domain(task).task_spec
-            per_row = [self.cross_rows.get(e, {}).get("cross_domain", {}).get(name) for e in experiences]
-            cross_domain[name] = {
-                "task": task,
-                "metric": HEAD_REGISTRY[spec.kind].score_name,
-                "scores": [score(v) for v in per_row],
-                "details": per_row,
-                "random_init": score((self.random_init or {}).get("cross_domain", {}).get(name)),
-            }
-        cross_task = {}
-        for spec in getattr(datamodule, "cross_task_specs", []):
-            per_row = [self.cross_rows.get(e, {}).get("cross_task", {}).get(spec.name) or {} for e in experiences]
-            ref = (self.random_init or {}).get("cross_task", {}).get(spec.name) or {}
-            cross_task[spec.name] = {
-                "metric": "acc",
-                "zero_shot": [score(v.get("zero_shot")) for v in per_row],
-                "linear_probe": [score(v.get("linear_probe")) for v in per_row],
-                "zero_shot_details": [v.get("zero_shot") for v in per_row],
-                "linear_probe_details": [v.get("linear_probe") for v in per_row],
-                "random_init": {k: score(ref.get(k)) for k in ("zero_shot", "linear_probe")},
-            }
-        retention = None
-        known = [spec.name for spec in getattr(datamodule, "known_task_specs", [])]
-        if known:
-            per_row = [self.cross_rows.get(e, {}).get("known_task", {}) for e in experiences]
-            start = {name: score(((self.random_init or {}).get("known_task") or {}).get(name)) for name in known}
-            retention = {
-                "metric": "acc",
-                "scores": {name: [score(row.get(name)) for row in per_row] for name in known},
-                "details": {name: [row.get(name) for row in per_row] for name in known},
-                **zero_shot_retention(start, [{name: score(row.get(name)) for name in known} for row in per_row]),
-            }
-        return {
-            "paradigm": type(pl_module).__name__,
-            "split": self.split,
-            "metric": score_names[0] if len(score_names) == 1 else score_names,
-            "metrics": metrics,
-            "reference": self.reference or {},
-            "tasks": all_tasks,
-            "experiences": experiences,
-            "experience_tasks": [self.experience_tasks[e] for e in experiences],
-            "learned_at": summary["learned_at"],
-            "accuracy_matrix": matrix,
-            "average_accuracy": summary["average_accuracy"],
-            "average_accuracy_per_experience": summary["average_accuracy_per_experience"],
-            "average_accuracy_undefined": summary["average_accuracy_undefined"],
-            "forgetting": summary["forgetting"],
-            "forgetting_per_task": summary["forgetting_per_task"],
-            "bwt": summary["backward_transfer"],
-            "fwt": summary["forward_transfer"],
-            "fwt_per_task": summary["forward_transfer_per_task"],
-            "random_init": random_init,
-            "secondary": secondary,
-            "cross_domain": cross_domain,
-            "cross_task": cross_task,
-            "zero_shot_retention": retention,
-            "linear_probe_budget": (
-                {"samples_per_class": self.probe_samples_per_class, "classifier": "sklearn LogisticRegression", **{k: v for k, v in PROBE_DEFAULTS.items() if k != "samples_per_class"}}
-                if cross_task and self.probe_samples_per_class else None
-            ),
-            "details": {str(e): self.rows[e] for e in experiences},
-            "initial_tasks": list(getattr(pl_module, "initial_tasks", [])),
-            "trainable_parameters": {str(e): c for e, c in getattr(pl_module, "trainable_counts", {}).items()},
-        }
+        """The result dict of the rows recorded so far (:func:`framework.callbacks.continual_result.build_result`)."""
+        return _build_result(
+            all_tasks, pl_module, specs, datamodule, rows=self.rows, cross_rows=self.cross_rows, experience_tasks=self.experience_tasks,
+            random_init_scores=self.random_init, reference=self.reference, split=self.split,
+            probe_samples_per_class=self.probe_samples_per_class,
+        )
 
     def run_dir(self, trainer: pl.Trainer) -> Path:
         return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
 
+    # ------------------------------------------------------------------ output (framework.callbacks.reports)
     @rank_zero_only
     def _write(self, out: Path, result: Dict[str, Any]) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / (METRICS_JSON + ".tmp")
-        # JSON has no NaN: an undefined metric (an AUROC of a one-class split) is written as null and
-        # listed, by its JSON pointer, under "undefined" (see continual_report.json_ready)
-        tmp.write_text(json.dumps(json_ready(result), indent=2, allow_nan=False))
-        os.replace(tmp, out / METRICS_JSON)  # never leave a half-written file behind
-        write_csv(result, out / METRICS_CSV)
-        for name, draw in ((METRICS_PNG, plot_matrix), (CURVES_PNG, plot_curves)):
-            try:
-                draw(result, out / name)
-            except Exception as err:  # a plot must never kill a training run
-                log.warning("could not draw %s: %s", name, err)
+        write_result_files(out, result)
 
     def _log_row(self, trainer: pl.Trainer, experience: int) -> None:
-        result = self.result or {}
-        metrics: Dict[str, float] = {"continual/experience": experience}
-        for task, values in self.rows[experience].items():
-            for name, value in values.items():
-                metrics[f"continual/{task}/{name}"] = value
-        for name, entry in result.get("cross_domain", {}).items():
-            if entry["scores"][-1] is not None:
-                metrics[f"continual/cross_domain/{name}/{entry['metric']}"] = entry["scores"][-1]
-        for name, entry in result.get("cross_task", {}).items():
-            for kind in ("zero_shot", "linear_probe"):
-                if entry[kind][-1] is not None:
-                    metrics[f"continual/cross_task/{name}/{kind}"] = entry[kind][-1]
-        for key in ("average_accuracy", "forgetting", "bwt", "fwt"):
-            if result.get(key) is not None:
-                metrics[f"continual/{key}"] = result[key]
-        retention = result.get("zero_shot_retention") or {}
-        for name, scores in retention.get("scores", {}).items():
-            if scores and scores[-1] is not None:
-                metrics[f"continual/zero_shot_retention/{name}"] = scores[-1]
-        for key in ("transfer", "drop"):
-            if retention.get(key) is not None:
-                metrics[f"continual/zero_shot_retention/{key}"] = retention[key]
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and not self._wandb_defined:
-                # Per-experience metrics get their own x-axis instead of W&B's monotonic step.
-                logger.experiment.define_metric("continual/experience")
-                logger.experiment.define_metric("continual/*", step_metric="continual/experience")
-                self._wandb_defined = True
-            logger.log_metrics(metrics, step=trainer.global_step)
-            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-                self._log_wandb_media(logger, trainer, experience)
-            logger.save()
-
-    def _log_wandb_media(self, logger: WandbLogger, trainer: pl.Trainer, experience: int) -> None:
-        """The matrix as a table and both images, against the experience axis."""
-        import wandb
-
-        result = self.result
-        rows = [[row_label(e), *r] for e, r in zip(result["experiences"], result["accuracy_matrix"])]
-        payload: Dict[str, Any] = {
-            "continual/experience": experience,
-            "continual/accuracy_matrix": wandb.Table(columns=["row", *column_labels(result)], data=rows),
-        }
-        if result["cross_task"]:
-            columns = ["row", *[f"{n}:{k}" for n in result["cross_task"] for k in ("zero_shot", "linear_probe")]]
-            data = [[row_label(e), *[entry[k][i] for entry in result["cross_task"].values() for k in ("zero_shot", "linear_probe")]] for i, e in enumerate(result["experiences"])]
-            payload["continual/cross_task"] = wandb.Table(columns=columns, data=data)
-        for key, name in (("continual/heatmap", METRICS_PNG), ("continual/task_curves", CURVES_PNG)):
-            png = self._run_dir / name if self._run_dir is not None else None
-            if png is not None and png.is_file():
-                payload[key] = wandb.Image(str(png))
+        sample_images = None
         if self.log_images:  # opt-in: test images are patient data
-            from framework.callbacks.sample_images import sample_images
 
-            tasks = list(self.rows.get(experience, {}))
-            payload.update(sample_images(trainer, trainer.lightning_module, self._datamodule(trainer), tasks, self.split))
-        logger.experiment.log(payload)
+            def sample_images() -> Dict[str, Any]:
+                from framework.callbacks.sample_images import sample_images as draw
+
+                tasks = list(self.rows.get(experience, {}))
+                return draw(trainer, trainer.lightning_module, self._datamodule(trainer), tasks, self.split)
+
+        self._logger_report.log(trainer, experience, self.rows[experience], self.result, self._run_dir, sample_images)
 
     @rank_zero_only
     def _print(self, result: Dict[str, Any]) -> None:
-        print(format_report(result), flush=True)
+        print_report(result)
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
