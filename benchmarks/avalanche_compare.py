@@ -63,7 +63,9 @@ from runs import REPO, RESULTS, fmt
 # must give this very module, also when it runs as a script, so the callback sees this run's state.
 sys.modules.setdefault("avalanche_compare", sys.modules[__name__])
 
-import pytorch_lightning as pl  # noqa: E402
+import pytorch_lightning as pl
+
+from framework.strategies import ExperienceCallback  # noqa: E402
 import yaml  # noqa: E402
 
 from data_modules import MedMNISTDataModule  # noqa: E402
@@ -246,9 +248,9 @@ class RunState:
             f"{dm.name} {fmt(v)}" for dm, v in zip(self.test_domains, row)) + f"  (eval {took:.1f} s)", flush=True)
 
 
-class SharedEvaluation(pl.Callback):
+class SharedEvaluation(ExperienceCallback):
     """MedCL side of the shared evaluation: runs :meth:`RunState.evaluate` at every experience end
-    (MedCL's ``on_experience_end`` hook) and records the moments training starts and ends and the
+    (MedCL's ``after_experience`` hook) and records the moments training starts and ends and the
     initial weights (backbone at ``on_train_start``, each head at its experience start)."""
 
     def __init__(self, run: str) -> None:
@@ -267,11 +269,11 @@ class SharedEvaluation(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self.state.step_started(batch_idx == 0)
 
-    def on_experience_start(self, trainer, pl_module, experience: int, tasks: List[str]) -> None:
+    def before_experience(self, trainer, pl_module, experience: int, tasks: List[str]) -> None:
         for task in tasks:
             self.state.fingerprints.setdefault(f"head:{task}", module_fingerprint(pl_module.model.head(task)))
 
-    def on_experience_end(self, trainer, pl_module, experience: int, tasks: List[str]) -> None:
+    def after_experience(self, trainer, pl_module, experience: int, tasks: List[str]) -> None:
         self.state.evaluate(pl_module.model, pl_module.device)
 
     def on_train_end(self, trainer, pl_module) -> None:

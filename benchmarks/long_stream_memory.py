@@ -46,6 +46,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pytorch_lightning as pl
+
+from framework.strategies import ExperienceCallback
 import torch
 import yaml
 
@@ -112,8 +114,8 @@ def optimizer_stats(trainer: pl.Trainer) -> Dict[str, Any]:
     return {"groups": len(opt.param_groups), "state_mib": nbytes / MiB}
 
 
-class MemoryProbe(pl.Callback):
-    """Measures memory at every experience end (the paradigm calls ``on_experience_end``) and at the
+class MemoryProbe(ExperienceCallback):
+    """Measures memory at every experience end (the paradigm calls ``after_experience``) and at the
     end of ``fit``; writes the rows to ``out`` (JSON) after each measurement and prints a line."""
 
     def __init__(self, out: str, label: str = "") -> None:
@@ -167,7 +169,7 @@ class MemoryProbe(pl.Callback):
         diff = {t: last[t] - first[t] for t in set(first) | set(last) if last[t] != first[t]}
         return dict(sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:top])
 
-    def on_experience_end(self, trainer: pl.Trainer, pl_module, experience: int, tasks: List[str]) -> None:
+    def after_experience(self, trainer: pl.Trainer, pl_module, experience: int, tasks: List[str]) -> None:
         self.measure(trainer, pl_module, experience, tasks)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:

@@ -378,7 +378,7 @@ def breakdown(out: Path, epochs_per_experience: Optional[int], limit_batches: Op
         "data loading (train)": total(lambda k: k.endswith("train_dataloader_next")),
         "validation (every epoch)": total(lambda k: "validation" in k.lower() or k.endswith("val_next")),
         "experience-end evaluation + random-init reference (ContinualEvaluation)": total(
-            lambda k: k.startswith("[Callback]ContinualEvaluation.") and k.rsplit(".", 1)[1] in ("on_experience_end", "on_train_start", "on_train_epoch_start")
+            lambda k: k.startswith("[Callback]ContinualEvaluation.") and k.rsplit(".", 1)[1] in ("after_experience", "on_train_start", "on_train_epoch_start")
         ),
         "checkpoint writes": total(lambda k: k == "save_checkpoint"),
     }

@@ -11,7 +11,7 @@ images each) after every experience, a ``ModelCheckpoint`` (every epoch) and a C
 
 * training time: the epoch (``on_train_epoch_start`` -> ``on_train_epoch_end``) minus its validation;
 * validation time (``on_validation_start`` -> ``on_validation_end``; every task with a head);
-* experience-end time: from the epoch end to the probe's ``on_experience_end``, i.e. after
+* experience-end time: from the epoch end to the probe's ``after_experience``, i.e. after
   ``ContinualEvaluation`` has tested every seen task;
 * RSS and peak RSS (``/proc/self/status``).
 
@@ -35,6 +35,8 @@ from statistics import mean, median
 from typing import Any, Dict, List
 
 import pytorch_lightning as pl
+
+from framework.strategies import ExperienceCallback
 import torch
 import yaml
 
@@ -44,7 +46,7 @@ from runs import REPO, RESULTS, fmt, write_results, save_figure
 NAME = "scaling"
 
 
-class ScalingProbe(pl.Callback):
+class ScalingProbe(ExperienceCallback):
     """Times every experience's training, validation and experience-end work; reads memory."""
 
     def __init__(self) -> None:
@@ -72,7 +74,7 @@ class ScalingProbe(pl.Callback):
         self._epoch_end = time.perf_counter()  # callbacks run before the module's hook, which ends the experience
         self._cpu_end = time.process_time()
 
-    def on_experience_end(self, trainer, pl_module, experience: int, tasks: List[str]) -> None:
+    def after_experience(self, trainer, pl_module, experience: int, tasks: List[str]) -> None:
         now = time.perf_counter()
         status = proc_status()
         buffer = next((c.buffer for c in trainer.callbacks if type(c).__name__ == "ReplayCallback"), None)

@@ -53,3 +53,21 @@ def test_table_shows_dashes_for_missing_cells():
     assert "blood" in lines[0] and "organ" in lines[0]
     assert lines[2].rstrip().endswith("-") and "0.900" in lines[2]
     assert "0.700" in lines[3] and "0.800" in lines[3]
+
+
+def test_registered_metrics_on_the_matrix_so_far():
+    from framework.metrics import MatrixView, compute_metrics
+
+    view = MatrixView([[0.8, 0.1, None], [0.6, 0.9, 0.3], [0.5, 0.7, 0.95]], ["a", "b", "c"])
+    values = compute_metrics(["learning_accuracy", "min_accuracy"], view)
+    assert values["learning_accuracy"] == pytest.approx((0.8 + 0.9 + 0.95) / 3)  # each task right after it was trained
+    assert values["min_accuracy"] == pytest.approx(0.5)
+    first_row = compute_metrics(["min_accuracy"], MatrixView([[0.8, 0.1, None]], ["a", "b", "c"]))
+    assert first_row["min_accuracy"] == pytest.approx(0.8)  # b is not trained yet: its zero-shot cell does not count
+
+
+def test_an_unknown_metric_is_refused_before_training():
+    from framework.callbacks import ContinualEvaluation
+
+    with pytest.raises(ValueError, match=r"ContinualEvaluation: metrics: unknown continual metric 'learning_acc'; registered: .*did you mean 'learning_accuracy'"):
+        ContinualEvaluation(metrics=["learning_acc"])

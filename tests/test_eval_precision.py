@@ -6,6 +6,8 @@ autocast as the training step, and metrics are still computed in fp32.
 """
 import pytest
 import pytorch_lightning as pl
+
+from framework.strategies import ExperienceCallback
 import torch
 import yaml
 
@@ -26,14 +28,14 @@ def test_trainer_precision_is_the_trainers_autocast(precision, autocast):
         assert not torch.is_autocast_enabled("cpu")
 
 
-class AutocastProbe(pl.Callback):
+class AutocastProbe(ExperienceCallback):
     """Records whether autocast is on while the experience-end hooks and the evaluation's heads run."""
 
     def __init__(self) -> None:
         self.at_experience_end = []
         self.in_evaluation = []
 
-    def on_experience_end(self, trainer, pl_module, experience, tasks) -> None:
+    def after_experience(self, trainer, pl_module, experience, tasks) -> None:
         self.at_experience_end.append(torch.is_autocast_enabled("cpu"))
         for model in pl_module.all_models():
             for head in model.heads.values():

@@ -30,7 +30,9 @@ def outside(tmp_path, monkeypatch):
     yield folder
     from framework.core.registry import HEADS, POLICIES, STRATEGIES
 
-    HEADS.unregister("regression"), POLICIES.unregister("first_come"), STRATEGIES.unregister("l2_init")
+    from framework.core.registry import METRICS
+
+    HEADS.unregister("regression"), POLICIES.unregister("first_come"), STRATEGIES.unregister("l2_init"), METRICS.unregister("accuracy_spread")
 
 
 def test_the_package_registers_a_kind_a_policy_and_a_strategy(outside):
@@ -42,7 +44,9 @@ def test_the_package_registers_a_kind_a_policy_and_a_strategy(outside):
     import medcl_extras  # noqa: F401
 
     assert Path(medcl_extras.__file__).is_relative_to(outside) and not Path(medcl_extras.__file__).is_relative_to(REPO)
-    assert "regression" in HEADS and "first_come" in POLICIES and "l2_init" in STRATEGIES
+    from framework.core.registry import METRICS
+
+    assert "regression" in HEADS and "first_come" in POLICIES and "l2_init" in STRATEGIES and "accuracy_spread" in METRICS
     assert TaskSpec(name="size", kind="regression").kind == "regression"
     with pytest.raises(ValueError, match="a regression task has no class_names"):
         from framework.heads import build_head
@@ -91,4 +95,9 @@ def test_a_run_with_the_users_kind_policy_and_strategy(outside, tmp_path):
     assert replay["policy"] == "first_come" and set(replay["tasks"]) == {"bloodmnist", "blood_brightness"}
     assert "start" in checkpoint["callbacks"]["L2Init"]
     header = next((tmp_path / "run").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
-    assert "train/l2_init" in header
+    assert {"train/l2_init", "continual/learning_accuracy", "continual/accuracy_spread"} <= set(header)  # logged
+    spread = result["metrics_per_experience"]["accuracy_spread"]  # the user's metric in the JSON, after every experience
+    last = [v for v in result["accuracy_matrix"][-1] if v is not None]
+    assert spread[0] == 0.0 and spread[-1] == pytest.approx(max(last) - min(last))
+    assert "accuracy_spread" in (next((tmp_path / "run").rglob("continual_metrics.csv")).read_text().splitlines()[0])  # the CSV
+    assert "accuracy_spread: " in out.stdout  # the printed summary

@@ -2,6 +2,8 @@
 import pytest
 import pytorch_lightning as pl
 
+from framework.strategies import ExperienceCallback
+
 from conftest import DEMO_DIR
 from data_modules import MedMNISTDataModule
 from framework.callbacks import ContinualEvaluation
@@ -43,8 +45,8 @@ def test_optimizer_reset_policy_rebuilds_adam_state(tmp_path):
                                for f in ("bloodmnist", "organamnist")])
         module = ContinualModule(epochs_per_experience=1, optimizer_on_new_task=policy)
 
-        class Spy(pl.Callback):
-            def on_experience_start(self, trainer, pl_module, experience, tasks):
+        class Spy(ExperienceCallback):
+            def before_experience(self, trainer, pl_module, experience, tasks):
                 opt = trainer.optimizers[0]
                 backbone = opt.param_groups[0]["params"][0]
                 states[(policy, experience)] = ([g["name"] for g in opt.param_groups], "exp_avg" in opt.state.get(backbone, {}))

@@ -20,13 +20,14 @@ from framework.callbacks.reports import (
 )
 from framework.metrics.evaluation import PROBE_DEFAULTS, can_route, evaluate_head, fresh_head, linear_probe, supports_zero_shot
 from framework.precision import trainer_precision
+from framework.strategies.base import ExperienceCallback
 
 __all__ = ["ContinualEvaluation", "METRICS_JSON", "METRICS_CSV", "METRICS_PNG", "CURVES_PNG", "plot_matrix", "row_label"]
 
 log = logging.getLogger(__name__)
 
 
-class ContinualEvaluation(pl.Callback):
+class ContinualEvaluation(ExperienceCallback):
     """The continual-learning evaluation protocol, run at the end of each experience.
 
     * **In-domain**: the matrix ``R[i][j]`` (row = after experience ``i``, column = task ``j``),
@@ -74,9 +75,14 @@ class ContinualEvaluation(pl.Callback):
             with their prediction and target to W&B (only with a ``WandbLogger``; see
             :mod:`framework.callbacks.sample_images`).  Off by default: test images are patient
             data, and by default W&B gets only the metric tables and the two metric images.
+        metrics: registered continual metrics to report beside the built-in ones, after every
+            experience (``learning_accuracy``, ``min_accuracy``, or a user's, see
+            :func:`~framework.metrics.continual.register_metric`): in the JSON
+            (``metrics_per_experience``), the CSV, the printed summary and the loggers (``continual/<name>``).
 
     Raises:
-        ValueError: on an unknown split, a negative probe budget or a ``log_images`` that is not a bool.
+        ValueError: on an unknown split, a negative probe budget, a ``log_images`` that is not a bool, or an
+            unknown metric name.
     """
 
     def __init__(
@@ -87,8 +93,15 @@ class ContinualEvaluation(pl.Callback):
         probe_samples_per_class: int = PROBE_DEFAULTS["samples_per_class"],
         seed: int = 0,
         log_images: bool = False,
+        metrics: Optional[List[str]] = None,
     ) -> None:
         super().__init__()
+        from framework.core.registry import METRICS
+
+        #: registered continual metrics reported beside the built-in ones (names or class_paths)
+        self.metric_names = list(metrics or [])
+        for name in self.metric_names:
+            METRICS.get(name, where="ContinualEvaluation: metrics")  # an unknown name is refused now, not after training
         if not isinstance(log_images, bool):
             raise ValueError(f"ContinualEvaluation: log_images expected true or false, found {log_images!r}")
         if split not in ("val", "test"):
@@ -131,7 +144,7 @@ class ContinualEvaluation(pl.Callback):
         experience = pl_module.experience_of_epoch(trainer.current_epoch)
         self._current = (experience, pl_module.experiences()[experience])
 
-    def on_experience_end(self, trainer: pl.Trainer, pl_module, experience: int, tasks: List[str]) -> None:
+    def after_experience(self, trainer: pl.Trainer, pl_module, experience: int, tasks: List[str]) -> None:
         with torch.random.fork_rng(devices=[]):
             self.evaluate_experience(trainer, pl_module, experience, tasks)
 
@@ -266,7 +279,7 @@ class ContinualEvaluation(pl.Callback):
         return _build_result(
             all_tasks, pl_module, specs, datamodule, rows=self.rows, cross_rows=self.cross_rows, experience_tasks=self.experience_tasks,
             random_init_scores=self.random_init, reference=self.reference, split=self.split,
-            probe_samples_per_class=self.probe_samples_per_class,
+            probe_samples_per_class=self.probe_samples_per_class, metric_names=self.metric_names,
         )
 
     def run_dir(self, trainer: pl.Trainer) -> Path:

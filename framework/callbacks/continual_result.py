@@ -4,11 +4,11 @@ summary (average accuracy, forgetting, BWT, FWT), secondary metrics, cross-domai
 zero-shot-retention entries: the dict every report writer (:mod:`framework.callbacks.reports`) reads."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from framework.callbacks.reports.tables import SECONDARY_METRICS
 from framework.heads import HEAD_REGISTRY
-from framework.metrics.continual import summarize, zero_shot_retention
+from framework.metrics.continual import MatrixView, compute_metrics, summarize, zero_shot_retention
 from framework.metrics.evaluation import PROBE_DEFAULTS
 
 __all__ = ["build_result"]
@@ -27,6 +27,7 @@ def build_result(
     reference: Optional[Dict[str, Dict[str, float]]],
     split: str,
     probe_samples_per_class: int,
+    metric_names: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """The result dict of a continual evaluation (what ``continual_metrics.json`` holds).
 
@@ -40,6 +41,8 @@ def build_result(
             ``random_init_scores`` is its ``random_init``).
         split: the evaluated split.
         probe_samples_per_class: the linear probe's budget.
+        metric_names: registered continual metrics (:func:`~framework.metrics.continual.register_metric`),
+            computed after every experience on the matrix so far (``result["metrics_per_experience"]``).
     """
     experiences = sorted(rows)
     score = lambda values: None if values is None else values.get("score")  # noqa: E731
@@ -47,6 +50,8 @@ def build_result(
     task_reference = (random_init_scores or {}).get("tasks", {})
     random_init = {t: score(v) for t, v in task_reference.items() if score(v) is not None}
     summary = summarize(matrix, all_tasks, [experience_tasks[e] for e in experiences], random_init=random_init)
+    per_row = [compute_metrics(metric_names, MatrixView(matrix[: k + 1], all_tasks, [experience_tasks[e] for e in experiences[: k + 1]])) for k in range(len(experiences))]
+    registered = {name: [row[name] for row in per_row] for name in metric_names}
     # each column's metric is its head's score: accuracy, C-index, Dice ...
     metrics = {spec.name: HEAD_REGISTRY[spec.kind].score_name for spec in specs}
     score_names = sorted(set(metrics.values()))
@@ -108,6 +113,7 @@ def build_result(
         "bwt": summary["backward_transfer"],
         "fwt": summary["forward_transfer"],
         "fwt_per_task": summary["forward_transfer_per_task"],
+        "metrics_per_experience": registered,
         "random_init": random_init,
         "secondary": secondary,
         "cross_domain": cross_domain,

@@ -52,7 +52,7 @@ def write_json(result: Dict[str, Any], path: Path) -> None:
 
 def csv_columns(result: Dict[str, Any]) -> List[str]:
     """Header of ``continual_metrics.csv``."""
-    columns = ["experience", "trained_tasks", *column_labels(result), "average_accuracy"]
+    columns = ["experience", "trained_tasks", *column_labels(result), "average_accuracy", *result.get("metrics_per_experience", {})]
     for metric in SECONDARY_METRICS:
         if metric in result.get("secondary", {}):
             columns += [f"{task}:{metric}" for task in result["tasks"]]
@@ -73,7 +73,7 @@ def write_csv(result: Dict[str, Any], path: Path) -> None:
         writer.writerow(csv_columns(result))
         rows = zip(result["experiences"], result["experience_tasks"], result["accuracy_matrix"], result["average_accuracy_per_experience"])
         for i, (e, tasks, row, avg) in enumerate(rows):
-            line = [e, "+".join(tasks), *map(cell, row), cell(avg)]
+            line = [e, "+".join(tasks), *map(cell, row), cell(avg), *(cell(values[i]) for values in result.get("metrics_per_experience", {}).values())]
             for metric in SECONDARY_METRICS:
                 if metric in secondary:
                     line += map(cell, secondary[metric][i])

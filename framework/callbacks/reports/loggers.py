@@ -31,6 +31,9 @@ def experience_metrics(experience: int, row: Dict[str, Dict[str, float]], result
     for key in ("average_accuracy", "forgetting", "bwt", "fwt"):
         if result.get(key) is not None:
             metrics[f"continual/{key}"] = result[key]
+    for key, values in result.get("metrics_per_experience", {}).items():  # registered metrics (framework/metrics/continual.py)
+        if values and values[-1] is not None:
+            metrics[f"continual/{key}"] = values[-1]
     retention = result.get("zero_shot_retention") or {}
     for name, scores in retention.get("scores", {}).items():
         if scores and scores[-1] is not None:

@@ -154,6 +154,9 @@ def format_report(result: Dict[str, Any]) -> str:
         + f"   forgetting: {_fmt(result['forgetting'])}   BWT: {_fmt(result['bwt'])}   FWT: {_fmt(result['fwt'])}"
         + ("" if result.get("random_init") else "   (FWT needs zero-shot tasks and the random-init reference)")
     )
+    registered = {k: v[-1] for k, v in result.get("metrics_per_experience", {}).items() if v}
+    if registered:
+        parts.append("   ".join(f"{name}: {_fmt(value)}" for name, value in registered.items()))
     secondary = result.get("secondary", {})
     if secondary:
         names = [m for m in SECONDARY_METRICS if m in secondary]
