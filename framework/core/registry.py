@@ -16,7 +16,7 @@ import difflib
 import importlib
 import logging
 from importlib import metadata
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
+from typing import Any, Dict, Iterable, List, Optional, Sequence, TypeVar
 
 __all__ = ["Registry", "import_class_path", "HEADS", "POLICIES", "STRATEGIES", "METRICS"]
 

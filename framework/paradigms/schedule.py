@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import List
 
-from pytorch_lightning.utilities import rank_zero_info
 
 from framework.core.seeding import seed_epoch
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Dict, Mapping
 
-import torch
 from torch import Tensor
 
 __all__ = ["TaskStore", "sample_bytes", "REQUIRED_FIELDS"]

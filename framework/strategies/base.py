@@ -21,7 +21,7 @@ Every hook is optional; a strategy overrides only what it needs.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Mapping, MutableMapping, Optional
+from typing import ClassVar, Dict, List, Mapping, MutableMapping, Optional
 
 import pytorch_lightning as pl
 from torch import Tensor, nn
@@ -117,8 +117,3 @@ def register_strategy(name: str):
         return STRATEGIES.register(name)(cls)
 
     return decorator
-
-
-def strategy_options(strategy: Any) -> Dict[str, Any]:
-    """Public scalar attributes of a strategy (for :meth:`Strategy.describe`)."""
-    return {k: v for k, v in vars(strategy).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))}

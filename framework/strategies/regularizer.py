@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 from torch import Tensor

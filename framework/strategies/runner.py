@@ -8,10 +8,10 @@ LwF given the deprecated way, ``model.regularizers``) and every :class:`Strategy
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import pytorch_lightning as pl
-from torch import Tensor, nn
+from torch import Tensor
 
 from framework.backbone.tokens import TokenHook
 from framework.core.attachment import attached_trainer
