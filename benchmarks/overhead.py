@@ -66,7 +66,8 @@ class StepClock(pl.Callback):
         self.ends: List[tuple] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        images = sum(len(sub["target"]) for sub in batch.values())
+        trained = getattr(pl_module, "step_batch", None) or batch  # with the replayed exemplars strategies added
+        images = sum(len(sub["target"]) for sub in trained.values())
         epoch = trainer.current_epoch
         self.ends.append((pl_module.experience_of_epoch(epoch), epoch, batch_idx, time.perf_counter(), images))
 
@@ -287,8 +288,9 @@ def full_run(out: Path, steps: int, warmup: int, drop=(), overrides: Optional[Di
     return run_medcl(config, out)[0]
 
 
-#: the hooks Lightning calls once per training step
+#: the hooks Lightning calls once per training step, and the strategies' per-step hooks (inside the step)
 STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
+STRATEGY_STEP_HOOKS = ("before_forward", "after_forward", "loss_terms", "after_backward")
 
 
 def hook_costs(out: Path, steps: int, warmup: int) -> Dict[str, Any]:
@@ -300,8 +302,10 @@ def hook_costs(out: Path, steps: int, warmup: int) -> Dict[str, Any]:
     n = len(durations["run_training_batch"])
     per_callback: Dict[str, float] = {}
     for key, values in durations.items():
-        if key.startswith("[Callback]") and key.rsplit(".", 1)[1] in STEP_HOOKS:
-            name = key[len("[Callback]"):].split("{")[0].split(".")[0]
+        callback_hook = key.startswith("[Callback]") and key.rsplit(".", 1)[1] in STEP_HOOKS
+        strategy_hook = key.startswith("[MedCLStrategy]") and key.rsplit(".", 1)[1] in STRATEGY_STEP_HOOKS
+        if callback_hook or strategy_hook:
+            name = key.split("]", 1)[1].split("{")[0].split(".")[0]
             per_callback[name] = per_callback.get(name, 0.0) + 1000 * sum(values) / n
     return {
         "steps": n,
@@ -373,8 +377,10 @@ def breakdown(out: Path, epochs_per_experience: Optional[int], limit_batches: Op
         return sum(sum(v) for k, v in durations.items() if match(k))
 
     parts = {
-        "training steps (forward, backward, optimizer)": total(lambda k: k == "run_training_batch"),
-        "replay mixing (ReplayCallback.on_train_batch_start)": total(lambda k: k == "[Callback]ReplayCallback.on_train_batch_start"),
+        # the strategies' per-step hooks run inside the training step: counted once, as their own part
+        "training steps (forward, backward, optimizer)": total(lambda k: k == "run_training_batch") - total(lambda k: k.startswith("[MedCLStrategy]")),
+        "replay mixing (Replay.before_forward)": total(lambda k: k == "[MedCLStrategy]ReplayCallback.before_forward"),
+        "other strategy hooks in the step": total(lambda k: k.startswith("[MedCLStrategy]") and k != "[MedCLStrategy]ReplayCallback.before_forward"),
         "data loading (train)": total(lambda k: k.endswith("train_dataloader_next")),
         "validation (every epoch)": total(lambda k: "validation" in k.lower() or k.endswith("val_next")),
         "experience-end evaluation + random-init reference (ContinualEvaluation)": total(

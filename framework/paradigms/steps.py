@@ -28,6 +28,9 @@ class StepsMixin:
         as ``train/regularization``)."""
         runner = self.strategy_runner
         batch = runner.before_forward(batch)
+        #: the batch this step trains on: the dataloader's, plus what strategies added (replayed exemplars);
+        #: Lightning's ``on_train_batch_end`` gets the dataloader's batch only
+        self.step_batch = batch
         if not batch:
             raise ValueError("training_step received an empty batch dict")
         outputs: Dict[str, Tensor] = {}

@@ -111,11 +111,17 @@ class StrategyRunner:
             self.hook_towers()  # a paradigm that builds a model per task (specialised) grew one
 
     # ------------------------------------------------------------------ training step
+    @staticmethod
+    def _timed(trainer, strategy: Strategy, hook: str):
+        # "[MedCLStrategy]<key>.<hook>" (Lightning names its own strategy "[Strategy]..."): `--trainer.profiler simple` times the per-step hooks (inside the training step)
+        return trainer.profiler.profile(f"[MedCLStrategy]{strategy.state_key}.{hook}")
+
     def before_forward(self, batch: Batch) -> Batch:
         trainer = self.module.trainer
         for strategy in self.strategies():
             if _overrides(strategy, "before_forward"):
-                batch = strategy.before_forward(trainer, self.module, batch)
+                with self._timed(trainer, strategy, "before_forward"):
+                    batch = strategy.before_forward(trainer, self.module, batch)
                 if not isinstance(batch, dict):
                     raise TypeError(f"{type(strategy).__name__}.before_forward must return the batch dict, returned {type(batch).__name__}")
         return batch
@@ -124,7 +130,8 @@ class StrategyRunner:
         trainer = self.module.trainer
         for strategy in self.strategies():
             if _overrides(strategy, "after_forward"):
-                strategy.after_forward(trainer, self.module, batch, outputs)
+                with self._timed(trainer, strategy, "after_forward"):
+                    strategy.after_forward(trainer, self.module, batch, outputs)
 
     def loss_terms(self, batch: Batch, outputs: Outputs) -> Dict[str, Tensor]:
         """Every strategy's named loss terms, in strategy order.
@@ -137,7 +144,9 @@ class StrategyRunner:
         for strategy in self.strategies():
             if not _overrides(strategy, "loss_terms"):
                 continue
-            for name, value in (strategy.loss_terms(trainer, self.module, batch, outputs) or {}).items():
+            with self._timed(trainer, strategy, "loss_terms"):
+                returned = strategy.loss_terms(trainer, self.module, batch, outputs) or {}
+            for name, value in returned.items():
                 if value is None:
                     continue
                 if name in terms:
@@ -149,7 +158,8 @@ class StrategyRunner:
         trainer = self.module.trainer
         for strategy in self.strategies():
             if _overrides(strategy, "after_backward"):
-                strategy.after_backward(trainer, self.module)
+                with self._timed(trainer, strategy, "after_backward"):
+                    strategy.after_backward(trainer, self.module)
 
     def trainable_groups(self, select) -> List[tuple]:
         """``(f"strategy:{key}", params)`` for every strategy module registered at setup."""
