@@ -264,7 +264,7 @@ def test_resuming_a_replay_run_from_a_stripped_checkpoint_is_one_clear_error(sha
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("medcl: error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert errors[0].startswith("medcl: error: ValueError: ReplayCallback: the checkpoint was shared without its replay exemplars")
+    assert errors[0].startswith("medcl: error: ValueError: Replay: the checkpoint was shared without its replay exemplars")
     assert "resume from the original checkpoint" in errors[0] and "--model.init_args.init_from" in errors[0]
 
 

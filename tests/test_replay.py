@@ -1,4 +1,4 @@
-"""ReplayBuffer basics and ReplayCallback: batches mixed in place, herding at experience end, checkpoints."""
+"""ReplayBuffer basics and the Replay strategy: old tasks added to the batch, herding at experience end, checkpoints."""
 from collections import Counter
 from contextlib import contextmanager
 from types import SimpleNamespace
