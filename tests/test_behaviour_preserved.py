@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
 import sys
 from pathlib import Path
 
@@ -27,6 +26,8 @@ sys.path.insert(0, str(HERE))
 
 from conftest import REPO  # noqa: E402
 from helpers import shrink_config  # noqa: E402
+
+from framework.pretraining.export import cpu_name  # noqa: E402
 
 REFERENCE = HERE / "data" / "behaviour_reference.json"
 #: name -> (experiment config, shrink options); shrunk but long enough that the models are not at chance
@@ -39,16 +40,6 @@ CASES = {
     "quickstart_full": ("experiments/quickstart.yaml", None),
 }
 HEAVY = {"quickstart_full"}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def unshrunk_config(path: str, out_dir: Path) -> Path:

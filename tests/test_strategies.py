@@ -114,7 +114,7 @@ def test_register_strategy_names_it_and_refuses_other_classes():
     try:
         assert Named.name == "recorder_for_test" and STRATEGIES.get("recorder_for_test") is Named
         assert STRATEGIES.get("framework.strategies.DER") is DER  # a class_path works too
-        with pytest.raises(ValueError, match="expected a subclass of framework.strategies.Strategy"):
+        with pytest.raises(ValueError, match="expected a subclass of framework.strategies.base.Strategy"):
             register_strategy("not_a_strategy")(object)
     finally:
         STRATEGIES.unregister("recorder_for_test")

@@ -79,6 +79,21 @@ class Registry:
 
         return decorator if entry is None else decorator(entry)
 
+    def subclass_decorator(self, name: str, base: type, where: str):
+        """A class decorator registering a subclass of ``base`` under ``name`` and setting its ``name`` attribute.
+
+        Raises:
+            ValueError: (at decoration) if the class is not a subclass of ``base``, or the name is taken.
+        """
+
+        def decorator(cls):
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise ValueError(f"{where}({name!r}): expected a subclass of {base.__module__}.{base.__qualname__}, found {cls!r}")
+            cls.name = name
+            return self.register(name)(cls)
+
+        return decorator
+
     @property
     def entries(self) -> Dict[str, Any]:
         """The live name -> entry mapping of what is registered so far (nothing is imported to fill it)."""

@@ -73,14 +73,7 @@ def register_policy(name: str):
     Raises:
         ValueError: if the class is not a StoragePolicy or the name is taken by another class.
     """
-
-    def decorator(cls):
-        if not (isinstance(cls, type) and issubclass(cls, StoragePolicy)):
-            raise ValueError(f"register_policy({name!r}): expected a subclass of framework.replay.StoragePolicy, found {cls!r}")
-        cls.name = name
-        return POLICIES.register(name)(cls)
-
-    return decorator
+    return POLICIES.subclass_decorator(name, StoragePolicy, "register_policy")
 
 
 def _locate(buffer: "ReplayBuffer", indices: Sequence[int]) -> Dict[str, List[int]]:

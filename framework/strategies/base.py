@@ -109,11 +109,4 @@ def register_strategy(name: str):
     Raises:
         ValueError: if the class is not a Strategy or the name is taken by another class.
     """
-
-    def decorator(cls):
-        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-            raise ValueError(f"register_strategy({name!r}): expected a subclass of framework.strategies.Strategy, found {cls!r}")
-        cls.name = name
-        return STRATEGIES.register(name)(cls)
-
-    return decorator
+    return STRATEGIES.subclass_decorator(name, Strategy, "register_strategy")
