@@ -366,7 +366,7 @@ def run_medcl(strategy: str, args, domains, test_domains, runs_dir: Path) -> Dic
         "train_steps": int(cli.trainer.global_step),
     }
     train_data = {dm.name: tensor_fingerprint(stacked(dm.dataset("train"))) for dm in cli.datamodule.domains}
-    replay = next((cb for cb in cli.trainer.callbacks if type(cb).__name__ == "ReplayCallback"), None)
+    replay = next((cb for cb in cli.trainer.callbacks if type(cb).__name__ in ("Replay", "ReplayCallback")), None)
     settings = {
         "path": "framework.cli.run_cli(['fit', '--config', ...]) (LightningCLI, ContinualModule + DomainStream)",
         "config": str(path),

@@ -36,7 +36,7 @@ from typing import Any, Dict, List
 
 import pytorch_lightning as pl
 
-from framework.strategies import ExperienceCallback
+from framework.strategies import ExperienceCallback, Replay
 import torch
 import yaml
 
@@ -77,7 +77,7 @@ class ScalingProbe(ExperienceCallback):
     def after_experience(self, trainer, pl_module, experience: int, tasks: List[str]) -> None:
         now = time.perf_counter()
         status = proc_status()
-        buffer = next((c.buffer for c in trainer.callbacks if type(c).__name__ == "ReplayCallback"), None)
+        buffer = next((c.buffer for c in trainer.callbacks if isinstance(c, Replay)), None)
         row = {
             "experience": experience + 1,
             "seen_tasks": len(pl_module.task_specs),

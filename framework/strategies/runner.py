@@ -7,6 +7,7 @@ LwF given the deprecated way, ``model.regularizers``) and every :class:`Strategy
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Dict, List, Sequence
 
@@ -113,11 +114,12 @@ class StrategyRunner:
     # ------------------------------------------------------------------ training step
     @staticmethod
     def _timed(trainer, strategy: Strategy, hook: str):
-        # "[MedCLStrategy]<key>.<hook>" (Lightning names its own strategy "[Strategy]..."): `--trainer.profiler simple` times the per-step hooks (inside the training step)
-        return trainer.profiler.profile(f"[MedCLStrategy]{strategy.state_key}.{hook}")
+        # "[MedCLStrategy]<key>.<hook>" (Lightning names its own strategy "[Strategy]..."): `--trainer.profiler simple`
+        # times the per-step hooks (inside the training step); a step run outside a trainer is not timed
+        return contextlib.nullcontext() if trainer is None else trainer.profiler.profile(f"[MedCLStrategy]{strategy.state_key}.{hook}")
 
     def before_forward(self, batch: Batch) -> Batch:
-        trainer = self.module.trainer
+        trainer = attached_trainer(self.module)
         for strategy in self.strategies():
             if _overrides(strategy, "before_forward"):
                 with self._timed(trainer, strategy, "before_forward"):
@@ -127,7 +129,7 @@ class StrategyRunner:
         return batch
 
     def after_forward(self, batch: Batch, outputs: Outputs) -> None:
-        trainer = self.module.trainer
+        trainer = attached_trainer(self.module)
         for strategy in self.strategies():
             if _overrides(strategy, "after_forward"):
                 with self._timed(trainer, strategy, "after_forward"):
@@ -139,7 +141,7 @@ class StrategyRunner:
         Raises:
             ValueError: if two strategies return a term of the same name.
         """
-        trainer = self.module.trainer
+        trainer = attached_trainer(self.module)
         terms: Dict[str, Tensor] = {}
         for strategy in self.strategies():
             if not _overrides(strategy, "loss_terms"):
@@ -155,7 +157,7 @@ class StrategyRunner:
         return terms
 
     def after_backward(self) -> None:
-        trainer = self.module.trainer
+        trainer = attached_trainer(self.module)
         for strategy in self.strategies():
             if _overrides(strategy, "after_backward"):
                 with self._timed(trainer, strategy, "after_backward"):
