@@ -225,3 +225,13 @@ def test_l2p_trains_prompts_and_heads_on_the_frozen_shipped_tower(tmp_path):
     tested = run_cli(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.logger", "false"])
     acc = tested.trainer.callback_metrics["test/retinamnist/acc"].item()
     assert acc == pytest.approx(result["accuracy_matrix"][-1][-1], abs=1e-6)
+
+
+def test_freezing_listed_as_a_callback_is_refused():
+    from framework.paradigms import ContinualModule
+    from framework.strategies import Freezing
+
+    module = ContinualModule(freeze="backbone")
+    module.freezing.check_module(module)  # the module's own: fine
+    with pytest.raises(ValueError, match=r"set model.init_args.freeze: old_heads"):
+        Freezing("old_heads").check_module(module)

@@ -55,6 +55,13 @@ class Freezing(Strategy):
                 f"(backbone {counts['backbone']:,}, adapters {counts['adapters']:,}, heads {counts['heads']:,})"
             )
 
+    def check_module(self, module: pl.LightningModule) -> None:
+        if self is not getattr(module, "freezing", None):
+            raise ValueError(
+                f"Freezing(policy={self.policy!r}) is listed under trainer.callbacks, but the freezing policy is the model's own "
+                f"(the optimizer's groups depend on it): remove it there and set model.init_args.freeze: {self.policy}"
+            )
+
     def describe(self) -> str:
         return f"Freezing(policy={self.policy!r})"
 
