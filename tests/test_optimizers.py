@@ -51,3 +51,5 @@ def test_lr_beside_a_configured_optimizer_is_refused():
 
     with pytest.raises(ValueError, match="lr=0.01 / weight_decay=0.0 set the default AdamW, but an optimizer is configured"):
         ContinualModule(lr=0.01, optimizer=partial(torch.optim.SGD, lr=0.1))
+    module = ContinualModule(optimizer=partial(torch.optim.SGD, lr=0.1))  # from Python: the hparams keep a description, not the object
+    assert module.optimizer_factory.func is torch.optim.SGD and "SGD" in module.hparams["optimizer"]["python_callable"]

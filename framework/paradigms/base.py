@@ -17,7 +17,7 @@ import contextlib
 import logging
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Mapping, Optional, Tuple, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
@@ -139,6 +139,10 @@ class MedCLModule(CheckpointFormatMixin, GrowthMixin, ScheduleMixin, PreflightMi
         # a custom backbone is stored as {class_path, init_args} (init_args always present)
         backbone = check_backbone_value(backbone, type(self).__name__)
         self.save_hyperparameters()
+        for key in ("optimizer", "lr_scheduler"):  # a callable given from Python: its description, so checkpoints stay weights-only loadable
+            value = self.hparams.get(key)
+            if value is not None and not isinstance(value, Mapping):
+                self.hparams[key] = {"python_callable": repr(value)}
         if isinstance(backbone, dict):  # a custom tower (framework/backbone/custom.py)
             for name, value in (("pretrained", pretrained), ("image_size", image_size)):
                 if value is not None:
