@@ -104,42 +104,45 @@ class Registry:
         self._entries.pop(name, None)
 
     # ------------------------------------------------------------------ lookup
-    def _load(self, entry_points: bool) -> None:
+    def _load_builtins(self) -> None:
         if not self._loaded_builtins:
             self._loaded_builtins = True
             for module in self.builtins:
                 importlib.import_module(module)
-        if entry_points and not self._loaded_entry_points:
-            self._loaded_entry_points = True
-            for ep in metadata.entry_points(group=f"medcl.{self.group}"):
-                try:
-                    loaded = ep.load()
-                except Exception as err:  # a broken plug-in names itself, the rest still load
-                    log.warning("entry point %r of group medcl.%s failed to load: %s", ep.name, self.group, err)
-                    continue
-                if ep.name not in self._entries:
-                    self.register(ep.name, loaded)
+
+    def _load_entry_points(self) -> None:
+        if self._loaded_entry_points:
+            return
+        self._loaded_entry_points = True
+        for ep in metadata.entry_points(group=f"medcl.{self.group}"):
+            try:
+                loaded = ep.load()
+            except Exception as err:  # a broken plug-in names itself, the rest still load
+                log.warning("entry point %r of group medcl.%s failed to load: %s", ep.name, self.group, err)
+                continue
+            if ep.name not in self._entries:
+                self.register(ep.name, loaded)
+
+    def _load(self) -> None:
+        self._load_builtins()
+        self._load_entry_points()
 
     def known(self, name: str) -> bool:
         """Whether ``name`` is registered by an imported module or an entry point, without importing
         MedCL's built-in modules (for checks that must stay light, such as :class:`TaskSpec`'s)."""
-        if name not in self._entries and not self._loaded_entry_points:
-            self._loaded_builtins, was = True, self._loaded_builtins  # entry points only
-            try:
-                self._load(entry_points=True)
-            finally:
-                self._loaded_builtins = was
+        if name not in self._entries:
+            self._load_entry_points()
         return name in self._entries
 
     def names(self) -> List[str]:
         """Registered names (MedCL's and every plug-in's), sorted."""
-        self._load(entry_points=True)
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
         if name in self._entries:
             return True
-        self._load(entry_points=True)
+        self._load()
         return name in self._entries
 
     def get(self, name: str, where: str = "") -> Any:
@@ -158,7 +161,7 @@ class Registry:
                 raise ValueError(f"{where}: class_path {name!r} expected a subclass of {self.base.__qualname__}, found {obj!r}")
             return obj
         if name not in self._entries:
-            self._load(entry_points=True)
+            self._load()
         if name not in self._entries:
             close = difflib.get_close_matches(name, list(self._entries), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -175,7 +178,7 @@ class Registry:
         return len(self.names())
 
     def items(self) -> Iterable:
-        self._load(entry_points=True)
+        self._load()
         return sorted(self._entries.items())
 
 
