@@ -1,7 +1,8 @@
 """Read an experiment config as one plain dict, with the files it names inlined.
 
-An experiment names shared pieces by path, as jsonargparse (``medcl``'s parser) allows: a class
-value (``data: ../streams/four_medmnist.yaml``), the whole ``trainer`` group, a ``trainer.logger``
+An experiment names shared pieces by path, as jsonargparse (``medcl``'s parser) allows: the shared
+trainer settings it starts from (``config: ../trainer/continual.yaml``), a class value
+(``data: ../streams/four_medmnist.yaml``), the whole ``trainer`` group, a ``trainer.logger``
 or ``trainer.callbacks`` list, or one item of such a list (``- ../callbacks/evaluation.yaml``).  A
 relative path is relative to the file that names it.  ``medcl`` reads those files itself; a script
 that edits an experiment and writes it elsewhere (benchmarks, tests/helpers.py ``shrink_config``)
@@ -63,8 +64,29 @@ def inline(config: Dict[str, Any], base: Path, where: str = "config") -> Dict[st
     return config
 
 
+def _nested(key: str, value: Any) -> Dict[str, Any]:
+    """``trainer.max_epochs: 3`` as ``{"trainer": {"max_epochs": 3}}``."""
+    for part in reversed(key.split(".")[1:]):
+        value = {part: value}
+    return {key.split(".", 1)[0]: value}
+
+
+def _merge(into: Dict[str, Any], update: Dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and "class_path" not in value:
+            into[key] = dict(into[key])
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
 def load_config(path: Path) -> Dict[str, Any]:
     """The experiment at ``path`` as one dict: what ``medcl fit --config path`` reads, with no file names in it.
+
+    ``config: <file>`` (the first key) is read first and the file's other keys go on top, a dotted
+    key (``trainer.max_epochs: 3``) changing one setting, as ``medcl``'s parser does
+    (framework/config_includes.py).  Run-folder placeholders (``${run_dir}``, ...) are left for
+    ``medcl`` to fill (framework/config_placeholders.py).
 
     Raises:
         FileNotFoundError: naming the experiment, the field and the missing file.
@@ -74,4 +96,13 @@ def load_config(path: Path) -> Dict[str, Any]:
     config = yaml.safe_load(path.read_text())
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a YAML mapping (model, data, trainer, ...), found {type(config).__name__}")
-    return inline(config, path.parent, str(path))
+    result: Dict[str, Any] = {}
+    if "config" in config:
+        included = config.pop("config")
+        _read(included, path.parent, f"{path}: config")  # refuses a missing file, naming it
+        result = load_config(path.parent / included if not Path(included).is_absolute() else Path(included))
+    result.update(inline({k: v for k, v in config.items() if "." not in str(k)}, path.parent, str(path)))
+    for key, value in config.items():
+        if "." in str(key):
+            _merge(result, inline(_nested(str(key), value), path.parent, f"{path}: {key}"))
+    return result

@@ -74,9 +74,9 @@ class EpochClock(pl.Callback):
 
 
 def config(domain: Dict[str, Any], out: Path) -> Dict[str, Any]:
-    import yaml
+    from config_files import load_config  # the files the experiment names, inlined
 
-    base = yaml.safe_load((REPO / "experiments" / "quickstart.yaml").read_text())
+    base = load_config(REPO / "experiments" / "quickstart.yaml")
     base["model"]["init_args"].update(epochs_per_experience=2, head_args={"segmentation": {"feature_size": 8}})
     base["data"]["init_args"]["domains"] = [domain]
     trainer = base["trainer"]

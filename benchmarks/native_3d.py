@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # EpochTimes is named by class_path native_3d.EpochTimes
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from runs import cpu_model  # noqa: E402  (benchmarks/ is on the path from here on)
+from config_files import load_config  # noqa: E402  (benchmarks/ is on the path from here on)
+from runs import cpu_model  # noqa: E402
 
 FLAGS = ("adrenalmnist3d", "vesselmnist3d")
 BACKBONES: Dict[str, Any] = {
@@ -74,7 +75,7 @@ def run(flag: str, backbone: Any, epochs: int, train_subset: Optional[int], work
     """Train one backbone on one set; return test metrics, seconds per training epoch and tower size."""
     from framework.cli import run_cli
 
-    config = yaml.safe_load((REPO / "experiments" / "tasks" / f"{flag}.yaml").read_text())
+    config = load_config(REPO / "experiments" / "tasks" / f"{flag}.yaml")  # the files it names, inlined: the copy is written elsewhere
     model = config["model"]["init_args"]
     model["backbone"] = backbone
     domain = config["data"]["init_args"]["domains"][0]["init_args"]

@@ -50,6 +50,8 @@ import torch
 import yaml
 
 from config_files import load_config
+
+from framework.config_placeholders import fill_placeholders
 from runs import REPO, RESULTS, write_results, save_figure
 
 NAME = "overhead"
@@ -208,6 +210,7 @@ def _train(model, optimizer, dm, task: str, stored, generator, bf16: bool, ends:
 def base_config(out: Path, max_epochs: int, epochs_per_experience: int) -> Dict[str, Any]:
     config = load_config(QUICKSTART)
     config["model"]["init_args"]["epochs_per_experience"] = epochs_per_experience
+    fill_placeholders(config["trainer"], config["trainer"]["default_root_dir"])  # the loggers' names as in runs/quickstart
     config["trainer"].update(max_epochs=max_epochs, default_root_dir=str(out))
     for logger in config["trainer"]["logger"]:
         logger["init_args"]["save_dir"] = str(out)
@@ -367,6 +370,7 @@ def breakdown(out: Path, epochs_per_experience: Optional[int], limit_batches: Op
     if epochs_per_experience:
         config["model"]["init_args"]["epochs_per_experience"] = epochs_per_experience
         config["trainer"]["max_epochs"] = 2 * epochs_per_experience
+    fill_placeholders(config["trainer"], config["trainer"]["default_root_dir"])  # the loggers' names as in runs/quickstart
     config["trainer"].update(default_root_dir=str(out), profiler="simple")
     for logger in config["trainer"]["logger"]:
         logger["init_args"]["save_dir"] = str(out)

@@ -25,8 +25,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any, Dict, List, Optional
 
-import yaml
-
+from config_files import load_config
 from runs import REPO, RESULTS, finish_study, latest_metrics, record, run_config, save_figure
 
 NAME = "paradigm_study"
@@ -190,7 +189,7 @@ def plot(agg: Dict[str, Any], path: Path) -> None:
 
 def run_root(config: Path) -> Path:
     """Where a config's runs land: its ``trainer.default_root_dir`` (relative to the repo root)."""
-    root = yaml.safe_load(config.read_text())["trainer"]["default_root_dir"]
+    root = load_config(config)["trainer"]["default_root_dir"]
     return REPO / root
 
 

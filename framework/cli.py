@@ -20,6 +20,8 @@ from pytorch_lightning.utilities import rank_zero_info
 from framework.backbone.architecture import forget_checkpoint_architectures, register_checkpoint_architecture
 from framework.cli_checks import check_class_paths, check_ckpt_model, plain_args
 from framework.cli_errors import error_line, one_line_errors
+from framework.config_includes import check_config_includes
+from framework.config_placeholders import fill_placeholders
 from framework.config_record import RecordConfig
 from framework.console import quiet_known_noise
 from framework.core.checkpoints import AtomicCheckpointIO
@@ -53,9 +55,13 @@ class MedCLCLI(LightningCLI):
         parser.set_defaults({"seed_everything": 0, "trainer.enable_model_summary": False})
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse, then refuse a ``--ckpt_path`` whose model differs from the configuration
+        """Refuse a config file that would drop the settings of a file it includes
+        (:func:`~framework.config_includes.check_config_includes`), parse, then refuse a
+        ``--ckpt_path`` whose model differs from the configuration
         (:func:`~framework.cli_checks.check_ckpt_model`); ``--ckpt_path last`` is resolved (and
         checked) in :meth:`before_instantiate_classes`."""
+        argv = sys.argv[1:] if args is None else args  # a dict or Namespace of arguments names no file
+        check_config_includes([str(a) for a in argv] if isinstance(argv, (list, tuple)) else [])
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -74,13 +80,15 @@ class MedCLCLI(LightningCLI):
         """
 
     def before_instantiate_classes(self) -> None:
-        """Resolve ``--ckpt_path last`` and settle the run folder (:mod:`framework.run_folder`) before
-        anything is built: a new run claims its own folder, a checkpoint's command writes into the
+        """Fill the run-folder placeholders (:mod:`framework.config_placeholders`), resolve
+        ``--ckpt_path last`` and settle the run folder (:mod:`framework.run_folder`) before anything
+        is built: a new run claims its own folder, a checkpoint's command writes into the
         checkpoint's run folder and W&B run."""
         subcommand = self.subcommand
+        config = self.config[subcommand] if subcommand else self.config
+        fill_placeholders(config, (config.get("trainer") or {}).get("default_root_dir"))
         if not subcommand:
             return
-        config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
             found, searched = find_last_in_config(config.get("trainer"))

@@ -6,12 +6,13 @@ from __future__ import annotations
 import importlib
 import inspect
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytorch_lightning as pl
 import yaml
 
 from framework.backbone.architecture import register_checkpoint_architecture
+from framework.config_includes import config_files, included_file
 from framework.core.checkpoints import load_checkpoint
 from framework.paradigms.base import hparam_differences
 from framework.resume_check import resume_differences, signature_defaults
@@ -55,14 +56,6 @@ def check_ckpt_model(ckpt_path: str, model: Any, subcommand: str = "test") -> No
                 f"continues with the settings it started with. Resume with those values, or start a new run from this "
                 f"model with --model.init_args.init_from {ckpt_path}"
             )
-
-
-def _config_files(args: List[str]) -> Iterator[Path]:
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") and i + 1 < len(args):
-            yield Path(args[i + 1])
-        elif arg.startswith("--config="):
-            yield Path(arg.split("=", 1)[1])
 
 
 #: top-level config keys whose values are classes (``model``, ``data``) or hold them (``trainer``)
@@ -126,18 +119,25 @@ def check_class_paths(args: List[str]) -> None:
     """
     seen: set = set()
     trainer_args = set(parameters(pl.Trainer))
-    for config in _config_files(args):
+    files = list(config_files(args))
+    while files:
+        config = files.pop(0).resolve()
         tree = _load_yaml(config, seen)
         if not isinstance(tree, dict):
             continue
-        base = config.resolve().parent
-        for key in _CLASS_KEYS:
-            if key in tree:
-                _check_node(tree[key], f"{config.resolve()}: {key}", base, seen)
-        trainer = tree.get("trainer")
-        for key, value in trainer.items() if isinstance(trainer, dict) else ():
-            if key in trainer_args:
-                _check_node(value, f"{config.resolve()}: trainer.{key}", base, seen)
+        inner = included_file(tree, config)
+        if inner is not None:  # `config: <file>`: that file's classes too (framework/config_includes.py)
+            files.append(inner)
+        for key, value in tree.items():
+            group, _, name = str(key).partition(".")  # `trainer.callbacks: [...]` sets one trainer argument
+            if group in _CLASS_KEYS and not name:
+                _check_node(value, f"{config}: {key}", config.parent, seen)
+            elif group == "trainer" and name in trainer_args:
+                _check_node(value, f"{config}: {key}", config.parent, seen)
+            elif group == "trainer" and not name and isinstance(value, dict):
+                for arg, item in value.items():
+                    if arg in trainer_args:
+                        _check_node(item, f"{config}: trainer.{arg}", config.parent, seen)
 
 
 def _import(class_path: str) -> type:

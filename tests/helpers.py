@@ -13,6 +13,8 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 from config_files import load_config as _load_config  # noqa: E402
 
+from framework.config_placeholders import fill_placeholders  # noqa: E402
+
 
 def load_config(path: Path) -> Dict[str, Any]:
     """Read an experiment YAML with every file it names inlined (``data: ../streams/x.yaml``,
@@ -49,6 +51,7 @@ def shrink_config(
     config = copy.deepcopy(load_config(REPO / path))
     model = config["model"]["init_args"]
     trainer = config["trainer"]
+    root = trainer.get("default_root_dir")
     n_domains = len(config["data"]["init_args"]["domains"])
     if "epochs_per_experience" in model:
         model["epochs_per_experience"] = 1
@@ -73,7 +76,8 @@ def shrink_config(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    if keep_loggers:
+    if keep_loggers:  # the experiment's loggers, named as in its own run folder (runs/quickstart -> quickstart), under out_dir
+        fill_placeholders(trainer.get("logger") or [], root, "trainer.logger")
         for logger in trainer.get("logger") or []:
             logger["init_args"]["save_dir"] = str(out_dir)
     else:

@@ -1,11 +1,12 @@
 """The experiment files under experiments/ and the per-concern files they name.
 
-* every experiment parses with the ``medcl`` parser (``--print_config``: nothing is built or run),
-  alone and with the stacked presets (debug.yaml, trainer/*.yaml);
+* every experiment starts from the shared trainer settings (``config: ../trainer/continual.yaml``)
+  and parses with the ``medcl`` parser (``--print_config``: nothing is built or run), alone and with
+  the stacked presets (debug.yaml, trainer/*.yaml), as tests/helpers.py reads it;
 * every file an experiment names (``data: ../streams/x.yaml``, ``callbacks: ../callbacks/continual.yaml``,
   ``- ../callbacks/evaluation.yaml``) exists, relative to the naming file, and tests/helpers.py inlines it;
 * no trainer, logger or callbacks block is written out in two files: a shared one lives in
-  experiments/callbacks/ (or streams/, trainer/) and is named by path;
+  experiments/callbacks/ (or streams/, trainer/, logger/) and is named by path;
 * each experiment's own values agree: its loggers write into its run folder (``default_root_dir``).
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import yaml
 
 from conftest import REPO
 from helpers import load_config
+
+from framework.config_placeholders import fill_placeholders
 
 EXPERIMENTS = REPO / "experiments"
 #: folders of files that experiments name or stack; every other YAML file under experiments/ is an experiment
@@ -70,9 +73,26 @@ def test_every_experiment_parses_with_the_cli_and_reads_as_tests_inline_it():
             for key, value in (written.get("init_args") or {}).items():
                 assert callback["init_args"][key] == value, (path, callback["class_path"], key)
         assert parsed["data"]["class_path"] == inlined["data"]["class_path"], path
+        # the shared settings the experiment starts from (`config: ../trainer/...`) and its dotted changes
+        for key, value in inlined["trainer"].items():
+            if key not in ("callbacks", "logger"):
+                assert trainer[key] == value, (path, key)
+        loggers = inlined["trainer"].get("logger") or []
+        assert [c["class_path"] for c in trainer["logger"] or []] == [c["class_path"] for c in loggers], path
+        for logger, written in zip(trainer["logger"] or [], loggers):
+            assert {k: logger["init_args"][k] for k in written["init_args"]} == written["init_args"], path
 
 
-@pytest.mark.parametrize("preset", ["debug.yaml", "trainer/cpu.yaml", "trainer/cpu_bf16.yaml"])
+def test_every_experiment_starts_from_the_shared_trainer_settings():
+    for path in _experiments():
+        text = yaml.safe_load(path.read_text())
+        first = next(iter(text))
+        assert first == "config" and text["config"].rsplit("/", 1)[-1] in ("default.yaml", "continual.yaml"), (path, first)
+        assert (path.parent / text["config"]).resolve().parent == EXPERIMENTS / "trainer", path
+        assert "trainer" not in text, f"{path}: write trainer.<name>: <value> (a trainer mapping would replace the shared settings)"
+
+
+@pytest.mark.parametrize("preset", ["debug.yaml", "trainer/cpu.yaml", "trainer/cpu_bf16.yaml", "trainer/gpu.yaml", "trainer/ddp.yaml"])
 def test_presets_stack_after_a_composed_experiment(preset):
     parsed = _printed(["--config", "experiments/quickstart.yaml", "--config", f"experiments/{preset}"])
     kinds = [c["class_path"].rsplit(".", 1)[-1] for c in parsed["trainer"]["callbacks"]]
@@ -99,14 +119,16 @@ def test_a_named_file_that_is_missing_is_refused_naming_field_and_file(tmp_path)
 def _blocks(path: Path) -> Iterator[Tuple[str, Any]]:
     """The trainer, logger and callbacks blocks a file writes out itself (a file name is a reference, not a block)."""
     config = yaml.safe_load(path.read_text()) or {}
-    if path.relative_to(EXPERIMENTS).parts[0] == "callbacks":  # a callback, or a list of them
+    folder = path.relative_to(EXPERIMENTS).parts[0]
+    if folder in ("callbacks", "logger"):  # a callback or logger, or a list of them
         items = config if isinstance(config, list) else [config]
         for item in items:
             if isinstance(item, dict):
-                yield "callback", item
+                yield folder.rstrip("s"), item
         return
-    trainer = config.get("trainer")
-    if not isinstance(trainer, dict):
+    trainer = dict(config["trainer"]) if isinstance(config.get("trainer"), dict) else {}
+    trainer.update({key.split(".", 1)[1]: value for key, value in config.items() if str(key).startswith("trainer.")})
+    if not trainer:
         return
     yield "trainer", trainer
     for key, kind in (("logger", "logger"), ("callbacks", "callback")):
@@ -156,6 +178,7 @@ def test_each_experiment_logs_into_its_own_run_folder():
     for path in _experiments():
         trainer = load_config(path)["trainer"]
         root = trainer["default_root_dir"]
+        fill_placeholders(trainer, root)  # as medcl does before it builds the loggers
         assert root.startswith("runs/"), path
         assert root not in roots, f"{path} and {roots.get(root)} share the run folder {root}"
         roots[root] = path
@@ -165,6 +188,6 @@ def test_each_experiment_logs_into_its_own_run_folder():
                 assert f"{args['save_dir']}/{args['name']}" == root, (path, args)
             elif kind == "WandbLogger":
                 assert args["save_dir"] == root and args["name"] == Path(root).name and args["offline"] is True, (path, args)
-                assert args["project"].startswith("medcl"), (path, args)
+                assert args["project"] == "medcl" and args["group"] == Path(root).parent.name, (path, args)
             else:
                 pytest.fail(f"{path}: a logger of kind {kind}: say here where it writes")
