@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import deque
 from pathlib import PurePosixPath
 from typing import Any, Dict, List, Optional
 
@@ -85,9 +86,9 @@ def fill_placeholders(config: Any, run_dir: Optional[Any], where: str = "") -> L
     """
     filled: List[str] = []
     values: Optional[Dict[str, str]] = None
-    stack = [(config, where)]
-    while stack:
-        node, name = stack.pop()
+    queue = deque([(config, where)])  # breadth-first, in the config's own order: the first bad field is reported
+    while queue:
+        node, name = queue.popleft()
         for key, value in _items(node):
             field = f"{name}[{key}]" if isinstance(key, int) else (f"{name}.{key}" if name else str(key))
             if isinstance(value, str):
@@ -110,5 +111,5 @@ def fill_placeholders(config: Any, run_dir: Optional[Any], where: str = "") -> L
                 _set(node, key, _PATTERN.sub(lambda m: values[m.group(1)], value))
                 filled.append(field)
             elif not isinstance(value, (int, float, bool, bytes)) and value is not None:
-                stack.append((value, field))
+                queue.append((value, field))
     return filled

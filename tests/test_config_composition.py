@@ -127,3 +127,14 @@ def test_the_built_loggers_write_into_the_run_folder(tmp_path):
     (logger,) = cli.trainer.loggers
     assert Path(logger.log_dir) == root / "version_0"
     assert cli.config["trainer"]["logger"][0]["init_args"]["save_dir"] == str(root.parent)  # the saved config.yaml shows the values used
+
+
+def test_class_paths_in_included_files_are_checked_naming_the_file(tmp_path):
+    from framework.cli_checks import check_class_paths
+
+    path = _experiment(tmp_path, "config: ../trainer/base.yaml\n")
+    check_class_paths(["fit", "--config", str(path)])  # the shipped logger imports
+    base = tmp_path / "trainer" / "base.yaml"
+    base.write_text(base.read_text().replace("loggers.CSVLogger", "loggers.NoSuchLogger"))
+    with pytest.raises(ValueError, match=r"class_path 'pytorch_lightning\.loggers\.NoSuchLogger' \(.*trainer/base\.yaml: trainer\.logger\[0\]\)"):
+        check_class_paths(["fit", "--config", str(path)])
