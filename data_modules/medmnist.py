@@ -265,6 +265,7 @@ class MedMNISTDataModule(DomainDataModule):
         self.subset_seed = int(subset_seed)
         self._spec = TaskSpec(
             name=task_name or flag,
+            domain=flag if (task_name or flag) != flag else "",  # a renamed task still reads the flag's images
             kind=info.get("kind", "classification"),
             modality=modality or info.get("modality", "unknown"),
             class_names=tuple(class_names or info["labels"]),

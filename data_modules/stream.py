@@ -60,6 +60,9 @@ class DomainStream(pl.LightningDataModule):
         cross_domains: task name -> domains of the same task from other sources (evaluation only).
         cross_tasks: classification domains never trained (zero-shot and linear-probe evaluation only).
         known_tasks: classification domains of the pretrained model's pretraining data (zero-shot retention only).
+        unknown_domains: domains the model never learns, of any kind (their labels are not read): a
+            task router (``model.init_args.router``) should call their images "unknown"; the
+            experience-end evaluation reports its out-of-distribution AUROC on them.
         predict_path: a folder of images or an ``.npz`` to predict on instead of the test splits.
         predict_task: the task whose head predicts ``predict_path``.
         loader: DataLoader settings for every domain of the stream (training, evaluation and
@@ -85,6 +88,7 @@ class DomainStream(pl.LightningDataModule):
         cross_tasks: Optional[List[DomainDataModule]] = None,
         known_tasks: Optional[List[DomainDataModule]] = None,
         loader: Optional[Dict[str, Any]] = None,
+        unknown_domains: Optional[List[DomainDataModule]] = None,
     ) -> None:
         super().__init__()
         if not domains:
@@ -99,6 +103,7 @@ class DomainStream(pl.LightningDataModule):
         fields += [(f"cross_domains.{t}[{i}]", d) for t, items in cross_domains.items() for i, d in enumerate(items)]
         fields += [(f"cross_tasks[{i}]", d) for i, d in enumerate(cross_tasks or [])]
         fields += [(f"known_tasks[{i}]", d) for i, d in enumerate(known_tasks or [])]
+        fields += [(f"unknown_domains[{i}]", d) for i, d in enumerate(unknown_domains or [])]
         for field, domain in fields:
             if not isinstance(domain, DomainDataModule):
                 raise ValueError(
@@ -136,7 +141,8 @@ class DomainStream(pl.LightningDataModule):
                         f"DomainStream: field '{field}[{i}]' ({domain.task_spec.name}) expected a classification task "
                         f"(scored zero-shot from class prompts), found kind {domain.task_spec.kind!r}"
                     )
-        self._evaluation_only = {d.task_spec.name: d for d in self.cross_domains + self.cross_tasks + self.known_tasks}
+        self.unknown_domains = list(unknown_domains or [])
+        self._evaluation_only = {d.task_spec.name: d for d in self.cross_domains + self.cross_tasks + self.known_tasks + self.unknown_domains}
         if predict_path is not None:
             if predict_task is None and len(self.domains) == 1:
                 predict_task = self.task_names[0]
@@ -175,6 +181,11 @@ class DomainStream(pl.LightningDataModule):
         return [d.task_spec for d in self.cross_tasks]
 
     @property
+    def unknown_domain_names(self) -> List[str]:
+        """Names of the never-learned domains whose images a task router should call unknown."""
+        return [d.task_spec.name for d in self.unknown_domains]
+
+    @property
     def known_task_specs(self) -> List[TaskSpec]:
         """Specs of the pretrained model's known tasks, scored zero-shot for retention."""
         return [d.task_spec for d in self.known_tasks]
@@ -199,7 +210,7 @@ class DomainStream(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def _all_domains(self) -> List[DomainDataModule]:
-        return self.eval_domains + self.domains + self.cross_domains + self.cross_tasks + self.known_tasks
+        return self.eval_domains + self.domains + self.cross_domains + self.cross_tasks + self.known_tasks + self.unknown_domains
 
     def prepare_data(self) -> None:
         for domain in self._all_domains():
@@ -216,7 +227,8 @@ class DomainStream(pl.LightningDataModule):
         for domain in self._all_domains():
             domain.setup(stage)
         roles = [("domains", d, ("train", "val", "test")) for d in self.domains] + [("eval_domains", d, ("val", "test")) for d in self.eval_domains]
-        roles += [("cross_domains/cross_tasks/known_tasks", d, ("test",)) for d in self.cross_domains + self.cross_tasks + self.known_tasks]
+        roles += [("cross_domains/cross_tasks/known_tasks/unknown_domains", d, ("test",))
+                  for d in self.cross_domains + self.cross_tasks + self.known_tasks + self.unknown_domains]
         for role, domain, splits in roles:
             if stage not in (None, "fit"):
                 splits = tuple(s for s in splits if s == {"validate": "val"}.get(stage, stage))

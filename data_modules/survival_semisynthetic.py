@@ -119,7 +119,8 @@ class SemiSyntheticSurvivalDataModule(_SurvivalDomain):
         check_int_arg(owner, "simulation_seed", simulation_seed, 0)
         check_int_arg(owner, "subset_seed", subset_seed, 0)
         subsets = check_subset_sizes(f"{owner}({flag})", train_subset, val_subset, test_subset)
-        spec = TaskSpec(name=task_name, kind="prognosis", modality=info["modality"], in_channels=info["channels"], spatial_dims=2)
+        # the risk is defined on the MedMNIST slices themselves: one image source with the flag's own task
+        spec = TaskSpec(name=task_name, kind="prognosis", modality=info["modality"], in_channels=info["channels"], spatial_dims=2, domain=flag)
         super().__init__(spec, num_time_bins, batch_size, eval_batch_size, num_workers, drop_last)
         self.flag = flag
         self.path = Path(file) if file else Path(data_dir) / f"{flag}.npz"

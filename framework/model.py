@@ -14,6 +14,7 @@ from framework.backbone.custom import CustomBackbone
 from framework.heads import TaskHead, build_head
 from framework.heads.registry import HEAD_REGISTRY, registered_kinds
 from framework.core.specs import TaskSpec
+from framework.routing import TaskRouter, build_router
 
 __all__ = ["MedCLModel"]
 
@@ -37,6 +38,7 @@ class MedCLModel(nn.Module):
             ``None`` for no LoRA.
         domain_batchnorm: every task gets its own copy of the image tower's BatchNorm layers
             (statistics and affine parameters; :mod:`framework.adapters.domain_bn`).
+        router: options of a task router (``{kind: prototypes}``; :mod:`framework.routing`), or ``None``.
 
     Raises:
         ValueError: if ``head_args`` is not a mapping of kind -> mapping, or ``lora`` is invalid (or set
@@ -49,6 +51,7 @@ class MedCLModel(nn.Module):
         head_args: Optional[Mapping[str, Mapping[str, Any]]] = None,
         lora: Optional[Mapping[str, Any]] = None,
         domain_batchnorm: bool = False,
+        router: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
         head_args = dict(head_args or {})
@@ -71,6 +74,8 @@ class MedCLModel(nn.Module):
                 f"MedCLModel: lora needs an open_clip backbone (LoRA reaches into its image tower); the custom tower "
                 f"{self.backbone.class_path!r} takes no adapters: set lora: null"
             )
+        # the router copies the image tower as built, before adapters or BatchNorm copies change it
+        self.router: Optional[TaskRouter] = build_router(router, self.backbone) if router is not None else None
         self.adapters = ModalityAdapters(self.backbone)
         if not isinstance(domain_batchnorm, bool):
             raise ValueError(f"MedCLModel: domain_batchnorm expected true or false, found {domain_batchnorm!r}")
@@ -138,6 +143,8 @@ class MedCLModel(nn.Module):
             self.image_tower.to(next(self.backbone.parameters()).device)
         self.heads[spec.name] = head
         self.specs[spec.name] = spec
+        if self.router is not None:
+            self.router.add_task(spec.name, spec.source)
         return head
 
     @staticmethod

@@ -18,6 +18,8 @@ from framework.callbacks.continual_result import build_result as _build_result
 from framework.callbacks.reports import (
     CURVES_PNG, INITIAL_ROW, METRICS_CSV, METRICS_JSON, METRICS_PNG, LoggerReport, plot_matrix, print_report, row_label, write_result_files,
 )
+from framework.callbacks.reports.task_agnostic import task_agnostic_section
+from framework.metrics.task_agnostic import evaluate_task_agnostic
 from framework.metrics.evaluation import PROBE_DEFAULTS, can_route, evaluate_head, fresh_head, linear_probe, supports_zero_shot
 from framework.precision import trainer_precision
 from framework.strategies.base import ExperienceCallback
@@ -119,6 +121,9 @@ class ContinualEvaluation(ExperienceCallback):
         #: experience index -> {"cross_domain": {name: metrics}, "cross_task": {name: {"zero_shot": .., "linear_probe": ..}}}
         self.cross_rows: Dict[int, Dict[str, Dict[str, Any]]] = {}
         self.experience_tasks: Dict[int, List[str]] = {}
+        #: experience index -> the task-agnostic row (a model with a task router; framework/metrics/task_agnostic.py)
+        self.task_agnostic_rows: Dict[int, Dict[str, Any]] = {}
+        self._router_kind: Optional[str] = None
         #: the random-init reference: {"tasks": {task: metrics}, "cross_domain": {...}, "cross_task": {...}}
         self.random_init: Optional[Dict[str, Dict[str, Any]]] = None
         self.result: Optional[Dict[str, Any]] = None
@@ -256,7 +261,14 @@ class ContinualEvaluation(ExperienceCallback):
                 for spec in getattr(datamodule, "known_task_specs", []):
                     loader = datamodule.eval_dataloader(spec.name, self.split)
                     cross["known_task"][spec.name] = self._untrained(shared, spec, pl_module, loader, spec.name)
-            elif getattr(datamodule, "cross_task_specs", []) or getattr(datamodule, "known_task_specs", []):
+            router = getattr(shared, "router", None) if shared is not None else None
+            if router is not None and router.sources:  # route, then predict (no task labels)
+                self._router_kind = router.kind
+                self.task_agnostic_rows[experience] = evaluate_task_agnostic(
+                    shared, datamodule, [t for t in pl_module.task_specs if t in trained], self.split, pl_module.device,
+                    getattr(datamodule, "unknown_domain_names", []),
+                )
+            if shared is None and (getattr(datamodule, "cross_task_specs", []) or getattr(datamodule, "known_task_specs", [])):
                 log.warning(
                     "cross and known tasks need one shared model; %s has one model per task, so they are skipped", type(pl_module).__name__
                 )
@@ -275,12 +287,17 @@ class ContinualEvaluation(ExperienceCallback):
         return self.result
 
     def build_result(self, all_tasks: List[str], pl_module, specs, datamodule=None) -> Dict[str, Any]:
-        """The result dict of the rows recorded so far (:func:`framework.callbacks.continual_result.build_result`)."""
-        return _build_result(
+        """The result dict of the rows recorded so far (:func:`framework.callbacks.continual_result.build_result`),
+        with the task-agnostic section of a model with a task router."""
+        result = _build_result(
             all_tasks, pl_module, specs, datamodule, rows=self.rows, cross_rows=self.cross_rows, experience_tasks=self.experience_tasks,
             random_init_scores=self.random_init, reference=self.reference, split=self.split,
             probe_samples_per_class=self.probe_samples_per_class, metric_names=self.metric_names,
         )
+        section = task_agnostic_section(self.task_agnostic_rows, result, self._router_kind or "")
+        if section is not None:
+            result["task_agnostic"] = section
+        return result
 
     def run_dir(self, trainer: pl.Trainer) -> Path:
         return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
@@ -314,6 +331,8 @@ class ContinualEvaluation(ExperienceCallback):
             "cross_rows": {str(e): row for e, row in self.cross_rows.items()},
             "experience_tasks": {str(e): t for e, t in self.experience_tasks.items()},
             "random_init": self.random_init,
+            "task_agnostic_rows": {str(e): row for e, row in self.task_agnostic_rows.items()},
+            "router_kind": self._router_kind,
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -322,6 +341,8 @@ class ContinualEvaluation(ExperienceCallback):
         self.experience_tasks = {int(e): list(t) for e, t in state_dict.get("experience_tasks", {}).items()}
         self.reference = state_dict.get("reference")
         self.random_init = state_dict.get("random_init")
+        self.task_agnostic_rows = {int(e): row for e, row in state_dict.get("task_agnostic_rows", {}).items()}
+        self._router_kind = state_dict.get("router_kind")
 
 
 def _evaluation_specs(datamodule) -> list:

@@ -75,6 +75,10 @@ class TaskSpec:
             modules declare); ``"stored"``: the first spatial axis as stored (MedMNIST 3D and other
             ``.npz`` volumes ``(D, H, W)``, and file-based tasks of checkpoints written before this
             field, which sliced a NIfTI volume along X).
+        domain: the image source the task's images come from, e.g. ``"organamnist"`` for both the
+            OrganAMNIST organ classes and a risk score defined on the same slices: a task router
+            (:mod:`framework.routing`) recognises the source of an image and applies every task of
+            that source.  Empty: the task is its own source (:attr:`source` is its name).
 
     Raises:
         ValueError: if any field is missing, has the wrong type or an invalid value.  The message
@@ -93,6 +97,7 @@ class TaskSpec:
     image_size: Tuple[int, ...] = field(default_factory=tuple)
     intensity: str = "auto"
     depth_axis: str = "stored"
+    domain: str = ""
 
     def __post_init__(self) -> None:
         # Accept lists from YAML/JSON but store immutable tuples (the spec is hashable and frozen).
@@ -155,6 +160,8 @@ class TaskSpec:
             self._fail("depth_axis", f"one of {list(DEPTH_AXES)}", self.depth_axis)
         if self.depth_axis != "stored" and self.spatial_dims != 3:
             self._fail("depth_axis", "'stored' for a 2D task (spatial_dims=2)", self.depth_axis)
+        if not isinstance(self.domain, str) or (self.domain and not _NAME_RE.match(self.domain)):
+            self._fail("domain", "empty or an identifier of letters, digits, '_' or '-' starting with a letter", self.domain)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -163,6 +170,11 @@ class TaskSpec:
         if self.kind == "segmentation":
             return len(self.label_names) + 1
         return len(self.class_names)
+
+    @property
+    def source(self) -> str:
+        """The image source (:attr:`domain`, or the task's own name when that is empty)."""
+        return self.domain or self.name
 
     @property
     def prompts(self) -> Tuple[str, ...]:
@@ -182,10 +194,11 @@ class TaskSpec:
     def same_task(self, other: "TaskSpec") -> bool:
         """Whether ``other`` (e.g. the data's spec) describes this (e.g. a checkpoint's) task: equal, or
         equal but for an ``image_size`` this spec leaves to the backbone (a checkpoint written before
-        tasks declared sizes keeps running at the size it was trained at)."""
+        tasks declared sizes keeps running at the size it was trained at), or an image source this
+        spec leaves empty (a checkpoint written before tasks named their source)."""
         if self == other:
             return True
-        return not self.image_size and self == replace(other, image_size=())
+        return self == replace(other, image_size=other.image_size if self.image_size else (), domain=other.domain if self.domain else "")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Optional[str] = None) -> "TaskSpec":

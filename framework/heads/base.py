@@ -79,6 +79,17 @@ class TaskHead(nn.Module, ABC):
         """Arguments for ``metrics.update``; override when the metric needs something else."""
         return {"preds": outputs, "target": target}
 
+    def unrouted_outputs(self, outputs: Tensor, target: Tensor) -> Tensor:
+        """Outputs shaped like ``outputs`` that score an image as *wrong* for this task, for images a
+        task router sent to another source or called unknown (task-agnostic evaluation,
+        :mod:`framework.metrics.task_agnostic`: a wrong route counts as a wrong prediction).
+
+        Raises:
+            NotImplementedError: for a kind that does not say what a wrong route scores (its
+                task-agnostic score is then not reported).
+        """
+        raise NotImplementedError(f"head kind {self.spec.kind!r} does not define unrouted_outputs (what a wrongly routed image scores)")
+
     @abstractmethod
     def predict(self, outputs: Tensor) -> Dict[str, Tensor]:
         """Named per-sample predictions from raw outputs.

@@ -104,6 +104,11 @@ class ClassificationHead(TaskHead):
         self._check_target(outputs, target)
         return F.cross_entropy(outputs, target.long(), label_smoothing=self.label_smoothing)
 
+    def unrouted_outputs(self, outputs: Tensor, target: Tensor) -> Tensor:
+        """Logits whose arg-max is never the target class: a wrong route is a wrong answer."""
+        wrong = torch.zeros_like(outputs, dtype=torch.float32)
+        return wrong.scatter_(1, target.long().view(-1, 1), -1e4)
+
     def metric_inputs(self, outputs: Tensor, target: Tensor):
         # Probabilities, not logits: torchmetrics softmaxes a batch only when some value lies outside
         # [0, 1], so a batch of logits that all lie in [0, 1] would be ranked as probabilities and
@@ -157,6 +162,10 @@ class MultilabelHead(ClassificationHead):
 
     def metric_inputs(self, outputs: Tensor, target: Tensor):
         return {"preds": outputs.sigmoid(), "target": target.long()}
+
+    def unrouted_outputs(self, outputs: Tensor, target: Tensor) -> Tensor:
+        """Logits that get every label wrong."""
+        return torch.where(target.bool(), -1e4, 1e4).to(torch.float32)
 
     def distillation_loss(self, outputs: Tensor, teacher_outputs: Tensor, temperature: float = 1.0) -> Tensor:
         """BCE of ``student/T`` against the soft targets ``sigmoid(teacher/T)``, minus the teacher's own

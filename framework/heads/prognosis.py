@@ -153,6 +153,11 @@ class PrognosisHead(TaskHead):
     def metric_inputs(self, outputs: Tensor, target: Tensor) -> Dict[str, Tensor]:
         return {"preds": self.risk(outputs), "target": target}
 
+    def unrouted_outputs(self, outputs: Tensor, target: Tensor) -> Tensor:
+        """Zero outputs: one risk for every wrongly routed patient, an uninformative ranking (a tie in
+        the C-index) rather than a guess."""
+        return torch.zeros_like(outputs, dtype=torch.float32)
+
     def predict(self, outputs: Tensor) -> Dict[str, Tensor]:
         out = {"risk": self.risk(outputs)}
         if self.loss_name == "mtlr":

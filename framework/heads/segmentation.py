@@ -244,6 +244,12 @@ class SegmentationHead(TaskHead):
             }
         )
 
+    def unrouted_outputs(self, outputs: Tensor, target: Tensor) -> Tensor:
+        """Background everywhere: no mask is written for a wrongly routed image."""
+        empty = torch.full_like(outputs, -1e4, dtype=torch.float32)
+        empty[:, 0] = 1e4
+        return empty
+
     def metric_inputs(self, outputs: Tensor, target: Tensor) -> Dict[str, Tensor]:
         self._check_target(outputs, target)
         return {"preds": outputs.argmax(dim=1), "target": target.long()}

@@ -37,6 +37,8 @@ from framework.paradigms.preflight import PreflightMixin
 from framework.paradigms.schedule import ScheduleMixin
 from framework.paradigms.steps import StepsMixin
 from framework.strategies.base import Strategy
+from framework.routing import check_router_config
+from framework.routing.fitting import RouterFitting
 from framework.strategies.freezing import Freezing
 from framework.strategies.runner import StrategyRunner
 
@@ -88,6 +90,9 @@ class MedCLModule(CheckpointFormatMixin, GrowthMixin, ScheduleMixin, PreflightMi
         lr_scheduler: a scheduler as ``{class_path: torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: 10}}``
             (``LRSchedulerCallable``), stepped every epoch; with heads added during ``fit`` it needs
             ``optimizer_on_new_task: reset`` (then it restarts with every new task).
+        router: a task router, ``{kind: prototypes}`` or ``{kind: learned}`` with that kind's options
+            (:mod:`framework.routing`): the model learns to name the image source of an image (and so
+            its tasks), or "unknown"; ``null`` for none.  Needs a paradigm with one shared model.
 
     Raises:
         ValueError: on invalid hyper-parameters, or an ``init_from`` file that is not a MedCL
@@ -113,6 +118,7 @@ class MedCLModule(CheckpointFormatMixin, GrowthMixin, ScheduleMixin, PreflightMi
         domain_batchnorm: bool = False,
         optimizer: Optional[OptimizerCallable] = None,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        router: Optional[Dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -170,6 +176,7 @@ class MedCLModule(CheckpointFormatMixin, GrowthMixin, ScheduleMixin, PreflightMi
         self.register_load_state_dict_post_hook(lambda module, _keys: module._weights_loaded())
         self.head_args = dict(head_args or {})
         self.lora = check_lora_options(lora, f"{type(self).__name__}")
+        self.router_config = check_router_config(router, type(self).__name__)
         if init_from is not None and (not isinstance(init_from, (str, Path)) or not str(init_from)):
             raise ValueError(f"{type(self).__name__}: init_from expected null or a checkpoint path, found {init_from!r}")
         #: specs of the tasks the model has grown heads for, in order
@@ -183,7 +190,7 @@ class MedCLModule(CheckpointFormatMixin, GrowthMixin, ScheduleMixin, PreflightMi
         self.metrics = nn.ModuleDict()
         #: strategies this module builds itself (the freezing policy; a paradigm may add more), called
         #: before the trainer's in before_* hooks and after them in after_experience
-        self.own_strategies: List[Strategy] = [self.freezing]
+        self.own_strategies: List[Strategy] = [self.freezing] + ([RouterFitting()] if self.router_config is not None else [])
         #: parameters strategies learn (e.g. a prompt pool), registered at setup (framework/strategies/runner.py)
         self.strategy_modules = nn.ModuleDict()
         self.strategy_runner = StrategyRunner(self)
@@ -195,7 +202,10 @@ class MedCLModule(CheckpointFormatMixin, GrowthMixin, ScheduleMixin, PreflightMi
     def new_model(self) -> MedCLModel:
         """A fresh backbone with no heads, from this module's hyper-parameters, with its pretrained
         weights (none while :meth:`rebuilding` a stored model, whose weights come from a checkpoint)."""
-        model = MedCLModel(backbone=self.backbone_config, head_args=self.head_args, lora=self.lora, domain_batchnorm=self.hparams.domain_batchnorm)
+        model = MedCLModel(
+            backbone=self.backbone_config, head_args=self.head_args, lora=self.lora, domain_batchnorm=self.hparams.domain_batchnorm,
+            router=self.router_config,
+        )
         if not self._rebuilding and not self.checkpoint_pending:
             model.backbone.load_pretrained()
         return model

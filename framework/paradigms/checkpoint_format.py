@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "medcl"
 CHECKPOINT_FORMAT = 1
 #: hyper-parameters that decide the shape of the stored weights, with their defaults
-MODEL_DEFINING_HPARAMS = {"backbone": "medcl-vit-tiny", "image_size": None, "head_args": None, "domain_batchnorm": False}
+MODEL_DEFINING_HPARAMS = {"backbone": "medcl-vit-tiny", "image_size": None, "head_args": None, "domain_batchnorm": False, "router": None}
 #: paradigms that share one model (their checkpoints load into each other with init_from)
 SHARED_MODEL_PARADIGMS = ("ContinualModule", "JointModule")
 

@@ -23,6 +23,10 @@ class PreflightMixin:
             self.load_initial_model(self.hparams.init_from)
         elif not restoring:
             self.load_pretrained()
+        if not restoring:  # a router reads the image tower as this run starts (a checkpoint holds its own copy)
+            for model in self.all_models():
+                if getattr(model, "router", None) is not None:
+                    model.router.snapshot(model.backbone)
         datamodule = getattr(trainer, "datamodule", None)
         specs = getattr(datamodule, "task_specs", None)
         if specs is None:

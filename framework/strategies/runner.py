@@ -61,7 +61,11 @@ class StrategyRunner:
             )
         ordered = [c for c in self._callbacks() if c in configured or c in legacy]
         own = list(self.module.own_strategies)
-        return own + ordered if hook == "before_experience" else ordered + own
+        if hook == "before_experience":
+            return own + ordered
+        # a strategy that builds what the experience-end evaluation reads (the task router) runs before it
+        first = [s for s in own if getattr(s, "prepares_evaluation", False)]
+        return first + ordered + [s for s in own if s not in first]
 
     # ------------------------------------------------------------------ setup
     def check(self) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from framework.callbacks.reports.tables import SECONDARY_METRICS, average_label, column_labels, json_ready, pending_mask, row_label
+from framework.callbacks.reports.task_agnostic import TASK_AGNOSTIC_PNG, plot_task_agnostic, task_agnostic_cells, task_agnostic_columns
 
 __all__ = [
     "METRICS_JSON", "METRICS_CSV", "METRICS_PNG", "CURVES_PNG", "write_result_files", "write_json", "csv_columns", "write_csv",
@@ -32,7 +33,7 @@ def write_result_files(out: Path, result: Dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / METRICS_JSON)
     write_csv(result, out / METRICS_CSV)
-    for name, draw in ((METRICS_PNG, plot_matrix), (CURVES_PNG, plot_curves)):
+    for name, draw in ((METRICS_PNG, plot_matrix), (CURVES_PNG, plot_curves), (TASK_AGNOSTIC_PNG, plot_task_agnostic)):
         try:
             draw(result, out / name)
         except Exception as err:  # a plot must never kill a training run
@@ -59,7 +60,7 @@ def csv_columns(result: Dict[str, Any]) -> List[str]:
     columns += [f"cross_domain:{name}" for name in result.get("cross_domain", {})]
     columns += [f"cross_task:{name}:{kind}" for name in result.get("cross_task", {}) for kind in ("zero_shot", "linear_probe")]
     columns += [f"known_task:{name}:zero_shot" for name in (result.get("zero_shot_retention") or {}).get("scores", {})]
-    return columns
+    return columns + task_agnostic_columns(result.get("task_agnostic"))
 
 
 def write_csv(result: Dict[str, Any], path: Path) -> None:
@@ -80,6 +81,7 @@ def write_csv(result: Dict[str, Any], path: Path) -> None:
             line += [cell(entry["scores"][i]) for entry in result.get("cross_domain", {}).values()]
             line += [cell(entry[k][i]) for entry in result.get("cross_task", {}).values() for k in ("zero_shot", "linear_probe")]
             line += [cell(scores[i]) for scores in retention.get("scores", {}).values()]
+            line += [cell(v) for v in task_agnostic_cells(result.get("task_agnostic"), i)]
             writer.writerow(line)
         if result.get("random_init") or result.get("cross_domain") or result.get("cross_task") or retention:
             reference = result.get("random_init") or {}

@@ -10,6 +10,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from framework.callbacks.reports.files import CURVES_PNG, METRICS_PNG
 from framework.callbacks.reports.tables import column_labels, row_label
+from framework.callbacks.reports.task_agnostic import task_agnostic_metrics
 
 __all__ = ["LoggerReport", "experience_metrics", "log_wandb_media"]
 
@@ -41,6 +42,7 @@ def experience_metrics(experience: int, row: Dict[str, Dict[str, float]], result
     for key in ("transfer", "drop"):
         if retention.get(key) is not None:
             metrics[f"continual/zero_shot_retention/{key}"] = retention[key]
+    metrics.update(task_agnostic_metrics(result.get("task_agnostic")))
     return metrics
 
 

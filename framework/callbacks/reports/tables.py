@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from pytorch_lightning.utilities import rank_zero_only
 
+from framework.callbacks.reports.task_agnostic import format_task_agnostic
 from framework.metrics.continual import UNDEFINED, format_matrix
 
 __all__ = [
@@ -197,6 +198,8 @@ def format_report(result: Dict[str, Any]) -> str:
         body += [[label, *[_fmt(scores[n][i]) for n in scores], _fmt(retention["per_experience"][i])] for i, label in enumerate(labels)]
         parts.append(_table(["row", *scores, "mean"], body))
         parts.append(f"transfer (mean over experiences): {_fmt(retention['transfer'])}   drop (start - final): {_fmt(retention['drop'])}")
+    if result.get("task_agnostic"):
+        parts += format_task_agnostic(result["task_agnostic"], labels, _table)
     if any(UNDEFINED in part for part in parts[1:]):
         parts.append(_UNDEFINED_FOOTNOTE)
     return "\n".join(parts) + "\n"

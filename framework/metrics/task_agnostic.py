@@ -1,0 +1,118 @@
+"""Evaluation without task labels: route every test image, then predict; a wrong route is wrong.
+
+The task-aware matrix hands each test set to its own head.  A general-purpose model is handed an
+image, not a task, so this evaluation (LifeLonger's "cross-domain incremental" setting, Derakhshani
+et al. 2022) lets the model's task router (:mod:`framework.routing`) decide:
+
+* **routing accuracy** of a source: the share of its test images routed to it (an image called
+  "unknown" is a wrong route); each image counts once, however many tasks its source has;
+* **task-agnostic score** of a task: its head's primary score (accuracy, Dice, C-index) where an
+  image routed elsewhere or called unknown gets the head's ``unrouted_outputs`` (a wrong class, no
+  mask, an uninformative risk), and their average over the learned tasks;
+* **unknown rate** of a source: the share of its test images called unknown;
+* **out-of-distribution AUROC** of each never-learned domain (``DomainStream(unknown_domains=...)``):
+  how well the router's unknown score separates its test images (positives) from the learned
+  sources' test images (negatives), and the share of them called unknown.
+
+Each test image is counted once across DDP ranks (the loaders are sharded, the torchmetrics states
+synchronised in ``compute()``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, List, Sequence
+
+import torch
+from pytorch_lightning.utilities import move_data_to_device
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
+
+from framework.metrics.evaluation import shard_loader
+
+__all__ = ["evaluate_task_agnostic"]
+
+log = logging.getLogger(__name__)
+
+
+def _mean(value: MeanMetric) -> float:
+    return float(value.compute()) if value.update_count else math.nan
+
+
+@torch.no_grad()
+def evaluate_task_agnostic(
+    model: nn.Module, datamodule: Any, tasks: Sequence[str], split: str, device: torch.device, unknown_domains: Sequence[str] = ()
+) -> Dict[str, Any]:
+    """Routing accuracy, task-agnostic scores and out-of-distribution AUROC of ``model`` (which has a router).
+
+    Args:
+        model: a :class:`~framework.model.MedCLModel` with a ``router``.
+        datamodule: serves ``eval_dataloader(task, split)`` (a :class:`~data_modules.DomainStream`).
+        tasks: the tasks to score (trained ones); a task whose source the router has not learned is skipped.
+        split: ``"test"`` or ``"val"``.
+        device: where the model runs.
+        unknown_domains: names of never-learned domains in ``datamodule`` (their labels are not read).
+
+    Returns:
+        ``{"routing_accuracy": {source: v}, "unknown_rate": {source: v}, "scores": {task: v},
+        "average": v, "ood": {domain: {"auroc": v, "unknown_rate": v}}}``; NaN where undefined.
+    """
+    router = model.router
+    routing: Dict[str, MeanMetric] = {}
+    unknown: Dict[str, MeanMetric] = {}
+    scores: Dict[str, float] = {}
+    known_scores: List[torch.Tensor] = []  # this rank's share: the AUROC states are synchronised, not these
+    for task in tasks:
+        spec = model.specs[task]
+        source = spec.source
+        if source not in router.sources:
+            continue
+        index = router.sources.index(source)
+        head = model.head(task)
+        first = source not in routing  # each image counts once for its source's routing accuracy
+        if first:
+            routing[source], unknown[source] = MeanMetric().to(device), MeanMetric().to(device)
+        metrics = head.make_metrics().to(device)
+        defined = True
+        for batch in shard_loader(datamodule.eval_dataloader(task, split)):
+            sub = move_data_to_device(batch[task], device)
+            images, target = sub["image"], sub["target"]
+            routes = router(images)
+            right = (routes.source == index) & ~routes.unknown
+            if first:
+                routing[source].update(right.float())
+                unknown[source].update(routes.unknown.float())
+                known_scores.append(routes.unknown_score.float())
+            with model.route(spec):
+                outputs = head(model.backbone, images).float()
+            try:
+                wrong = head.unrouted_outputs(outputs, target)
+            except NotImplementedError as err:
+                if defined:
+                    log.warning("task-agnostic score of %s not reported: %s", task, err)
+                defined = False
+                continue
+            merged = torch.where(right.view(-1, *([1] * (outputs.ndim - 1))), outputs, wrong)
+            metrics.update(**head.metric_inputs(merged, target))
+        scores[task] = float(metrics.compute()[head.score_name]) if defined else math.nan
+    ood: Dict[str, Dict[str, float]] = {}
+    known = torch.cat(known_scores) if known_scores else torch.empty(0, device=device)
+    any_known = bool(routing)
+    for name in unknown_domains:
+        auroc, called = BinaryAUROC().to(device), MeanMetric().to(device)
+        for batch in shard_loader(datamodule.eval_dataloader(name, split)):
+            routes = router(move_data_to_device(batch[name]["image"], device))
+            auroc.update(routes.unknown_score.float(), torch.ones_like(routes.unknown_score, dtype=torch.long))
+            called.update(routes.unknown.float())
+        auroc.update(known, torch.zeros_like(known, dtype=torch.long))
+        ood[name] = {"auroc": float(auroc.compute()) if any_known else math.nan, "unknown_rate": _mean(called)}
+    finite = [v for v in scores.values() if not math.isnan(v)]
+    return {
+        "routing_accuracy": {s: _mean(m) for s, m in routing.items()},
+        "unknown_rate": {s: _mean(m) for s, m in unknown.items()},
+        "scores": scores,
+        "average": sum(finite) / len(finite) if finite else math.nan,
+        "ood": ood,
+    }
+
