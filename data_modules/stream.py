@@ -52,7 +52,10 @@ class DomainStream(pl.LightningDataModule):
       reported apart from the unseen ``cross_tasks``.
 
     ``medcl predict`` predicts every task's test split, or, with ``predict_path``, the images of a
-    folder or an ``.npz`` for one task (``predict_task``; optional when the stream has one task).
+    folder or an ``.npz`` for one task (``predict_task``; optional when the stream has one task), or,
+    without ``predict_task``, for whatever task each image belongs to: a model with a task router
+    (``model.init_args.router``) routes every image and predicts every task of its source
+    (:mod:`data_modules.routed_prediction`).
 
     Args:
         domains: the domains to train, in stream order; in YAML each is a ``class_path`` + ``init_args``.
@@ -64,7 +67,8 @@ class DomainStream(pl.LightningDataModule):
             task router (``model.init_args.router``) should call their images "unknown"; the
             experience-end evaluation reports its out-of-distribution AUROC on them.
         predict_path: a folder of images or an ``.npz`` to predict on instead of the test splits.
-        predict_task: the task whose head predicts ``predict_path``.
+        predict_task: the task whose head predicts ``predict_path``; leave it unset to let the
+            model's task router choose per image.
         loader: DataLoader settings for every domain of the stream (training, evaluation and
             cross sets): ``num_workers``, ``pin_memory`` (page-locked batches for faster copies
             to a GPU), ``persistent_workers`` (workers kept between iterations of one loader; the
@@ -146,7 +150,7 @@ class DomainStream(pl.LightningDataModule):
         if predict_path is not None:
             if predict_task is None and len(self.domains) == 1:
                 predict_task = self.task_names[0]
-            if predict_task not in self._by_name:
+            if predict_task is not None and predict_task not in self._by_name:
                 raise ValueError(
                     f"DomainStream: field 'predict_task' expected one of {self.task_names} (the task whose head predicts "
                     f"predict_path), found {predict_task!r}"
@@ -287,8 +291,10 @@ class DomainStream(pl.LightningDataModule):
             return [self.domain(t).loader("test") for t in self._evaluated_tasks()]
         from data_modules.prediction import PredictionSource
 
-        domain = self.domain(self.predict_task)
         module = self.trainer.lightning_module if self.trainer is not None else None
+        if self.predict_task is None:
+            return [self._routed_predict_loader(module)]
+        domain = self.domain(self.predict_task)
         size = getattr(module.model_for(self.predict_task).backbone, "image_size", None) if hasattr(module, "model_for") else None
         source = PredictionSource(self.predict_path, domain.task_spec, input_size=size)  # warns once if it resizes
         batch_size = domain.eval_batch_size if source.same_size else 1
@@ -298,6 +304,20 @@ class DomainStream(pl.LightningDataModule):
                 generator=loader_generator(self.predict_task, "predict"),
             )
         ]
+
+    def _routed_predict_loader(self, module: Any) -> DataLoader:
+        """Every image of ``predict_path``, routed by the model's task router (no ``predict_task``)."""
+        from data_modules.routed_prediction import RoutedPredictionSource, routed_collate
+
+        models = module.all_models() if hasattr(module, "all_models") else []
+        if len(models) != 1 or getattr(models[0], "router", None) is None or not models[0].router.sources:
+            raise ValueError(
+                f"DomainStream: field 'predict_task' expected one of {self.task_names} (the task whose head predicts "
+                f"predict_path), found None; without it, the model must route each image itself: train it with a task "
+                f"router (model.init_args.router: {{kind: prototypes}}, docs/routing.md)"
+            )
+        source = RoutedPredictionSource(self.predict_path, module.task_specs)
+        return DataLoader(source, batch_size=1, shuffle=False, collate_fn=routed_collate, generator=loader_generator("routed", "predict"))
 
     def eval_dataloader(self, task: str, split: str = "test") -> DataLoader:
         """Keyed loader of one task's ``split``, for evaluation outside the Lightning loops, cut to

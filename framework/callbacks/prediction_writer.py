@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
+from framework.core.data_protocol import ROUTED_KEY
+
 __all__ = ["PredictionWriter", "PREDICTIONS_DIR", "PREDICTIONS_CSV", "claim_output_folder", "merge_rank_parts"]
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,11 @@ class PredictionWriter(BasePredictionWriter):
     predict end rank 0 waits for all ranks (``trainer.strategy.barrier()``), merges the parts into
     ``predictions.csv`` sorted by ``index`` and removes them.
 
+    **Without a task** (a model with a task router, no ``predict_task``): ``routed/predictions.csv``
+    has one row per image: ``index``, ``id``, the routed ``source`` (or ``unknown``), the router's
+    ``confidence`` and ``unknown_score``, the ``tasks`` predicted, and every such task's predictions
+    as ``<task>:<column>``; masks go to ``<task>/masks/<id>.png`` as above.
+
     ``medcl predict`` adds this callback when the config has none.
 
     Args:
@@ -138,6 +145,7 @@ class PredictionWriter(BasePredictionWriter):
         self._ids: Dict[str, Dict[str, int]] = {}
         self._rank, self._world = 0, 1
         self.root: Optional[Path] = None
+        self._routed_rows: List[Dict[str, Any]] = []
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._rank = int(getattr(trainer, "global_rank", 0) or 0)
@@ -155,9 +163,13 @@ class PredictionWriter(BasePredictionWriter):
         self.root = Path(root)
         self._counts, self._ids = {}, {}
         self._files, self._writers = {}, {}
+        self._routed_rows = []
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Dict[str, Dict[str, Any]], batch_indices, batch, batch_idx, dataloader_idx) -> None:
         for task, values in prediction.items():
+            if task == ROUTED_KEY:
+                self._write_routed(pl_module, dict(values), batch_indices)
+                continue
             head = pl_module.model_for(task).head(task)
             self._write_task(task, head, dict(values), batch_indices)
 
@@ -197,6 +209,51 @@ class PredictionWriter(BasePredictionWriter):
                 if head.spec.depth_axis == "axial" and mask.ndim == 3:  # served (Z, Y, X): back to the file's (X, Y, Z)
                     mask = mask.transpose(2, 1, 0)
                 self._save_mask(out, name, mask, head.spec.num_classes, affine)
+
+    def _write_routed(self, pl_module: pl.LightningModule, values: Dict[str, Any], batch_indices: Optional[Sequence[int]]) -> None:
+        """One row per image (written at predict end, when every task's columns are known) and its masks."""
+        (model,) = pl_module.all_models()
+        ids = [str(i) for i in values["id"]]
+        start = self._counts.get(ROUTED_KEY, 0)
+        index = [int(i) for i in batch_indices] if batch_indices is not None and len(batch_indices) == len(ids) else list(range(start, start + len(ids)))
+        self._counts[ROUTED_KEY] = start + len(ids)
+        self._check_names(ROUTED_KEY, ids, index)
+        for j, (i, name) in enumerate(zip(index, ids)):
+            tasks = values["tasks"]
+            row: Dict[str, Any] = {"index": i, "id": name, "source": values["source"][j], "confidence": float(values["confidence"][j]),
+                                   "unknown_score": float(values["unknown_score"][j]), "tasks": "+".join(tasks)}
+            for task, predictions in tasks.items():
+                head = model.head(task)
+                for key, tensor in predictions.items():
+                    tensor = tensor.detach().cpu()
+                    if tensor.ndim <= 2:
+                        flat = tensor.reshape(tensor.shape[0], -1)
+                        for column, value in zip(head.column_names(key, flat.shape[1]), flat[j]):
+                            row[f"{task}:{column}"] = value.item()
+                    else:
+                        out = self.root / task / ("masks" if key == "mask" else key)
+                        out.mkdir(parents=True, exist_ok=True)
+                        mask = tensor[j].numpy()
+                        if head.spec.depth_axis == "axial" and mask.ndim == 3:
+                            mask = mask.transpose(2, 1, 0)
+                        self._save_mask(out, name, mask, head.spec.num_classes)
+                        row[f"{task}:{key}"] = str((out / name).relative_to(self.root)) + (".nii.gz" if mask.ndim == 3 else ".png")
+            self._routed_rows.append(row)
+
+    def _flush_routed(self) -> None:
+        if not self._routed_rows:
+            return
+        header = list(dict.fromkeys(k for row in self._routed_rows for k in row))
+        folder = self.root / "routed"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = PREDICTIONS_CSV if self._world == 1 else RANK_CSV.format(rank=self._rank)
+        with _open_new(folder / name, "x", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for row in self._routed_rows:
+                writer.writerow([_fmt(row[k]) if k in row else "" for k in header])
+        self._counts["routed"] = self._counts.pop(ROUTED_KEY, len(self._routed_rows))
+        self._routed_rows = []
 
     def _check_names(self, task: str, names: List[str], index: List[int]) -> None:
         """Every sample of a task gets its own output name (its id): refuse a repeated one."""
@@ -253,6 +310,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()
+        self._flush_routed()
         counts = dict(self._counts)
         if self._world > 1:
             trainer.strategy.barrier("PredictionWriter.merge")  # every rank has closed its part

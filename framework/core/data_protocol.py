@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, List
 
-__all__ = ["domain_for", "single_sample_last_batches"]
+__all__ = ["domain_for", "single_sample_last_batches", "ROUTED_KEY"]
 
 
 def domain_for(datamodule: Any, task: str, purpose: str) -> Any:
@@ -33,3 +33,9 @@ def single_sample_last_batches(datamodule: Any) -> List[str]:
     ``DomainDataModule.single_sample_last_batches``); none for a datamodule without the method."""
     fn = getattr(datamodule, "single_sample_last_batches", None)
     return list(fn()) if callable(fn) else []
+
+
+#: the batch key of images to predict *without* a task (``medcl predict`` with a task router): the
+#: model routes each image and predicts every task of its source.  No task name can take it (task
+#: names start with a letter).  Items: ``{"image": router view, "views": {task: that task's view}, "id": ...}``.
+ROUTED_KEY = "__routed__"

@@ -6,9 +6,11 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from torch import Tensor
 
+from framework.core.data_protocol import ROUTED_KEY
 from framework.core.divergence import check_loss, check_module
 from framework.heads import TaskHead
 from framework.metrics.evaluation import evaluate_head
+from framework.routing.predict import predict_routed
 
 __all__ = ["StepsMixin"]
 
@@ -86,6 +88,10 @@ class StepsMixin:
         has them; ``affine``: a NIfTI input's grid, for its predicted mask)."""
         out = {}
         for task, sub in batch.items():
+            if task == ROUTED_KEY:  # no task given: the model's router chooses per image (framework/routing/predict.py)
+                (model,) = self.all_models()
+                out[task] = predict_routed(model, sub)
+                continue
             model = self.model_for(task)
             head = model.head(task)
             predictions: Dict[str, Any] = dict(head.predict(model(sub["image"], task)))
