@@ -62,6 +62,10 @@ def test_the_evaluation_reports_routing_task_agnostic_scores_and_ood_auroc(train
     for j, task in enumerate(trained["result"]["tasks"]):  # a wrong route can only cost: never above the task-aware score
         assert section["scores"][task][-1] <= matrix[-1][j] + 1e-6
     assert section["gap"][-1] == pytest.approx(section["task_aware_average"][-1] - section["average"][-1])
+    union = section["union_head"]  # right over the union of classes implies right within the task's own head
+    assert union["scores"]["bloodmnist"][0] is None and set(union["scores"]) == {"bloodmnist", "organamnist"}
+    for j, task in enumerate(trained["result"]["tasks"]):
+        assert 0 <= union["scores"][task][-1] <= matrix[-1][j] + 1e-6
     auroc = section["ood"]["pneumoniamnist"]["auroc"]
     assert len(auroc) == 2 and all(0 <= v <= 1 for v in auroc)
     header = (trained["run"] / "continual_metrics.csv").read_text().splitlines()[0].split(",")

@@ -10,6 +10,12 @@ et al. 2022) lets the model's task router (:mod:`framework.routing`) decide:
   image routed elsewhere or called unknown gets the head's ``unrouted_outputs`` (a wrong class, no
   mask, an uninformative risk), and their average over the learned tasks;
 * **unknown rate** of a source: the share of its test images called unknown;
+* **one head over the union of classes** (no router; LifeLonger's single-head baseline): for the
+  classification tasks, the logits of every learned classification head are concatenated into one
+  softmax over the union of their classes (each block through its own modality's adapters), and an
+  image is right only if the arg-max is its own task's true class.  MedCL's classification heads
+  are CLIP-style (cosine similarity to one embedding per class, times a learned scale), so this
+  *is* a single head over the union whose rows were trained experience by experience;
 * **out-of-distribution AUROC** of each never-learned domain (``DomainStream(unknown_domains=...)``):
   how well the router's unknown score separates its test images (positives) from the learned
   sources' test images (negatives), and the share of them called unknown.
@@ -62,7 +68,9 @@ def evaluate_task_agnostic(
     routing: Dict[str, MeanMetric] = {}
     unknown: Dict[str, MeanMetric] = {}
     scores: Dict[str, float] = {}
-    known_scores: List[torch.Tensor] = []  # this rank's share: the AUROC states are synchronised, not these
+    known_scores: List[torch.Tensor] = []
+    union_tasks = [t for t in tasks if model.specs[t].kind == "classification" and model.specs[t].source in router.sources]
+    union: Dict[str, MeanMetric] = {}  # this rank's share: the AUROC states are synchronised, not these
     for task in tasks:
         spec = model.specs[task]
         source = spec.source
@@ -95,6 +103,8 @@ def evaluate_task_agnostic(
                 continue
             merged = torch.where(right.view(-1, *([1] * (outputs.ndim - 1))), outputs, wrong)
             metrics.update(**head.metric_inputs(merged, target))
+            if task in union_tasks and len(union_tasks) > 1:
+                union.setdefault(task, MeanMetric().to(device)).update(_union_correct(model, union_tasks, task, images, target).float())
         scores[task] = float(metrics.compute()[head.score_name]) if defined else math.nan
     ood: Dict[str, Dict[str, float]] = {}
     known = torch.cat(known_scores) if known_scores else torch.empty(0, device=device)
@@ -114,5 +124,24 @@ def evaluate_task_agnostic(
         "scores": scores,
         "average": sum(finite) / len(finite) if finite else math.nan,
         "ood": ood,
+        "union_head": {"scores": {t: _mean(m) for t, m in union.items()},
+                       "average": sum(_mean(m) for m in union.values()) / len(union) if union else math.nan},
     }
+
+
+def _union_correct(model: nn.Module, union_tasks: Sequence[str], task: str, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Whether the arg-max over the concatenated logits of every head in ``union_tasks`` is ``task``'s true class."""
+    blocks, offset = [], 0
+    for other in union_tasks:
+        spec = model.specs[other]
+        channels = images.shape[1]
+        readable = images.ndim == spec.spatial_dims + 2 and (spec.in_channels == channels or (spec.in_channels in (1, 3) and channels in (1, 3)))
+        if not readable:
+            blocks.append(torch.full((images.shape[0], spec.num_classes), -math.inf, device=images.device))  # cannot read these images
+        else:
+            with model.route(spec):
+                blocks.append(model.head(other)(model.backbone, images).float())
+        if other == task:
+            offset = sum(b.shape[1] for b in blocks[:-1])
+    return torch.cat(blocks, dim=1).argmax(dim=1) == target.long().view(-1) + offset
 

@@ -32,6 +32,7 @@ def task_agnostic_section(rows: Dict[int, Dict[str, Any]], result: Dict[str, Any
         values = [v for v in values if _value(v) is not None]
         aware.append(sum(values) / len(values) if values else None)
     agnostic = [_value(rows.get(e, {}).get("average")) for e in experiences]
+    union_tasks = list(dict.fromkeys(t for r in rows.values() for t in (r.get("union_head") or {}).get("scores", {})))
     return {
         "router": router,
         "sources": sources,
@@ -41,6 +42,10 @@ def task_agnostic_section(rows: Dict[int, Dict[str, Any]], result: Dict[str, Any
         "average": agnostic,
         "task_aware_average": aware,
         "gap": [a - b if a is not None and b is not None else None for a, b in zip(aware, agnostic)],
+        "union_head": {
+            "scores": {t: [_value(((rows.get(e, {}).get("union_head") or {}).get("scores") or {}).get(t)) for e in experiences] for t in union_tasks},
+            "average": [_value((rows.get(e, {}).get("union_head") or {}).get("average")) for e in experiences],
+        },
         "ood": {d: {k: [_value(rows.get(e, {}).get("ood", {}).get(d, {}).get(k)) for e in experiences] for k in ("auroc", "unknown_rate")}
                 for d in domains},
     }
@@ -60,6 +65,11 @@ def format_task_agnostic(section: Dict[str, Any], labels: List[str], table) -> L
         for i, label in enumerate(labels)
     ]
     parts.append(table(header, body))
+    union = section.get("union_head") or {}
+    if union.get("scores"):
+        parts.append("\nOne head over the union of classes (no router; the classification heads' logits in one softmax):")
+        body = [[label, *[_fmt(v[i]) for v in union["scores"].values()], _fmt(union["average"][i])] for i, label in enumerate(labels)]
+        parts.append(table(["row", *union["scores"], "average"], body))
     unknown = {s: v[-1] for s, v in section["unknown_rate"].items() if v and v[-1] is not None}
     if unknown:
         parts.append("called unknown (learned sources' test images, last row): " + ", ".join(f"{s} {v:.4f}" for s, v in unknown.items()))
@@ -72,7 +82,7 @@ def task_agnostic_columns(section: Optional[Dict[str, Any]]) -> List[str]:
     if not section:
         return []
     columns = [f"routing:{s}" for s in section["sources"]] + [f"task_agnostic:{t}" for t in section["scores"]]
-    columns += ["task_agnostic_average", "task_agnostic_gap"]
+    columns += ["task_agnostic_average", "task_agnostic_gap", "union_head_average"]
     return columns + [f"ood_auroc:{d}" for d in section["ood"]]
 
 
@@ -80,7 +90,7 @@ def task_agnostic_cells(section: Optional[Dict[str, Any]], i: int) -> List[Optio
     if not section:
         return []
     cells = [section["routing_accuracy"][s][i] for s in section["sources"]] + [v[i] for v in section["scores"].values()]
-    cells += [section["average"][i], section["gap"][i]]
+    cells += [section["average"][i], section["gap"][i], (section.get("union_head") or {}).get("average", [None] * (i + 1))[i]]
     return cells + [entry["auroc"][i] for entry in section["ood"].values()]
 
 
@@ -98,6 +108,9 @@ def task_agnostic_metrics(section: Optional[Dict[str, Any]]) -> Dict[str, float]
     for key in ("average", "gap"):
         if section[key][-1] is not None:
             out[f"continual/task_agnostic_{key}"] = section[key][-1]
+    union = (section.get("union_head") or {}).get("average") or [None]
+    if union[-1] is not None:
+        out["continual/union_head_average"] = union[-1]
     for d, entry in section["ood"].items():
         if entry["auroc"][-1] is not None:
             out[f"continual/ood/{d}/auroc"] = entry["auroc"][-1]
@@ -119,8 +132,11 @@ def plot_task_agnostic(result: Dict[str, Any], path: Path) -> None:
     for s, values in section["routing_accuracy"].items():
         left.plot(x, [math.nan if v is None else v for v in values], marker="o", label=s)
     left.set_title("routing accuracy per source")
-    for key, label in (("task_aware_average", "task-aware average"), ("average", "task-agnostic average")):
+    for key, label in (("task_aware_average", "task-aware average"), ("average", "task-agnostic average (routed)")):
         right.plot(x, [math.nan if v is None else v for v in section[key]], marker="o", label=label)
+    union = (section.get("union_head") or {}).get("average") or []
+    if any(v is not None for v in union):
+        right.plot(x, [math.nan if v is None else v for v in union], marker="^", label="one head over the union (no router)")
     for d, entry in section["ood"].items():
         right.plot(x, [math.nan if v is None else v for v in entry["auroc"]], marker="s", linestyle="--", label=f"OOD AUROC {d}")
     right.set_title("scores with and without task labels")
