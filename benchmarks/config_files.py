@@ -37,13 +37,38 @@ def _read(ref: str, base: Path, where: str) -> Tuple[Any, Path]:
         raise ValueError(f"{where}: {path} is not valid YAML: {err}") from None
 
 
+def _holds_specs(value: Any) -> bool:
+    return (isinstance(value, dict) and "class_path" in value) or (isinstance(value, list) and any(_holds_specs(v) for v in value))
+
+
 def _inline_specs(value: Any, base: Path, where: str) -> Any:
-    """A class spec, a list of them, or a file holding either (items of a list file are relative to it)."""
+    """A class spec, a list of them, or a file holding either (items of a list file are relative to it);
+    inside a spec's ``init_args``, a value (or list item, or mapping value) that names a YAML file
+    holding class specs is inlined too (``domains: [domains/bloodmnist_1000.yaml]``)."""
     if _is_file_ref(value):
         loaded, inner = _read(value, base, where)
         return _inline_specs(loaded, inner, f"{where} ({value})")
     if isinstance(value, list):
         return [_inline_specs(item, base, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict) and isinstance(value.get("init_args"), dict):
+        value = dict(value)
+        value["init_args"] = {k: _inline_arg(v, base, f"{where}.init_args.{k}") for k, v in value["init_args"].items()}
+    return value
+
+
+def _inline_arg(value: Any, base: Path, where: str) -> Any:
+    """An ``init_args`` value: class specs (or files holding them) inlined, anything else as it is."""
+    if _is_file_ref(value):
+        path = (base / value) if not Path(value).is_absolute() else Path(value)
+        if path.is_file() and _holds_specs(yaml.safe_load(path.read_text())):
+            return _inline_specs(value, base, where)
+        return value
+    if isinstance(value, list):
+        return [_inline_arg(item, base, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        if "class_path" in value:
+            return _inline_specs(value, base, where)
+        return {k: _inline_arg(v, base, f"{where}.{k}") for k, v in value.items()}
     return value
 
 
@@ -55,6 +80,10 @@ def inline(config: Dict[str, Any], base: Path, where: str = "config") -> Dict[st
             config[key], inner = _read(config[key], base, f"{where}: {key}")
             if key == "trainer":  # the trainer file's own references are relative to it
                 config[key] = inline({"trainer": config[key]}, inner, f"{where}: trainer ({inner})")["trainer"]
+            else:  # a class spec: the files its init_args name are relative to it
+                config[key] = _inline_specs(config[key], inner, f"{where}: {key}")
+        elif isinstance(config.get(key), dict) and key != "trainer":
+            config[key] = _inline_specs(config[key], base, f"{where}: {key}")
     trainer = config.get("trainer")
     if isinstance(trainer, dict):
         trainer = config["trainer"] = dict(trainer)
