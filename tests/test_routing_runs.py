@@ -122,3 +122,16 @@ def test_predict_without_a_task_and_without_a_router_says_how_to_fix_it(tmp_path
         Image.fromarray(z["test_images"][0]).save(folder / "a.png")
     with pytest.raises(ValueError, match=r"field 'predict_task' expected one of \['bloodmnist', 'organamnist'\].*found None; without it, the model must route"):
         run_cli(["predict", "--config", str(config), "--data.init_args.predict_path", str(folder)])
+
+
+def test_growing_a_checkpoint_into_a_model_with_another_router_setting_is_refused(trained, tmp_path):
+    # the router's sources and frozen tower are part of the model: a model without one cannot take them, and a
+    # checkpoint without one has no learned sources to route its tasks to
+    config = yaml.safe_load(trained["config"].read_text())
+    config["model"]["init_args"].pop("router")
+    config["model"]["init_args"]["init_from"] = str(trained["run"] / "checkpoints" / "last.ckpt")
+    config["trainer"]["default_root_dir"] = str(tmp_path / "grown")
+    path = tmp_path / "grown.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ValueError, match=r"the checkpoint's model differs from this configuration \(router: checkpoint \{'kind': 'prototypes'.*config None\)"):
+        run_cli(["fit", "--config", str(path)])
