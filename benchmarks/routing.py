@@ -2,13 +2,13 @@
 
 Cases (``<stream>/<router>/<training>``):
 
-* ``four/prototypes/replay``, ``four/learned/replay``: experiments/routing/four_medmnist_replay.yaml
-  (Blood -> OrganA -> Pneumonia -> Retina, 500-image reservoir buffer; never-learned source:
-  CVC-ClinicDB colonoscopy frames), with each router kind;
-* ``four/prototypes/<strategy>``: every strategy of experiments/strategies/ on the same stream
-  (experiments/streams/four_medmnist_routing.yaml) with the prototype router, so the strategies are
+* ``four/<kind>/replay`` for the router kinds gaussian, prototypes, learned:
+  experiments/routing/four_medmnist_replay.yaml (Blood -> OrganA -> Pneumonia -> Retina, 500-image
+  reservoir buffer; never-learned source: CVC-ClinicDB colonoscopy frames);
+* ``four/gaussian/<strategy>``: every other strategy of experiments/strategies/ on the same stream
+  (experiments/streams/four_medmnist_routing.yaml) with the Gaussian router, so the strategies are
   compared on task-agnostic accuracy too;
-* ``mixed/prototypes/replay``, ``mixed/learned/replay``: experiments/routing/mixed_kinds_replay.yaml
+* ``mixed/<kind>/replay``: experiments/routing/mixed_kinds_replay.yaml
   (OrganA classes and a SEMI-SYNTHETIC OrganA risk score sharing one source, then Kvasir-SEG masks;
   never-learned source: PneumoniaMNIST).
 
@@ -34,6 +34,7 @@ from runs import REPO, RESULTS, cpu_model, fmt, latest_metrics, load_results, re
 
 NAME = "routing"
 FOUR_STREAM = "experiments/streams/four_medmnist_routing.yaml"
+KINDS = ["gaussian", "prototypes", "learned"]
 STRATEGIES = ["naive", "ewc", "lwf", "replay_lwf", "der", "replay_class_balanced", "replay_herding"]
 
 
@@ -44,13 +45,13 @@ def _router(kind: str) -> List[str]:
 def cases() -> Dict[str, Dict[str, Any]]:
     """case -> the config it runs and the overrides it adds."""
     out: Dict[str, Dict[str, Any]] = {}
-    for kind in ("prototypes", "learned"):
+    for kind in KINDS:
         out[f"four/{kind}/replay"] = {"config": "experiments/routing/four_medmnist_replay.yaml", "extra": _router(kind)}
     for strategy in STRATEGIES:
-        out[f"four/prototypes/{strategy}"] = {
-            "config": f"experiments/strategies/{strategy}.yaml", "extra": [*_router("prototypes"), "--data", FOUR_STREAM],
+        out[f"four/gaussian/{strategy}"] = {
+            "config": f"experiments/strategies/{strategy}.yaml", "extra": [*_router("gaussian"), "--data", FOUR_STREAM],
         }
-    for kind in ("prototypes", "learned"):
+    for kind in KINDS:
         out[f"mixed/{kind}/replay"] = {"config": "experiments/routing/mixed_kinds_replay.yaml", "extra": _router(kind)}
     return out
 
@@ -116,8 +117,9 @@ def _ms(value: Dict[str, Any], digits: int = 3) -> str:
 def markdown(agg: Dict[str, Any], cpus: List[str]) -> str:
     lines = [
         "# Without task labels: a task router in the model", "",
-        "Every test image is routed by the model's task router (frozen copy of the starting image tower; `prototypes`:",
-        "10 K-means centres per source, `learned`: a small classifier on a 500-feature memory per source), then predicted",
+        "Every test image is routed by the model's task router (frozen copy of the starting image tower, statistics of its",
+        "blocks' feature maps; `gaussian`: one Gaussian per source, Mahalanobis distances; `prototypes`: 10 K-means centres",
+        "per source; `learned`: a small classifier on a 500-feature memory per source), then predicted",
         "by the routed source's heads; a wrong route or an 'unknown' verdict counts as wrong.  task-aware: the usual matrix",
         "(each test set to its own head).  union head: no router, the classification heads' logits in one softmax over the",
         "union of classes (LifeLonger's single-head baseline).  Unknown threshold: the 0.99 quantile of each source's",

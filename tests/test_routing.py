@@ -15,7 +15,7 @@ from conftest import REPO
 from framework.backbone import CLIPBackbone
 from framework.core.specs import TaskSpec
 from framework.heads import build_head
-from framework.routing import LearnedRouter, PrototypeRouter, build_router, check_router_config
+from framework.routing import GaussianRouter, LearnedRouter, PrototypeRouter, build_router, check_router_config
 
 DEMO = REPO / "data" / "demo" / "medmnist"
 
@@ -38,7 +38,7 @@ def images():
             for flag in ("bloodmnist", "organamnist")}
 
 
-@pytest.mark.parametrize("kind", ["prototypes", "learned"])
+@pytest.mark.parametrize("kind", ["gaussian", "prototypes", "learned"])
 def test_the_router_names_the_source_of_real_images(kind, backbone, images):
     router = build_router({"kind": kind}, backbone)
     router.snapshot(backbone)
@@ -53,7 +53,7 @@ def test_the_router_names_the_source_of_real_images(kind, backbone, images):
         assert ((0 <= routes.confidence) & (routes.confidence <= 1)).all()
 
 
-@pytest.mark.parametrize("kind", ["prototypes", "learned"])
+@pytest.mark.parametrize("kind", ["gaussian", "prototypes", "learned"])
 def test_images_of_a_source_never_learned_are_called_unknown(kind, backbone, images):
     router = build_router({"kind": kind}, backbone)
     router.snapshot(backbone)
@@ -68,7 +68,7 @@ def test_images_of_a_source_never_learned_are_called_unknown(kind, backbone, ima
     assert router(noise).unknown.all()
 
 
-@pytest.mark.parametrize("kind", ["prototypes", "learned"])
+@pytest.mark.parametrize("kind", ["gaussian", "prototypes", "learned"])
 def test_the_router_state_survives_a_state_dict_round_trip(kind, backbone, images):
     router = build_router({"kind": kind, "seed": 3}, backbone)
     router.snapshot(backbone)
@@ -83,7 +83,9 @@ def test_the_router_state_survives_a_state_dict_round_trip(kind, backbone, image
     assert torch.equal(a.source, b.source) and torch.allclose(a.unknown_score, b.unknown_score)
     assert other.tasks_of["organamnist"] == ["organ_risk"] and other.thresholds == router.thresholds
     with pytest.raises(ValueError, match="checkpoint's router is of kind"):
-        build_router({"kind": "learned" if kind == "prototypes" else "prototypes"}, backbone).load_state_dict(state)
+        build_router({"kind": "learned" if kind != "learned" else "prototypes"}, backbone).load_state_dict(state)
+    with pytest.raises(ValueError, match="reading 'layers' features, this model's is .* reading 'pooled'"):
+        build_router({"kind": kind, "features": "pooled"}, backbone).load_state_dict(state)
 
 
 def test_the_frozen_copy_keeps_the_starting_weights_while_the_backbone_trains(backbone, images):
@@ -121,6 +123,8 @@ def test_bad_router_configs_are_refused(config, message):
         (PrototypeRouter, {"temperature": 0}, "temperature expected a number > 0"),
         (LearnedRouter, {"memory_per_source": 1}, "memory_per_source expected an integer >= 2"),
         (LearnedRouter, {"lr": -1}, "lr expected a number > 0"),
+        (GaussianRouter, {"shrinkage": 0}, r"shrinkage expected a number in \(0, 1\)"),
+        (GaussianRouter, {"features": "tokens"}, r"features expected one of \['layers', 'pooled'\]"),
     ],
 )
 def test_bad_router_options_are_refused(cls, options, message, backbone):

@@ -40,7 +40,7 @@ def _config(tmp_path: Path, kind: str) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("routed")
-    config = _config(tmp_path, "prototypes")
+    config = _config(tmp_path, "gaussian")
     cli = run_cli(["fit", "--config", str(config)])
     (metrics,) = list((tmp_path / "run").rglob("continual_metrics.json"))
     return {"config": config, "cli": cli, "run": metrics.parent, "result": json.loads(metrics.read_text())}
@@ -55,7 +55,7 @@ def test_the_router_learns_each_source_when_its_experience_ends(trained):
 
 def test_the_evaluation_reports_routing_task_agnostic_scores_and_ood_auroc(trained, capsys):
     section = trained["result"]["task_agnostic"]
-    assert section["router"] == "prototypes" and section["sources"] == ["bloodmnist", "organamnist"]
+    assert section["router"] == "gaussian" and section["sources"] == ["bloodmnist", "organamnist"]
     assert section["routing_accuracy"]["organamnist"][0] is None  # not learned after the first experience
     assert all(0.8 <= v <= 1 for v in (section["routing_accuracy"]["bloodmnist"][-1], section["routing_accuracy"]["organamnist"][-1]))
     matrix = trained["result"]["accuracy_matrix"]
@@ -133,5 +133,5 @@ def test_growing_a_checkpoint_into_a_model_with_another_router_setting_is_refuse
     config["trainer"]["default_root_dir"] = str(tmp_path / "grown")
     path = tmp_path / "grown.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    with pytest.raises(ValueError, match=r"the checkpoint's model differs from this configuration \(router: checkpoint \{'kind': 'prototypes'.*config None\)"):
+    with pytest.raises(ValueError, match=r"the checkpoint's model differs from this configuration \(router: checkpoint \{'kind': 'gaussian'.*config None\)"):
         run_cli(["fit", "--config", str(path)])

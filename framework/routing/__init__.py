@@ -1,6 +1,6 @@
 """Task routing: the model names the image source of an image (and so its tasks), or says "unknown".
 
-``model.init_args.router: {kind: prototypes}`` (or ``learned``) gives the model a router
+``model.init_args.router: {kind: gaussian}`` (or ``prototypes``, ``learned``) gives the model a router
 (:class:`TaskRouter`) that learns every image source at the end of the experience that trains it
 (:class:`RouterFitting`), calibrates its unknown threshold on validation data, and is stored in
 checkpoints.  Evaluation without task labels: :mod:`framework.metrics.task_agnostic`.
@@ -12,13 +12,14 @@ from typing import Any, Dict, Mapping, Optional
 from torch import nn
 
 from framework.routing.base import UNKNOWN, Routes, TaskRouter
+from framework.routing.gaussian import GaussianRouter
 from framework.routing.learned import LearnedRouter
 from framework.routing.prototypes import PrototypeRouter
 
-__all__ = ["TaskRouter", "Routes", "UNKNOWN", "PrototypeRouter", "LearnedRouter", "ROUTER_KINDS", "build_router", "check_router_config"]
+__all__ = ["TaskRouter", "Routes", "UNKNOWN", "GaussianRouter", "PrototypeRouter", "LearnedRouter", "ROUTER_KINDS", "build_router", "check_router_config"]
 
 #: router kind -> class
-ROUTER_KINDS = {"prototypes": PrototypeRouter, "learned": LearnedRouter}
+ROUTER_KINDS = {"gaussian": GaussianRouter, "prototypes": PrototypeRouter, "learned": LearnedRouter}
 
 
 def check_router_config(config: Optional[Mapping[str, Any]], owner: str) -> Optional[Dict[str, Any]]:

@@ -76,6 +76,8 @@ class TaskRouter(nn.Module):
         samples_per_source: at most this many training images of a source are encoded to learn it
             (drawn with ``seed``).
         seed: seeds the sample draw and the kind's own fitting.
+        features: what the router reads from its frozen tower: ``"layers"`` (statistics of several
+            blocks' feature maps) or ``"pooled"`` (the pooled embedding); see :mod:`framework.routing.features`.
 
     Raises:
         ValueError: naming the option, for a value out of range.
@@ -83,13 +85,15 @@ class TaskRouter(nn.Module):
 
     kind: str = ""
 
-    def __init__(self, backbone: nn.Module, unknown_quantile: float = 0.99, samples_per_source: int = 2000, seed: int = 0) -> None:
+    def __init__(
+        self, backbone: nn.Module, unknown_quantile: float = 0.99, samples_per_source: int = 2000, seed: int = 0, features: str = "layers",
+    ) -> None:
         super().__init__()
         owner = type(self).__name__
         self.unknown_quantile = _check_fraction(owner, "unknown_quantile", unknown_quantile)
         self.samples_per_source = _check_count(owner, "samples_per_source", samples_per_source, 2)
         self.seed = _check_count(owner, "seed", seed, 0)
-        self.features = FrozenImageFeatures(backbone)
+        self.features = FrozenImageFeatures(backbone, features)
         #: learned sources, in order
         self.sources: List[str] = []
         #: source -> its tasks, in the order they were added
@@ -179,13 +183,16 @@ class TaskRouter(nn.Module):
 
     def get_extra_state(self) -> Dict[str, Any]:
         return {
-            "kind": self.kind, "sources": list(self.sources), "tasks_of": {s: list(t) for s, t in self.tasks_of.items()},
+            "kind": self.kind, "features": self.features.kind, "sources": list(self.sources), "tasks_of": {s: list(t) for s, t in self.tasks_of.items()},
             "thresholds": dict(self.thresholds), "snapshot_taken": self.snapshot_taken, "state": self._kind_state(),
         }
 
     def set_extra_state(self, state: Mapping[str, Any]) -> None:
-        if state.get("kind") != self.kind:
-            raise ValueError(f"{type(self).__name__}: the checkpoint's router is of kind {state.get('kind')!r}, this model's is {self.kind!r}")
+        if state.get("kind") != self.kind or state.get("features", "layers") != self.features.kind:
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint's router is of kind {state.get('kind')!r} reading {state.get('features')!r} features, "
+                f"this model's is {self.kind!r} reading {self.features.kind!r}"
+            )
         self.sources = list(state["sources"])
         self.tasks_of = {s: list(t) for s, t in state["tasks_of"].items()}
         self.thresholds = {s: float(t) for s, t in state["thresholds"].items()}

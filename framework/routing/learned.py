@@ -54,6 +54,7 @@ class LearnedRouter(TaskRouter):
         self.weights: Dict[str, Tensor] = {}
 
     def _learn(self, source: str, features: Tensor) -> None:
+        features = F.normalize(features, dim=-1)
         generator = torch.Generator().manual_seed(self.seed + len(self.sources))
         keep = torch.randperm(features.shape[0], generator=generator)[: self.memory_per_source]
         self.memory[source] = features[keep].clone()
@@ -76,6 +77,7 @@ class LearnedRouter(TaskRouter):
                         "w2": layers[2].weight.detach().clone(), "b2": layers[2].bias.detach().clone()}
 
     def scores(self, features: Tensor) -> Dict[str, Tensor]:
+        features = F.normalize(features, dim=-1)
         w = {k: v.to(features.device) for k, v in self.weights.items()}
         logits = F.linear(F.relu(F.linear(features, w["w1"], w["b1"])), w["w2"], w["b2"])
         memory = torch.cat([self.memory[s] for s in self.sources]).to(features.device)

@@ -44,6 +44,7 @@ class PrototypeRouter(TaskRouter):
     def _learn(self, source: str, features: Tensor) -> None:
         from sklearn.cluster import KMeans
 
+        features = torch.nn.functional.normalize(features, dim=-1)
         k = min(self.prototypes_per_source, features.shape[0])
         kmeans = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(features.numpy())
         centres = torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32)
@@ -51,6 +52,7 @@ class PrototypeRouter(TaskRouter):
 
     def scores(self, features: Tensor) -> Dict[str, Tensor]:
         device = features.device
+        features = torch.nn.functional.normalize(features, dim=-1)
         best = torch.stack([(features @ self.prototypes[s].to(device).T).max(dim=-1).values for s in self.sources], dim=-1)
         return {"logits": best / self.temperature, "unknown_score": 1.0 - best.max(dim=-1).values}
 
