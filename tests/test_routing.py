@@ -176,3 +176,21 @@ def test_a_task_names_its_image_source():
     assert not risk.same_task(TaskSpec(name="organ_risk", kind="prognosis", domain="bloodmnist"))
     with pytest.raises(ValueError, match="field 'domain' expected empty or an identifier"):
         TaskSpec(name="x", kind="prognosis", domain="organ amnist")
+
+
+VOLUMES = REPO.parent / "shared" / "data" / "medmnist" / "adrenalmnist3d.npz"
+
+
+@pytest.mark.skipif(not VOLUMES.is_file(), reason="needs ../shared/data/medmnist (CI has it)")
+def test_the_router_reads_volumes_beside_images(backbone, images):
+    """A 3D source (AdrenalMNIST3D volumes, read slice by slice) and a 2D one in one router."""
+    with np.load(VOLUMES) as z:
+        volumes = {split: torch.from_numpy(z[f"{split}_images"][:n])[:, None] for split, n in (("train", 120), ("val", 60), ("test", 60))}
+    router = build_router({"kind": "gaussian"}, backbone)
+    router.snapshot(backbone)
+    router.learn("adrenalmnist3d", router.features(volumes["train"]), router.features(volumes["val"]))
+    blood = images["bloodmnist"]
+    router.learn("bloodmnist", router.features(blood["train"]), router.features(blood["val"]))
+    assert router.features(volumes["test"][:2]).shape == router.features(blood["test"][:2]).shape
+    assert ((router(volumes["test"]).source == 0).float().mean()) > 0.95
+    assert ((router(blood["test"]).source == 1).float().mean()) > 0.95

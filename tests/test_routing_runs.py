@@ -135,3 +135,48 @@ def test_growing_a_checkpoint_into_a_model_with_another_router_setting_is_refuse
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with pytest.raises(ValueError, match=r"the checkpoint's model differs from this configuration \(router: checkpoint \{'kind': 'gaussian'.*config None\)"):
         run_cli(["fit", "--config", str(path)])
+
+
+SEGMENTATION = REPO.parent / "shared" / "data" / "segmentation" / "kvasir_seg_64.npz"
+
+
+@pytest.mark.skipif(not SEGMENTATION.is_file(), reason="needs ../shared/data/segmentation (CI has it)")
+def test_a_routed_organ_slice_gets_both_its_tasks_and_a_routed_polyp_frame_its_mask(tmp_path):
+    """The mixed-kind routing experiment, shrunk: OrganA classes and the semi-synthetic OrganA risk share one
+    source, Kvasir-SEG is another; predicting a folder without a task writes both OrganA predictions for an
+    organ slice and a mask for a polyp frame."""
+    path = shrink_config("experiments/routing/mixed_kinds_replay.yaml", tmp_path / "run", train_subset=64, eval_subset=32, batch_size=16)
+    config = yaml.safe_load(path.read_text())
+    config["model"]["init_args"]["router"]["samples_per_source"] = 64
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    cli = run_cli(["fit", "--config", str(path)])
+    router = cli.model.model.router
+    assert router.tasks_of == {"organamnist": ["organamnist", "organa_survival_semisynthetic"], "kvasir_seg": ["kvasir_seg"]}
+    (metrics,) = list((tmp_path / "run").rglob("continual_metrics.json"))
+    section = json.loads(metrics.read_text())["task_agnostic"]
+    assert section["sources"] == ["organamnist", "kvasir_seg"] and set(section["scores"]) == {"organamnist", "organa_survival_semisynthetic", "kvasir_seg"}
+    assert "pneumoniamnist" in section["ood"]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    with np.load(SHARED / "organamnist.npz") as z:
+        for i in range(3):
+            Image.fromarray(z["test_images"][i]).save(folder / f"organ_{i}.png")
+    with np.load(SEGMENTATION) as z:
+        frames = z["images"][z["split"] == list(z["split_names"]).index("test")] if "split_names" in z.files else z["images"]
+        for i in range(3):
+            Image.fromarray(frames[i]).save(folder / f"polyp_{i}.png")
+    out = tmp_path / "predictions"
+    run_cli(["predict", "--config", str(path), "--ckpt_path", str(metrics.parent / "checkpoints" / "last.ckpt"),
+             "--data.init_args.predict_path", str(folder), "--trainer.callbacks+=framework.callbacks.PredictionWriter",
+             f"--trainer.callbacks.output_dir={out}"])
+    with open(out / "routed" / "predictions.csv", newline="") as fh:
+        rows = {r["id"]: r for r in csv.DictReader(fh)}
+    organ = [r for i, r in rows.items() if i.startswith("organ") and r["source"] == "organamnist"]
+    polyp = [r for i, r in rows.items() if i.startswith("polyp") and r["source"] == "kvasir_seg"]
+    assert organ and polyp, {i: r["source"] for i, r in rows.items()}
+    for row in organ:
+        assert row["tasks"] == "organamnist+organa_survival_semisynthetic"
+        assert row["organamnist:prediction"] != "" and row["organa_survival_semisynthetic:risk"] != ""
+    for row in polyp:
+        assert row["tasks"] == "kvasir_seg" and (out / row["kvasir_seg:mask"]).is_file()
+        assert Image.open(out / row["kvasir_seg:mask"]).size == (64, 64)

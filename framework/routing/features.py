@@ -14,8 +14,7 @@ Two feature kinds (``features``):
   (and, above :data:`MAX_DIM` dimensions, reduced by a fixed seeded random projection).  The pooled
   output of a deep network trained from scratch, and more so of a random one, collapses towards
   one direction (any two images have a cosine similarity near 1); the statistics of its earlier
-  blocks still tell image sources apart (on the four-domain MedMNIST stream with a random tower,
-  Mahalanobis routing 99.8 % against 94 % from the pooled output, benchmarks/results/routing.md);
+  blocks still tell image sources apart;
 * ``"pooled"``: the L2-normalised pooled image embedding (the backbone's ``encode_image``).
 """
 from __future__ import annotations
