@@ -194,3 +194,22 @@ def test_the_router_reads_volumes_beside_images(backbone, images):
     assert router.features(volumes["test"][:2]).shape == router.features(blood["test"][:2]).shape
     assert ((router(volumes["test"]).source == 0).float().mean()) > 0.95
     assert ((router(blood["test"]).source == 1).float().mean()) > 0.95
+
+
+def test_routed_rows_of_ddp_ranks_merge_with_every_rank_s_columns(tmp_path):
+    """Under DDP each rank writes the routed rows it predicted; ranks that saw other tasks have other columns."""
+    from framework.callbacks.prediction_writer import merge_rank_parts
+
+    folder = tmp_path / "routed"
+    folder.mkdir()
+    (folder / "predictions.rank0.csv").write_text("index,id,source,blood:prediction\n2,c,bloodmnist,4\n0,a,bloodmnist,1\n")
+    (folder / "predictions.rank1.csv").write_text("index,id,source,organ:prediction\n1,b,organamnist,7\n")
+    assert merge_rank_parts(folder, union=True) == 3
+    lines = (folder / "predictions.csv").read_text().splitlines()
+    assert lines == ["index,id,source,blood:prediction,organ:prediction", "0,a,bloodmnist,1,", "1,b,organamnist,,7", "2,c,bloodmnist,4,"]
+    other = tmp_path / "task"
+    other.mkdir()
+    (other / "predictions.rank0.csv").write_text("index,id,p\n0,a,1\n")
+    (other / "predictions.rank1.csv").write_text("index,id,q\n1,b,2\n")
+    with pytest.raises(ValueError, match="columns .* differ"):
+        merge_rank_parts(other)

@@ -57,12 +57,17 @@ def claim_output_folder(target: Path, reuse_empty: bool = False) -> Path:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def merge_rank_parts(folder: Path) -> int:
+def merge_rank_parts(folder: Path, union: bool = False) -> int:
     """Merge the DDP ranks' ``predictions.rank<k>.csv`` of one task folder into ``predictions.csv``
     (rows sorted by ``index``), remove the parts and return the number of rows.
 
+    Args:
+        folder: the task's folder.
+        union: the parts may have different columns (``routed/``: each rank saw other tasks); the
+            merged file has all of them, empty where a part had none.
+
     Raises:
-        ValueError: if the parts' headers differ (naming both files).
+        ValueError: if the parts' headers differ and ``union`` is off (naming both files).
         FileExistsError: if ``predictions.csv`` already exists (it is never overwritten).
     """
     parts = sorted(folder.glob(RANK_CSV.format(rank="*")))
@@ -77,10 +82,14 @@ def merge_rank_parts(folder: Path) -> int:
             if found is None:
                 continue
             if header is None:
-                header, first = found, part
-            elif found != header:
+                header, first = list(found), part
+            elif found != header and not union:
                 raise ValueError(f"PredictionWriter: {part}: columns {found} differ from those of {first}: {header}")
-            rows.extend(reader)
+            header += [c for c in found if c not in header]
+            position = {c: i for i, c in enumerate(found)}
+            rows.extend([row[position[c]] if c in position else "" for c in header] for row in reader)
+    if header is not None:
+        rows = [row + [""] * (len(header) - len(row)) for row in rows]
     rows.sort(key=lambda row: int(row[0]))
     if header is not None and "id" in header:
         column, seen = header.index("id"), {}
@@ -316,7 +325,7 @@ class PredictionWriter(BasePredictionWriter):
             trainer.strategy.barrier("PredictionWriter.merge")  # every rank has closed its part
             if self._rank == 0:
                 tasks = sorted(p for p in self.root.iterdir() if p.is_dir())
-                counts = {task.name: merge_rank_parts(task) for task in tasks}
+                counts = {task.name: merge_rank_parts(task, union=task.name == "routed") for task in tasks}
                 counts = {task: n for task, n in counts.items() if n}
         if self._rank == 0 and counts:
             summary = ", ".join(f"{task}: {n}" for task, n in counts.items())
