@@ -213,3 +213,13 @@ def test_routed_rows_of_ddp_ranks_merge_with_every_rank_s_columns(tmp_path):
     (other / "predictions.rank1.csv").write_text("index,id,q\n1,b,2\n")
     with pytest.raises(ValueError, match="columns .* differ"):
         merge_rank_parts(other)
+
+
+def test_the_ood_auroc_ranks_unbounded_unknown_scores():
+    """Mahalanobis unknown scores run into the thousands: the AUROC must rank them, not squash them."""
+    from framework.metrics.task_agnostic import _auroc
+
+    known = torch.tensor([900.0, 1200.0, 1300.0, 1500.0], dtype=torch.float64)
+    assert _auroc(torch.tensor([3700.0, 4000.0, 5500.0], dtype=torch.float64), known) == 1.0
+    assert _auroc(torch.tensor([1000.0, 1400.0], dtype=torch.float64), known) == pytest.approx(0.5)
+    assert math.isnan(_auroc(torch.empty(0, dtype=torch.float64), known))

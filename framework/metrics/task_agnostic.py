@@ -27,19 +27,32 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 from pytorch_lightning.utilities import move_data_to_device
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics import CatMetric, MeanMetric
 
 from framework.metrics.evaluation import shard_loader
 
 __all__ = ["evaluate_task_agnostic"]
 
 log = logging.getLogger(__name__)
+
+
+def _auroc(positives: torch.Tensor, negatives: torch.Tensor) -> float:
+    """AUROC of scores where higher means positive (scikit-learn, in float64).
+
+    Not torchmetrics' ``BinaryAUROC``: it passes scores outside ``[0, 1]`` through a sigmoid, which
+    saturates for the unbounded unknown scores (Mahalanobis distances in the thousands) and ties them all.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if positives.numel() == 0 or negatives.numel() == 0:
+        return math.nan
+    labels = torch.cat([torch.ones(positives.numel()), torch.zeros(negatives.numel())]).numpy()
+    return float(roc_auc_score(labels, torch.cat([positives.double(), negatives.double()]).numpy()))
 
 
 def _mean(value: MeanMetric) -> float:
@@ -68,9 +81,9 @@ def evaluate_task_agnostic(
     routing: Dict[str, MeanMetric] = {}
     unknown: Dict[str, MeanMetric] = {}
     scores: Dict[str, float] = {}
-    known_scores: List[torch.Tensor] = []
+    known_scores = CatMetric().to(device)  # gathered across DDP ranks in compute()
     union_tasks = [t for t in tasks if model.specs[t].kind == "classification" and model.specs[t].source in router.sources]
-    union: Dict[str, MeanMetric] = {}  # this rank's share: the AUROC states are synchronised, not these
+    union: Dict[str, MeanMetric] = {}
     for task in tasks:
         spec = model.specs[task]
         source = spec.source
@@ -91,7 +104,7 @@ def evaluate_task_agnostic(
             if first:
                 routing[source].update(right.float())
                 unknown[source].update(routes.unknown.float())
-                known_scores.append(routes.unknown_score.float())
+                known_scores.update(routes.unknown_score.double())
             with model.route(spec):
                 outputs = head(model.backbone, images).float()
             try:
@@ -107,16 +120,15 @@ def evaluate_task_agnostic(
                 union.setdefault(task, MeanMetric().to(device)).update(_union_correct(model, union_tasks, task, images, target).float())
         scores[task] = float(metrics.compute()[head.score_name]) if defined else math.nan
     ood: Dict[str, Dict[str, float]] = {}
-    known = torch.cat(known_scores) if known_scores else torch.empty(0, device=device)
-    any_known = bool(routing)
+    known = known_scores.compute().flatten().cpu() if known_scores.update_count else torch.empty(0, dtype=torch.float64)
     for name in unknown_domains:
-        auroc, called = BinaryAUROC().to(device), MeanMetric().to(device)
+        never_learned, called = CatMetric().to(device), MeanMetric().to(device)
         for batch in shard_loader(datamodule.eval_dataloader(name, split)):
             routes = router(move_data_to_device(batch[name]["image"], device))
-            auroc.update(routes.unknown_score.float(), torch.ones_like(routes.unknown_score, dtype=torch.long))
+            never_learned.update(routes.unknown_score.double())
             called.update(routes.unknown.float())
-        auroc.update(known, torch.zeros_like(known, dtype=torch.long))
-        ood[name] = {"auroc": float(auroc.compute()) if any_known else math.nan, "unknown_rate": _mean(called)}
+        positives = never_learned.compute().flatten().cpu() if never_learned.update_count else torch.empty(0, dtype=torch.float64)
+        ood[name] = {"auroc": _auroc(positives, known), "unknown_rate": _mean(called)}
     finite = [v for v in scores.values() if not math.isnan(v)]
     return {
         "routing_accuracy": {s: _mean(m) for s, m in routing.items()},
