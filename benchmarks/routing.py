@@ -30,7 +30,7 @@ from statistics import mean
 from typing import Any, Dict, List
 
 from paradigm_study import mean_std
-from runs import REPO, RESULTS, cpu_model, fmt, latest_metrics, load_results, record, run_config, save_figure
+from runs import REPO, RESULTS, cpu_model, fmt_mean_std, latest_metrics, load_results, record, run_config, save_figure
 
 NAME = "routing"
 FOUR_STREAM = "experiments/streams/four_medmnist_routing.yaml"
@@ -108,11 +108,6 @@ def aggregate(runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def _ms(value: Dict[str, Any], digits: int = 3) -> str:
-    if value["mean"] is None:
-        return "n/a"
-    return f"{fmt(value['mean'], digits)} ± {fmt(value['std'], digits)}" if value["n"] > 1 else fmt(value["mean"], digits)
-
 
 def markdown(agg: Dict[str, Any], cpus: List[str]) -> str:
     lines = [
@@ -132,16 +127,16 @@ def markdown(agg: Dict[str, Any], cpus: List[str]) -> str:
         "|---|---|" + "---|" * 9,
     ]
     for case, a in agg.items():
-        lines.append(f"| {case} | {','.join(map(str, a['seeds']))} | " + " | ".join(_ms(a[k]) for k in KEYS[:-1]) + f" | {_ms(a['wall_time_s'], 0)} |")
+        lines.append(f"| {case} | {','.join(map(str, a['seeds']))} | " + " | ".join(fmt_mean_std(a[k]) for k in KEYS[:-1]) + f" | {fmt_mean_std(a['wall_time_s'], 0)} |")
     lines += ["", "## After every experience (routing accuracy averaged over the learned sources / task-agnostic average / task-aware average)", ""]
     for case, a in agg.items():
         if not case.endswith("/replay"):
             continue
-        cells = [f"{_ms(e['routing_accuracy'])} / {_ms(e['task_agnostic_average'])} / {_ms(e['task_aware_average'])}" for e in a["per_experience"]]
+        cells = [f"{fmt_mean_std(e['routing_accuracy'])} / {fmt_mean_std(e['task_agnostic_average'])} / {fmt_mean_std(e['task_aware_average'])}" for e in a["per_experience"]]
         lines.append(f"* {case}: " + "; ".join(f"after {i}: {c}" for i, c in enumerate(cells)))
     lines += ["", "## Routing accuracy per source, after the last experience", ""]
     for case, a in agg.items():
-        lines.append(f"* {case}: " + ", ".join(f"{s} {_ms(v)}" for s, v in a["routing"].items()))
+        lines.append(f"* {case}: " + ", ".join(f"{s} {fmt_mean_std(v)}" for s, v in a["routing"].items()))
     return "\n".join(lines) + "\n"
 
 

@@ -86,6 +86,13 @@ def fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def fmt_mean_std(value: Dict[str, Any], digits: int = 3) -> str:
+    """``mean ± std`` of a ``{"mean", "std", "n"}`` entry (only the mean for one value; ``n/a`` for none)."""
+    if value["mean"] is None:
+        return "n/a"
+    return f"{fmt(value['mean'], digits)} ± {fmt(value['std'], digits)}" if value["n"] > 1 else fmt(value["mean"], digits)
+
+
 def finish_study(runs: Dict[str, Any], out: Path, write: Callable[[], Any], markdown: Path) -> None:
     """End a resumable study script: refuse an empty ``--collect-only``, write the results once more, print the table."""
     if not runs:

@@ -20,7 +20,7 @@ from statistics import mean
 from typing import Any, Dict
 
 from paradigm_study import mean_std
-from runs import REPO, RESULTS, cpu_model, fmt, latest_metrics, load_results, record, run_config
+from runs import REPO, RESULTS, cpu_model, fmt_mean_std, latest_metrics, load_results, record, run_config
 
 STRATEGIES = ["joint", "naive", "replay_reservoir", "replay_class_balanced", "replay_herding", "ewc", "lwf", "replay_lwf", "der", "l2p"]
 BOUNDS = {"joint": "upper bound", "naive": "lower bound"}
@@ -61,11 +61,6 @@ def aggregate(runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def _ms(value: Dict[str, Any], digits: int = 3) -> str:
-    if value["mean"] is None:
-        return "n/a"
-    return f"{fmt(value['mean'], digits)} ± {fmt(value['std'], digits)}" if value["n"] > 1 else fmt(value["mean"], digits)
-
 
 def markdown(agg: Dict[str, Any], cpus: list) -> str:
     tasks = list(next(iter(agg.values()))["final"])
@@ -84,8 +79,8 @@ def markdown(agg: Dict[str, Any], cpus: list) -> str:
     for name, a in agg.items():
         label = f"{name} ({BOUNDS[name]})" if name in BOUNDS else f"{name} ({NOTES[name]})" if name in NOTES else name
         lines.append(
-            f"| {label} | {','.join(map(str, a['seeds']))} | " + " | ".join(_ms(a["final"][t]) for t in tasks)
-            + " | " + " | ".join(_ms(a[k]) for k in KEYS[:-1]) + f" | {_ms(a['wall_time_s'], 0)} |"
+            f"| {label} | {','.join(map(str, a['seeds']))} | " + " | ".join(fmt_mean_std(a["final"][t]) for t in tasks)
+            + " | " + " | ".join(fmt_mean_std(a[k]) for k in KEYS[:-1]) + f" | {fmt_mean_std(a['wall_time_s'], 0)} |"
         )
     lines += ["", "Joint training has one experience, so BWT, FWT and forgetting do not apply (n/a)."]
     return "\n".join(lines) + "\n"
