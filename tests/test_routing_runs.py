@@ -180,3 +180,17 @@ def test_a_routed_organ_slice_gets_both_its_tasks_and_a_routed_polyp_frame_its_m
     for row in polyp:
         assert row["tasks"] == "kvasir_seg" and (out / row["kvasir_seg:mask"]).is_file()
         assert Image.open(out / row["kvasir_seg:mask"]).size == (64, 64)
+
+
+def test_a_router_trains_beside_lwf_and_its_checkpoint_restores(tmp_path):
+    """LwF keeps a teacher copy of the model: without the router (its frozen tower is not kept twice)."""
+    path = shrink_config("experiments/strategies/replay_lwf.yaml", tmp_path / "run", train_subset=32, eval_subset=32, batch_size=16)
+    config = yaml.safe_load(path.read_text())
+    config["model"]["init_args"]["router"] = {"kind": "gaussian", "samples_per_source": 32}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    cli = run_cli(["fit", "--config", str(path)])
+    lwf = next(c for c in cli.trainer.callbacks if type(c).__name__ == "LwF")
+    assert lwf.teacher is not None and lwf.teacher.router is None and cli.model.model.router is not None
+    assert len(cli.model.model.router.sources) == 4
+    ckpt = next((tmp_path / "run").rglob("last.ckpt"))
+    run_cli(["test", "--config", str(path), "--ckpt_path", str(ckpt)])  # the teacher is rebuilt and loaded strictly

@@ -63,6 +63,8 @@ class LwF(Regularizer):
 
     @staticmethod
     def _freeze(model: MedCLModel) -> MedCLModel:
+        # the teacher only predicts its heads' outputs: a task router (its frozen tower, its sources) is not kept twice
+        model.router = None
         model.eval()
         model.requires_grad_(False)
         return model
@@ -125,6 +127,7 @@ class LwF(Regularizer):
         key = f"{self.checkpoint_field}.teacher"
         with module.rebuilding():  # the stored weights follow
             teacher = module.new_model()
+            teacher.router = None  # never stored with the teacher (see _freeze)
             for _, spec, adapter in module.stored_tasks(stored, "checkpoint", key=key):  # the same reader as the model's own tasks
                 teacher.add_task(spec, adapter)
         try:
