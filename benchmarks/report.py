@@ -43,6 +43,8 @@ SECTIONS: List[Tuple[str, str, str, str]] = [
      "150 and 300 generated CT volumes of 512 x 512 x 64 on disk, resampled to 16 x 64 x 64, 2 epochs (cold, then cached), batch 4; one fresh process per size."),
     ("speed", "11. Speed on the machine you have: torch.compile and bf16 against fp32", "python benchmarks/speed.py",
      "the quickstart's training step (BloodMNIST demo, tiny ViT, batch 64), interleaved repeats; then the whole quickstart for 3 seeds, fastest variant against fp32."),
+    ("routing", "12. Without task labels: a task router in the model, 3 seeds", "python benchmarks/routing.py",
+     "the strategies' four-domain stream (replay 500) and the mixed-kind stream (replay 600), tiny ViT from scratch; three router kinds; the other strategies with the Gaussian router (seeds listed)."),
 ]
 
 

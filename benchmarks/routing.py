@@ -158,7 +158,7 @@ def plot(agg: Dict[str, Any], path: Path) -> None:
         errors = [agg[n][key]["std"] or 0.0 for n in names]
         ax.bar(x + (k - (len(keys) - 1) / 2) * width, values, width, yerr=errors, capsize=2, label=label)
     ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.25)  # room for the legend above the bars
     ax.set_title("Without task labels: mean ± std over seeds, after the last experience")
     ax.legend(fontsize=7, ncols=5, loc="upper center")
     save_figure(fig, path)
