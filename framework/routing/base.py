@@ -146,7 +146,7 @@ class TaskRouter(nn.Module):
 
     @abstractmethod
     def _learn(self, source: str, features: Tensor) -> None:
-        """The kind's own fitting of ``source`` (features are on the CPU, L2-normalised)."""
+        """The kind's own fitting of ``source`` (features on the CPU, as :attr:`features` gives them)."""
 
     # ------------------------------------------------------------------ inference
     @abstractmethod
