@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -115,9 +115,6 @@ class TaskRouter(nn.Module):
         tasks = self.tasks_of.setdefault(source, [])
         if task not in tasks:
             tasks.append(task)
-
-    def source_of(self, task: str) -> Optional[str]:
-        return next((s for s, tasks in self.tasks_of.items() if task in tasks), None)
 
     def learn(self, source: str, features: Tensor, calibration: Tensor) -> float:
         """Learn (or re-learn) ``source`` from the frozen features of its training images, then set

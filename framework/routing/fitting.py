@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from framework.core.data_protocol import domain_for
 from framework.strategies.base import Strategy
 
 __all__ = ["RouterFitting"]
@@ -42,7 +43,7 @@ class RouterFitting(Strategy):
         return torch.cat(features) if features else torch.empty(0)
 
     def _loader(self, datamodule, task: str, split: str, limit: Optional[int], seed: int) -> DataLoader:
-        base = datamodule.domain(task).loader(split, keyed=False, shuffle=False)
+        base = domain_for(datamodule, task, "the task router").loader(split, keyed=False, shuffle=False)
         dataset = base.dataset
         if limit is not None and len(dataset) > limit:
             keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].sort().values

@@ -65,8 +65,8 @@ def format_task_agnostic(section: Dict[str, Any], labels: List[str], table) -> L
         for i, label in enumerate(labels)
     ]
     parts.append(table(header, body))
-    union = section.get("union_head") or {}
-    if union.get("scores"):
+    union = section["union_head"]
+    if union["scores"]:
         parts.append("\nOne head over the union of classes (no router; the classification heads' logits in one softmax):")
         body = [[label, *[_fmt(v[i]) for v in union["scores"].values()], _fmt(union["average"][i])] for i, label in enumerate(labels)]
         parts.append(table(["row", *union["scores"], "average"], body))
@@ -90,7 +90,7 @@ def task_agnostic_cells(section: Optional[Dict[str, Any]], i: int) -> List[Optio
     if not section:
         return []
     cells = [section["routing_accuracy"][s][i] for s in section["sources"]] + [v[i] for v in section["scores"].values()]
-    cells += [section["average"][i], section["gap"][i], (section.get("union_head") or {}).get("average", [None] * (i + 1))[i]]
+    cells += [section["average"][i], section["gap"][i], section["union_head"]["average"][i]]
     return cells + [entry["auroc"][i] for entry in section["ood"].values()]
 
 
@@ -108,9 +108,8 @@ def task_agnostic_metrics(section: Optional[Dict[str, Any]]) -> Dict[str, float]
     for key in ("average", "gap"):
         if section[key][-1] is not None:
             out[f"continual/task_agnostic_{key}"] = section[key][-1]
-    union = (section.get("union_head") or {}).get("average") or [None]
-    if union[-1] is not None:
-        out["continual/union_head_average"] = union[-1]
+    if section["union_head"]["average"][-1] is not None:
+        out["continual/union_head_average"] = section["union_head"]["average"][-1]
     for d, entry in section["ood"].items():
         if entry["auroc"][-1] is not None:
             out[f"continual/ood/{d}/auroc"] = entry["auroc"][-1]
@@ -134,7 +133,7 @@ def plot_task_agnostic(result: Dict[str, Any], path: Path) -> None:
     left.set_title("routing accuracy per source")
     for key, label in (("task_aware_average", "task-aware average"), ("average", "task-agnostic average (routed)")):
         right.plot(x, [math.nan if v is None else v for v in section[key]], marker="o", label=label)
-    union = (section.get("union_head") or {}).get("average") or []
+    union = section["union_head"]["average"]
     if any(v is not None for v in union):
         right.plot(x, [math.nan if v is None else v for v in union], marker="^", label="one head over the union (no router)")
     for d, entry in section["ood"].items():
